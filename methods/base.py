@@ -1,0 +1,98 @@
+"""The Method contract.
+
+A method is a dataclass whose fields are its hyperparameters. The runner owns the cycle and every metric;
+methods never see the truth. Per cycle the runner calls, each under its own timer::
+
+    state = method.forecast(state)        # T_d
+    state = method.analysis(state, y)     # T_a
+    x_hat = method.estimate(state)        # T_r (decoding, for latent methods)
+
+Before the cycle: ``bind(ctx)`` (untimed) then ``fit(generator)`` (timed as ``time_fit_s``), then
+``init(x0, params, generator)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.naming import param_name, params_of
+from problems.base import Dataset, Observer, Problem
+
+
+@dataclass
+class Context:
+    """Everything a method may know about the experiment (never the truth)."""
+
+    problem: Problem
+    observer: Observer
+    dataset: Dataset | None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    cache_dir: Path | None = None
+    progress: bool = False
+
+
+@dataclass
+class EnsembleState:
+    """Full-space ensemble: ``x (N, *state_shape)`` and parameters ``params (N, P)``."""
+
+    x: torch.Tensor
+    params: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """Base class of all data-assimilation methods.
+
+    Subclasses define ``name`` and override ``init``, ``forecast``, ``analysis``, ``estimate`` (and ``fit``,
+    ``skip``, ``estimate_params`` where they need to). The default ``init``/``forecast``/``estimate`` implement a
+    full-space ensemble advanced by the problem's solver, with parameters carried along unchanged.
+    """
+
+    name: ClassVar[str] = "method"
+    ctx: Context | None = field(default=None, init=False, repr=False, compare=False)
+
+    # ---- configuration ---------------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """Parametrized name, e.g. ``EnKF[inflation=1.05,variant=sqrt]``."""
+        return param_name(self)
+
+    def params_dict(self) -> dict:
+        return params_of(self)
+
+    def skip(self, problem: Problem, observer: Observer) -> str | None:
+        """Reason this method cannot run this combination, or None."""
+        return None
+
+    def bind(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def fit(self, generator: torch.Generator) -> None:
+        """Offline training (learned methods); default: nothing."""
+
+    # ---- the cycle -------------------------------------------------------------------------------------------
+    def init(self, x0: torch.Tensor, params: torch.Tensor, generator: torch.Generator) -> Any:
+        """Initial ensemble state from physical states ``x0 (N, *shape)`` and parameters ``params (N, P)``."""
+        self.generator = generator
+        return EnsembleState(x0, params)
+
+    def forecast(self, state: Any) -> Any:
+        """Advance the ensemble one observation interval."""
+        return EnsembleState(self.ctx.problem.step(state.x, state.params), state.params, state.extra)
+
+    def analysis(self, state: Any, y: torch.Tensor) -> Any:
+        """Update with the observation ``y (m,)``."""
+        raise NotImplementedError
+
+    def estimate(self, state: Any) -> torch.Tensor:
+        """Physical-space ensemble ``(N, *state_shape)``."""
+        return state.x
+
+    def estimate_params(self, state: Any) -> torch.Tensor | None:
+        """Parameter ensemble ``(N, P)`` in physical units, or None when the method does not estimate them."""
+        return state.params

@@ -1,0 +1,476 @@
+"""The Problem and Observer contracts, and the cached train/valid/test dataset every problem shares.
+
+Conventions (all problems):
+
+- A state ensemble is a tensor ``(N, *state_shape)``; the ensemble is the batch dimension 0. Gridded problems
+  have ``state_shape = (C, H, W)`` (C fields), Lorenz-96 has ``(d,)`` (one field ``x``, treated as C = 1).
+- Parameters are a tensor ``(N, P)`` (``P = len(param_names)``, possibly 0), in physical units.
+- ``step(x, params)`` advances one *observation interval* ``dt_obs``; CFL sub-steps are the solver's business.
+  It is deterministic, batched, and runs on the device and dtype of ``x``.
+- Snapshot ``t = 0`` is the initial state; observations exist for ``t = 1 .. n_cycles`` (no observation at 0).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from bench.errors import ConfigError
+from bench.naming import content_hash, param_name, params_of
+
+
+def default_cache_dir() -> Path:
+    """Shared content-addressed cache: ``$ASSIMBENCH_CACHE`` or ``~/.cache/assimbench``."""
+    return Path(os.environ.get("ASSIMBENCH_CACHE", Path.home() / ".cache" / "assimbench"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Dataset
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Dataset:
+    """Trajectories of one problem configuration, split train/valid/test, float32, physical units.
+
+    ``train``/``valid``/``test``: ``(n, T+1, *state_shape)``; ``params_*``: ``(n, P)`` float64;
+    ``field_mean``/``field_std``/``field_min``/``field_max``: ``(C,)`` float64 statistics of the training split
+    (per field, over trajectories, times and points); ``times``: ``(T+1,)`` physical times of the snapshots.
+    """
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    params_train: torch.Tensor
+    params_valid: torch.Tensor
+    params_test: torch.Tensor
+    times: torch.Tensor
+    field_mean: torch.Tensor
+    field_std: torch.Tensor
+    field_min: torch.Tensor
+    field_max: torch.Tensor
+    key: str = ""
+
+    def split(self, name: Literal["train", "valid", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(snapshots, params) of one split."""
+        return getattr(self, name), getattr(self, f"params_{name}")
+
+    def _field_view(self, x: torch.Tensor, stat: torch.Tensor, n_state_dims: int) -> torch.Tensor:
+        C = stat.shape[0]
+        shape = [1] * (x.dim() - n_state_dims) + [C] + [1] * (n_state_dims - 1)
+        if n_state_dims == 1:  # Lorenz-96 style (d,) state with one field
+            shape = [1] * x.dim()
+        return stat.to(x.device, x.dtype).reshape(shape)
+
+    def normalize(self, x: torch.Tensor, n_state_dims: int) -> torch.Tensor:
+        """z-score per field with the training statistics."""
+        m = self._field_view(x, self.field_mean, n_state_dims)
+        s = self._field_view(x, self.field_std, n_state_dims)
+        return (x - m) / s
+
+    def denormalize(self, z: torch.Tensor, n_state_dims: int) -> torch.Tensor:
+        m = self._field_view(z, self.field_mean, n_state_dims)
+        s = self._field_view(z, self.field_std, n_state_dims)
+        return z * s + m
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Problem
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    """Base class of all problems: a frozen dataclass of physical, numerical and data parameters.
+
+    Subclasses set the class attributes and implement ``state_shape``, ``sample_params``, ``initial_state``,
+    ``step`` and ``coords``. Every field is a parameter: it appears in the parametrized name, the ``p_problem_*``
+    results columns and the dataset's content hash.
+
+    Common fields
+    -------------
+    n_cycles : number of observation intervals after t = 0 (the dataset stores ``n_cycles + 1`` snapshots).
+    n_traj : trajectories in the dataset, split by ``split`` fractions with a permutation seeded by ``data_seed``.
+    """
+
+    name: ClassVar[str] = "problem"
+    field_names: ClassVar[tuple[str, ...]] = ()
+    param_names: ClassVar[tuple[str, ...]] = ()
+    #: fields observed when an observer does not say (e.g. Kolmogorov: u and v)
+    default_obs_fields: ClassVar[tuple[str, ...] | None] = None
+    #: True where the spatial domain is periodic (used by localisation distances)
+    periodic: ClassVar[bool] = False
+
+    n_cycles: int = 50
+    n_traj: int = 200
+    data_seed: int = 42
+
+    # ---- geometry -------------------------------------------------------------------------------------------
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """Grid shape without the field axis: ``(H, W)``, or ``(d,)`` for a 1-D state."""
+        s = self.state_shape
+        return s if len(s) == 1 else s[1:]
+
+    @property
+    def n_fields(self) -> int:
+        return 1 if len(self.state_shape) == 1 else self.state_shape[0]
+
+    @property
+    def n_points(self) -> int:
+        return math.prod(self.spatial_shape)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.state_shape)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_names)
+
+    def grid_index(self) -> torch.Tensor:
+        """``(n_points, k)`` integer grid coordinates (row-major flattening), for localisation distances."""
+        axes = [torch.arange(n, dtype=torch.float64) for n in self.spatial_shape]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        return torch.stack([m.reshape(-1) for m in mesh], dim=1)
+
+    def grid_distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Euclidean distance in grid units between points ``a (m, k)`` and ``b (n, k)`` -> ``(m, n)``."""
+        diff = (a[:, None, :] - b[None, :, :]).abs()
+        if self.periodic:
+            ext = torch.tensor(self.spatial_shape, dtype=diff.dtype, device=diff.device)
+            diff = torch.minimum(diff, ext - diff)
+        return diff.pow(2).sum(-1).sqrt()
+
+    def coords(self) -> torch.Tensor:
+        """``(n_points, k)`` physical coordinates of the grid points (for coordinate networks)."""
+        raise NotImplementedError
+
+    # ---- parameters and dynamics -----------------------------------------------------------------------------
+    @property
+    def param_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low, high) of the parameter prior box, each ``(P,)`` float64 (for normalisation)."""
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+
+    def sample_params(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``(n, P)`` float64 draws from the parameter prior (default: uniform on ``param_bounds``)."""
+        lo, hi = self.param_bounds
+        u = torch.rand(n, len(lo), generator=generator, dtype=torch.float64)
+        return lo + (hi - lo) * u
+
+    def initial_state(self, params: torch.Tensor) -> torch.Tensor:
+        """``(n, *state_shape)`` float64 initial state determined by ``params (n, P)``."""
+        raise NotImplementedError
+
+    def sample_initial(self, params: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Initial states for an ensemble or a dataset; default: the deterministic ``initial_state``."""
+        return self.initial_state(params)
+
+    def step(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Advance ``x (n, *state_shape)`` by one observation interval with parameters ``params (n, P)``."""
+        raise NotImplementedError
+
+    @property
+    def dt_obs(self) -> float:
+        """Physical time between snapshots (the observation interval)."""
+        raise NotImplementedError
+
+    def simulate(self, params: torch.Tensor, n_cycles: int | None = None, x0: torch.Tensor | None = None,
+                 dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``(n, T+1, *state_shape)`` trajectory from ``x0`` (default ``initial_state(params)``)."""
+        T = self.n_cycles if n_cycles is None else n_cycles
+        x = (self.initial_state(params) if x0 is None else x0).to(device=device, dtype=dtype)
+        p = params.to(device=device, dtype=dtype)
+        out = [x]
+        for _ in range(T):
+            x = self.step(x, p)
+            out.append(x)
+        return torch.stack(out, dim=1)
+
+    # ---- naming, data -----------------------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """Parametrized name, e.g. ``lorenz96[dim=1000]``."""
+        return param_name(self)
+
+    def params_dict(self) -> dict:
+        return params_of(self)
+
+    def data_key(self) -> str:
+        """Content hash of everything that determines the dataset."""
+        return f"{self.name}-{content_hash(self.name, self.params_dict(), DATASET_FORMAT)}"
+
+    #: trajectories simulated per batch when building the dataset (memory vs speed)
+    sim_batch: ClassVar[int] = 20
+    #: split fractions (train, valid, test)
+    split_fractions: ClassVar[tuple[float, float, float]] = (0.6, 0.2, 0.2)
+
+    def dataset(self, cache_dir: Path | str | None = None, progress: bool = True) -> Dataset:
+        """Build or load the cached dataset of this configuration (see :func:`build_dataset`)."""
+        return build_dataset(self, cache_dir=cache_dir, progress=progress)
+
+
+DATASET_FORMAT = 1
+
+
+def _split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
+    n_train = int(round(fractions[0] * n))
+    n_valid = int(round(fractions[1] * n))
+    n_test = n - n_train - n_valid
+    if min(n_train, n_valid, n_test) < 1:
+        raise ConfigError(f"n_traj={n} is too small to split train/valid/test by {fractions}; use n_traj >= 5")
+    return n_train, n_valid, n_test
+
+
+_MEMO: dict[str, Dataset] = {}
+
+
+def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progress: bool = True) -> Dataset:
+    """Simulate ``problem.n_traj`` trajectories in batches, split them, and cache float32 snapshots on disk.
+
+    The cache file is ``<cache>/datasets/<name>-<hash>.pt``, keyed by a content hash of the problem's fields;
+    a second call memory-maps it (well under a second). The split is a permutation seeded by ``data_seed``;
+    normalisation statistics come from the training split only.
+    """
+    key = problem.data_key()
+    if key in _MEMO:
+        return _MEMO[key]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = root / "datasets" / f"{key}.pt"
+    if path.exists():
+        try:
+            blob = torch.load(path, mmap=True, weights_only=True)
+            ds = Dataset(**blob, key=key)
+            _MEMO[key] = ds
+            return ds
+        except Exception:  # a corrupt or partial cache file is rebuilt, not trusted
+            path.unlink(missing_ok=True)
+
+    n = problem.n_traj
+    n_train, n_valid, n_test = _split_sizes(n, problem.split_fractions)
+    g = torch.Generator().manual_seed(problem.data_seed)
+    params = problem.sample_params(n, g)
+    T = problem.n_cycles
+    snaps = torch.empty((n, T + 1, *problem.state_shape), dtype=torch.float32)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc=f"dataset {problem.label}", unit="traj", leave=False)
+    t0 = time.perf_counter()
+    for i in range(0, n, problem.sim_batch):
+        p = params[i:i + problem.sim_batch]
+        x0 = problem.sample_initial(p, g)
+        snaps[i:i + len(p)] = problem.simulate(p, T, x0=x0).to(torch.float32)
+        if bar is not None:
+            bar.update(len(p))
+    if bar is not None:
+        bar.close()
+    if not torch.isfinite(snaps).all():
+        raise RuntimeError(f"dataset of {problem.label} contains non-finite values: the solver blew up")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(problem.data_seed))
+    idx_tr, idx_va, idx_te = perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:]
+    train = snaps[idx_tr]
+    C = problem.n_fields
+    per_field = train.double().movedim(2, 0).reshape(C, -1) if len(problem.state_shape) > 1 \
+        else train.double().reshape(1, -1)
+    blob = dict(
+        train=train.contiguous(), valid=snaps[idx_va].contiguous(), test=snaps[idx_te].contiguous(),
+        params_train=params[idx_tr], params_valid=params[idx_va], params_test=params[idx_te],
+        times=torch.arange(T + 1, dtype=torch.float64) * problem.dt_obs,
+        field_mean=per_field.mean(1), field_std=per_field.std(1).clamp_min(1e-12),
+        field_min=per_field.min(1).values, field_max=per_field.max(1).values,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    ds = Dataset(**blob, key=key)
+    _MEMO[key] = ds
+    return ds
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Observer
+# --------------------------------------------------------------------------------------------------------------
+Operator = Literal["identity", "arctan"]
+
+
+@dataclass(frozen=True)
+class Observer:
+    """Sparse, noisy observations of a problem's state.
+
+    Parameters
+    ----------
+    layout : ``lattice`` (a regular sub-grid with ``stride``, starting at index 0) or ``random`` (a seeded
+        random subset of grid points).
+    coverage : fraction of grid points observed; for ``lattice`` the stride whose point count is nearest the
+        target is taken (stride 15 at 150 x 150 gives the paper's 100 points = 0.44 %).
+    stride : explicit lattice stride (overrides ``coverage``; 0 = derive from coverage).
+    fields : observed fields (default: the problem's ``default_obs_fields`` or all fields).
+    operator : ``identity`` or ``arctan`` (elementwise, applied to the physical value).
+    noise : noise level; its meaning depends on ``noise_type``.
+    noise_type : ``additive`` (std = noise x per-field std of the training data), ``relative`` (std = noise x
+        |H(x)|, the LD-EnSF tsunami convention) or ``absolute`` (std = noise, physical units).
+    layout_seed : seed of the random layout.
+
+    Observations are flattened point-major, field-minor: ``y[p * n_obs_fields + c]``.
+    """
+
+    layout: Literal["lattice", "random"] = "lattice"
+    coverage: float = 1.0
+    stride: int = 0
+    fields: tuple[str, ...] = ()
+    operator: Operator = "identity"
+    noise: float = 0.1
+    noise_type: Literal["additive", "relative", "absolute"] = "additive"
+    layout_seed: int = 0
+    # bound context, not user parameters
+    problem: Problem | None = field(default=None, repr=False, compare=False, metadata={"internal": True})
+    field_std: tuple[float, ...] = field(default=(), repr=False, compare=False, metadata={"internal": True})
+
+    name: ClassVar[str] = "obs"
+
+    def __post_init__(self):
+        if not (0.0 < self.coverage <= 1.0):
+            raise ConfigError(f"observer coverage={self.coverage} must lie in (0, 1]")
+        if self.stride < 0:
+            raise ConfigError(f"observer stride={self.stride} must be >= 0 (0 = derive from coverage)")
+        if self.noise < 0 or not math.isfinite(self.noise):
+            raise ConfigError(f"observer noise={self.noise} must be a finite number >= 0")
+        if self.problem is None:
+            return
+        pb = self.problem
+        fields = self.fields or pb.default_obs_fields or pb.field_names
+        bad = [f for f in fields if f not in pb.field_names]
+        if bad:
+            raise ConfigError(f"observer fields {bad} do not exist in {pb.name}; valid: {', '.join(pb.field_names)}")
+        object.__setattr__(self, "obs_fields", tuple(fields))
+        points = self._points()
+        if len(points) == 0:
+            raise ConfigError(f"observer coverage={self.coverage} rounds to no observed point on the "
+                              f"{'x'.join(map(str, pb.spatial_shape))} grid of {pb.name}; raise the coverage")
+        chans = [pb.field_names.index(f) for f in fields]
+        P = pb.n_points
+        index = (torch.tensor(chans)[None, :] * P + points[:, None]).reshape(-1)  # point-major, channel-minor
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "channels", torch.tensor(chans))
+        object.__setattr__(self, "index", index)
+        if self.noise_type == "additive":
+            if not self.field_std:
+                raise ConfigError("additive noise needs the training field std (bind the observer to a dataset)")
+            std = torch.tensor([self.field_std[c] for c in chans], dtype=torch.float64)
+            std = (self.noise * std).repeat(len(points))
+        else:
+            std = torch.full((len(index),), float(self.noise), dtype=torch.float64)
+        object.__setattr__(self, "_std", std)
+        object.__setattr__(self, "_dev_cache", {})
+
+    # ---- layout ---------------------------------------------------------------------------------------------
+    def _points(self) -> torch.Tensor:
+        pb = self.problem
+        shape = pb.spatial_shape
+        P = pb.n_points
+        if self.layout == "random":
+            m = int(round(self.coverage * P))
+            g = torch.Generator().manual_seed(self.layout_seed)
+            return torch.randperm(P, generator=g)[:m].sort().values
+        stride = self.stride or lattice_stride(shape, self.coverage)
+        axes = [torch.arange(0, n, stride) for n in shape]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        flat = torch.zeros_like(mesh[0])
+        for ax, n in zip(mesh, shape):
+            flat = flat * n + ax
+        return flat.reshape(-1)
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.index)
+
+    @property
+    def actual_coverage(self) -> float:
+        return len(self.points) / self.problem.n_points
+
+    @property
+    def label(self) -> str:
+        return param_name(self)
+
+    def params_dict(self) -> dict:
+        return params_of(self)
+
+    def _on(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (str(device), dtype)
+        if key not in self._dev_cache:
+            self._dev_cache[key] = (self.index.to(device), self._std.to(device=device, dtype=dtype))
+        return self._dev_cache[key]
+
+    # ---- the operator ---------------------------------------------------------------------------------------
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Linear point sampling ``(n, *state_shape) -> (n, m)`` (before the operator)."""
+        idx, _ = self._on(x.device, x.dtype)
+        return x.reshape(x.shape[0], -1)[:, idx]
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise-free observation ``H(x)``: ``(n, *state_shape) -> (n, m)``; differentiable."""
+        z = self.select(x)
+        return torch.atan(z) if self.operator == "arctan" else z
+
+    def noise_std(self, y: torch.Tensor | None = None, device=None, dtype=None) -> torch.Tensor:
+        """``(m,)`` observation-error std; for relative noise it is built from ``y`` (the observation)."""
+        if self.noise_type == "relative":
+            if y is None:
+                raise ValueError("relative noise needs the observation to build its std")
+            return (self.noise * y.abs()).clamp_min(1e-8 * max(self.noise, 1e-30))
+        dev = device if device is not None else (y.device if y is not None else "cpu")
+        dt = dtype if dtype is not None else (y.dtype if y is not None else torch.float64)
+        return self._on(dev, dt)[1]
+
+    def sample(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Noisy observation of ``x (n, *state_shape)`` -> ``(n, m)``; noise drawn on the CPU from ``generator``."""
+        hx = self.observe(x)
+        xi = torch.randn(hx.shape, generator=generator, dtype=torch.float64).to(hx.device, hx.dtype)
+        if self.noise_type == "relative":
+            return hx + self.noise * hx.abs() * xi
+        return hx + self.noise_std(device=hx.device, dtype=hx.dtype) * xi
+
+    def loglik_grad(self, x: torch.Tensor, y: torch.Tensor, std: torch.Tensor | None = None) -> torch.Tensor:
+        """Gradient of ``log p(y | x)`` w.r.t. ``x``, ``(n, *state_shape)``, Gaussian noise, closed form.
+
+        Identity: ``-(x_obs - y) / sigma^2`` at the observed entries; arctan: ``-(atan x - y) / (sigma^2 (1 + x^2))``.
+        Zero at unobserved entries (the full-space EnSF's blind spot).
+        """
+        sigma = self.noise_std(y) if std is None else std
+        idx, _ = self._on(x.device, x.dtype)
+        z = self.select(x)
+        if self.operator == "arctan":
+            g = -(torch.atan(z) - y) / (sigma**2 * (1 + z**2))
+        else:
+            g = -(z - y) / sigma**2
+        out = torch.zeros(x.shape[0], x[0].numel(), device=x.device, dtype=x.dtype)
+        out[:, idx] = g.to(x.dtype)
+        return out.reshape(x.shape)
+
+
+def lattice_stride(shape: tuple[int, ...], coverage: float) -> int:
+    """Stride whose lattice point count on ``shape`` is nearest ``coverage * prod(shape)`` (ties: smaller)."""
+    P = math.prod(shape)
+    target = coverage * P
+    best, best_err = 1, float("inf")
+    for s in range(1, max(shape) + 1):
+        count = math.prod(math.ceil(n / s) for n in shape)
+        err = abs(count - target)
+        if err < best_err - 1e-9:
+            best, best_err = s, err
+    return best
+
+
+def bind_observer(problem: Problem, dataset: Dataset | None, **params) -> Observer:
+    """Build an :class:`Observer` for ``problem`` from user ``params`` (typed and checked)."""
+    from bench.naming import build
+    std = tuple(float(s) for s in dataset.field_std) if dataset is not None else ()
+    return build(Observer, params, "observer", problem=problem, field_std=std)
