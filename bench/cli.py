@@ -1,0 +1,207 @@
+"""The `bench` command line: run, list, show, report, compare, train.
+
+Every bad input (unknown name, misspelled key, wrong type, impossible value, unreadable YAML, a missing GPU)
+ends with exit code 2 and a one-paragraph message, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench", description="assimbench: data-assimilation benchmark suite")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run a grid (default: the `default` preset into results/<timestamp>/)")
+    r.add_argument("config", nargs="?", help="YAML grid file (see bench/config.py)")
+    r.add_argument("--preset", help="a named preset instead of a file (see `bench list`)")
+    r.add_argument("--out", help="output folder (rerunning into it resumes)")
+    r.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
+    r.add_argument("--jobs", type=int, default=1, help="cells in parallel in a local process pool")
+    r.add_argument("--cache", help="dataset/model cache folder (default $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
+    r.add_argument("--raise", dest="raise_errors", action="store_true", help="stop at the first failing cell")
+    r.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
+    r.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub.add_parser("list", help="problems, methods and presets with their parameters and defaults")
+
+    s = sub.add_parser("show", help="summary table of a results folder")
+    s.add_argument("dir")
+
+    rp = sub.add_parser("report", help="build the HTML report of a results folder")
+    rp.add_argument("dir")
+
+    c = sub.add_parser("compare", help="compare two results folders cell by cell")
+    c.add_argument("dir_a")
+    c.add_argument("dir_b")
+    c.add_argument("--threshold", type=float, default=0.1, help="relative change flagged as a regression")
+
+    t = sub.add_parser("train", help="train the networks of the learned methods in a grid, without assimilating")
+    t.add_argument("config", nargs="?")
+    t.add_argument("--preset")
+    t.add_argument("--cache")
+    t.add_argument("--ship", action="store_true", help="also copy the artifacts into methods/artifacts/")
+    t.add_argument("--curve", help="CSV path prefix for time-to-accuracy curves")
+    return ap
+
+
+def _load_config(args) -> tuple[dict, str]:
+    from bench.config import load_preset, load_yaml
+    if args.config and args.preset:
+        raise ConfigError("give either a CONFIG file or --preset NAME, not both")
+    if args.config:
+        return load_yaml(args.config), Path(args.config).stem
+    name = args.preset or "default"
+    return load_preset(name), name
+
+
+def cmd_run(args) -> int:
+    from bench.config import expand
+    from bench.runner import run_grid
+    import yaml
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: must be >= 1")
+    config, name = _load_config(args)
+    grid = expand(config, device=args.device, name=name)
+    out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    cache = Path(args.cache) if args.cache else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    print(f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}", file=sys.stderr)
+    t0 = time.perf_counter()
+    counts = run_grid(grid.cells, out, jobs=args.jobs, cache_dir=cache, raise_errors=args.raise_errors,
+                      retry_failed=args.retry_failed, progress=not args.quiet)
+    (out / "run.json").write_text(json.dumps({
+        "config": config, "name": grid.name, "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": time.perf_counter() - t0,
+        "command": " ".join(sys.argv), "counts": counts}, indent=2, default=str))
+    print(f"cells: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped, "
+          f"{counts['cached']} already done", file=sys.stderr)
+    print(_summary_text(out))
+    if not args.no_report:
+        try:
+            from bench.report import build_report
+            path = build_report(out)
+            print(f"report: {path}")
+        except ImportError:
+            pass
+    print(f"results: {out / 'results.parquet'}")
+    return 0
+
+
+def _summary_text(run_dir: Path) -> str:
+    import pandas as pd
+    from bench.store import load_results
+    try:
+        from bench.report import summary_table
+        tab = summary_table(run_dir)
+    except ImportError:
+        df = load_results(run_dir)
+        ok = df[df.status == "ok"]
+        keys = ["p_problem", "p_method", "p_n_ens", "p_coverage", "p_noise"]
+        tab = ok.groupby(keys).agg(rrmse_a=("rrmse_a", "mean"), rmse_a=("rmse_a", "mean"),
+                                   time_online_s=("time_online_s", "mean"), seeds=("p_seed", "count")).reset_index()
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 200):
+        return tab.to_string(index=False)
+
+
+def cmd_list(args) -> int:
+    import dataclasses
+    import methods
+    import problems
+    from bench.config import preset_names, load_preset
+    from bench.naming import public_fields
+    from problems.base import Observer
+
+    def describe(cls) -> str:
+        parts = []
+        for f in public_fields(cls):
+            d = f.default if f.default is not dataclasses.MISSING else "required"
+            parts.append(f"{f.name}={d!r}")
+        return ", ".join(parts) or "(no parameters)"
+
+    print("problems:")
+    for n in problems.names():
+        try:
+            cls = problems.cls(n)
+            print(f"  {n}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+            print(textwrap.indent(textwrap.fill(describe(cls), 100), "      "))
+        except ConfigError as e:
+            print(f"  {n}: unavailable ({e})")
+    print("observer parameters:")
+    print(textwrap.indent(textwrap.fill(describe(Observer), 100), "      "))
+    print("methods:")
+    for n in methods.names():
+        try:
+            cls = methods.cls(n)
+            print(f"  {n}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+            print(textwrap.indent(textwrap.fill(describe(cls), 100), "      "))
+        except ConfigError as e:
+            print(f"  {n}: unavailable ({e})")
+    print("presets:")
+    for p in preset_names():
+        desc = load_preset(p).get("description", "")
+        print(f"  {p}: {desc}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    print(_summary_text(Path(args.dir)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import build_report
+    from bench.store import load_results
+    load_results(args.dir)  # clear error for a folder that is not a results folder
+    print(build_report(Path(args.dir)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from bench.compare import compare, format_compare
+    df = compare(Path(args.dir_a), Path(args.dir_b), threshold=args.threshold)
+    print(format_compare(df))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from bench.config import expand
+    from bench.train import train_grid
+    config, name = _load_config(args)
+    grid = expand(config, name=name)
+    train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "report": cmd_report, "compare": cmd_compare,
+            "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except ConfigError as e:
+        print(f"bench {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

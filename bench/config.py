@@ -1,0 +1,277 @@
+"""YAML -> validated experiments -> cells (the only place where the grid's cross product is taken).
+
+A config file is a mapping::
+
+    name: smoke                       # optional
+    plugins: [my_pkg.my_filters]      # optional: modules that register extra methods/problems
+    problems:                         # name -> parameters; a list value sweeps (for tuple-typed fields
+      lorenz96: {dim: 40}             #   a list of lists sweeps)
+    observers: {coverage: [1.0, 0.5], noise: 1.0, noise_type: absolute}
+    methods:
+      EnKF: {variant: [sqrt, stochastic], inflation: 1.02}
+      FreeRun: {}
+    n_ens: [20, 40]
+    seeds: 3                          # an int n means seeds 0..n-1, or a list
+    spinup: 50                        # cycles excluded from time averages
+    device: cpu
+    dtype: float32
+
+Keys joined by a comma tie parameters together (``"variant, inflation": [[sqrt, 1.02], [stochastic, 1.05]]``);
+a method may also be given as a list of parameter mappings. A problem entry may carry an ``observer:`` mapping
+that overrides the top-level ``observers`` for that problem. ``experiments:`` is a list of such blocks; the
+top-level keys are defaults for each, and the run is their union.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import ConfigError, unknown
+from bench.naming import content_hash, public_fields
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+EXPERIMENT_KEYS = {"problems", "observers", "methods", "n_ens", "seeds", "spinup", "device", "dtype"}
+TOP_KEYS = EXPERIMENT_KEYS | {"name", "description", "plugins", "experiments", "expected"}
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a (problem, observer, method, ensemble size, seed, device) combination."""
+
+    problem: str
+    problem_params: tuple
+    observer_params: tuple
+    method: str
+    method_params: tuple
+    n_ens: int
+    seed: int
+    device: str = "cpu"
+    dtype: str = "float32"
+    spinup: int = 0
+
+    @property
+    def pdict(self) -> dict:
+        return dict(self.problem_params)
+
+    @property
+    def odict(self) -> dict:
+        return dict(self.observer_params)
+
+    @property
+    def mdict(self) -> dict:
+        return dict(self.method_params)
+
+    @property
+    def cell_id(self) -> str:
+        return content_hash(self.problem, self.pdict, self.odict, self.method, self.mdict, self.n_ens,
+                            self.seed, self.device, self.dtype, self.spinup, n=16)
+
+    def to_dict(self) -> dict:
+        return {"problem": self.problem, "problem_params": self.pdict, "observer": self.odict,
+                "method": self.method, "method_params": self.mdict, "n_ens": self.n_ens, "seed": self.seed,
+                "device": self.device, "dtype": self.dtype, "spinup": self.spinup}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cell":
+        return cls(d["problem"], _freeze(d["problem_params"]), _freeze(d["observer"]), d["method"],
+                   _freeze(d["method_params"]), d["n_ens"], d["seed"], d["device"], d["dtype"], d["spinup"])
+
+
+def _freeze(d: dict) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist; give a YAML file or --preset NAME "
+                          f"(presets: {', '.join(preset_names())})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]} "
+                          f"({' '.join(str(e).split())[:200]})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must be a YAML mapping with keys such as "
+                          f"problems, methods, observers, n_ens, seeds; got {type(data).__name__}")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise unknown("preset", name, preset_names())
+    return load_yaml(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def _is_tuple_field(cls, key: str) -> bool:
+    try:
+        tp = typing.get_type_hints(cls).get(key)
+    except Exception:
+        return False
+    return typing.get_origin(tp) is tuple
+
+
+def _as_choices(cls, key: str, value: Any) -> list:
+    """The list of values a key sweeps over."""
+    if _is_tuple_field(cls, key):
+        if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            return [tuple(v) for v in value]
+        return [tuple(value) if isinstance(value, list) else value]
+    return list(value) if isinstance(value, list) else [value]
+
+
+def expand_params(cls, spec: Any, where: str) -> list[dict]:
+    """Cross product of a parameter mapping (or a list of mappings) for dataclass ``cls``."""
+    if spec is None:
+        spec = {}
+    if isinstance(spec, list):
+        out = []
+        for s in spec:
+            out.extend(expand_params(cls, s, where))
+        return out
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: parameters must be a mapping of name -> value(s), got {spec!r}")
+    valid = {f.name for f in public_fields(cls)}
+    axes: list[list[dict]] = []
+    for key, value in spec.items():
+        keys = [k.strip() for k in str(key).split(",")]
+        for k in keys:
+            if k not in valid:
+                raise unknown("key", k, valid, where=f"{where} (its parameters)")
+        if len(keys) == 1:
+            axes.append([{keys[0]: v} for v in _as_choices(cls, keys[0], value)])
+        else:
+            if not isinstance(value, list) or not all(isinstance(v, list) and len(v) == len(keys) for v in value):
+                raise ConfigError(f"{where}: tied key {key!r} needs a list of {len(keys)}-element lists")
+            axes.append([dict(zip(keys, v)) for v in value])
+    return [dict(kv for d in combo for kv in d.items()) for combo in itertools.product(*axes)] or [{}]
+
+
+def _check_keys(d: dict, valid: set[str], where: str) -> None:
+    for k in d:
+        if k not in valid:
+            raise unknown("key", k, valid, where=where)
+
+
+def _int_list(v: Any, key: str, minimum: int) -> list[int]:
+    vals = v if isinstance(v, list) else [v]
+    for x in vals:
+        if isinstance(x, bool) or not isinstance(x, int) or x < minimum:
+            raise ConfigError(f"{key}={v!r}: every value must be an integer >= {minimum}")
+    return vals
+
+
+@dataclass
+class Grid:
+    """The expanded, validated grid."""
+
+    name: str
+    cells: list[Cell]
+    plugins: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict)
+
+
+def expand(config: dict, device: str | None = None, name: str = "custom") -> Grid:
+    """Validate a config mapping and expand it into cells; every bad input raises ConfigError."""
+    import methods
+    import problems
+    from bench.registry import load_plugins
+    from problems.base import Observer
+
+    _check_keys(config, TOP_KEYS, "the config's top level")
+    plugins = config.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"plugins must be a list of module names, got {plugins!r}")
+    load_plugins(plugins)
+    defaults = {k: v for k, v in config.items() if k in EXPERIMENT_KEYS}
+    blocks = config.get("experiments")
+    if blocks is None:
+        blocks = [{}]
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise ConfigError("experiments must be a list of mappings")
+    cells: list[Cell] = []
+    for bi, block in enumerate(blocks):
+        where = f"experiments[{bi}]" if config.get("experiments") else "config"
+        _check_keys(block, EXPERIMENT_KEYS, where)
+        exp = {**defaults, **block}
+        for req in ("problems", "methods"):
+            if not exp.get(req):
+                raise ConfigError(f"{where}: '{req}' is missing or empty; e.g. problems: {{lorenz96: {{}}}}, "
+                                  f"methods: {{EnKF: {{}}}}; problems: {', '.join(problems.names())}; "
+                                  f"methods: {', '.join(methods.names())}")
+            if not isinstance(exp[req], dict):
+                raise ConfigError(f"{where}: '{req}' must be a mapping of name -> parameters")
+        n_ens = _int_list(exp.get("n_ens", 20), "n_ens", 1)
+        seeds = exp.get("seeds", 1)
+        seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else _int_list(seeds, "seeds", 0)
+        spinup = _int_list(exp.get("spinup", 0), "spinup", 0)[0]
+        dev = device or exp.get("device", "cpu")
+        check_device(dev)
+        dtype = exp.get("dtype", "float32")
+        if dtype not in DTYPES:
+            raise ConfigError(f"dtype={dtype!r} is not supported; valid: {', '.join(DTYPES)}")
+        obs_spec = exp.get("observers") or {}
+        if not isinstance(obs_spec, (dict, list)):
+            raise ConfigError(f"{where}: observers must be a mapping of observer parameters")
+        for pname, pspec in exp["problems"].items():
+            pcls = problems.cls(pname)
+            pspec = dict(pspec or {})
+            if not isinstance(pspec, dict):
+                raise ConfigError(f"problem {pname}: parameters must be a mapping")
+            p_obs = pspec.pop("observer", None)
+            for pp in expand_params(pcls, pspec, f"problem {pname}"):
+                prob = problems.get(pname, **pp)
+                ospec = obs_spec if p_obs is None else (
+                    {**obs_spec, **p_obs} if isinstance(obs_spec, dict) and isinstance(p_obs, dict) else p_obs)
+                for op in expand_params(Observer, ospec, "observers"):
+                    # validate against the problem geometry (field std is a placeholder here)
+                    problems.bind_observer(prob, _FakeStats(prob.n_fields), **op)
+                    for mname, mspec in exp["methods"].items():
+                        mcls = methods.cls(mname)
+                        for mp in expand_params(mcls, mspec, f"method {mname}"):
+                            methods.get(mname, **mp)
+                            for n, s in itertools.product(n_ens, seeds):
+                                cells.append(Cell(pname, _freeze(pp), _freeze(op), mname, _freeze(mp), n, s,
+                                                  dev, dtype, spinup))
+    seen, unique = set(), []
+    for c in cells:
+        if c.cell_id not in seen:
+            seen.add(c.cell_id)
+            unique.append(c)
+    return Grid(name=config.get("name", name), cells=unique, plugins=plugins, raw=config)
+
+
+class _FakeStats:
+    def __init__(self, C: int):
+        import torch
+        self.field_std = torch.ones(C)
+
+
+def check_device(device: str) -> None:
+    import torch
+    if device == "cpu":
+        return
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device} was requested but CUDA is not available here "
+                              f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'none'}); "
+                              f"valid here: cpu. A GPU user installs a CUDA build of torch first (see README)")
+        return
+    raise ConfigError(f"device {device!r} is not supported; valid: cpu, cuda, cuda:N")

@@ -1,0 +1,485 @@
+"""Figures of a run: seaborn on matplotlib, written as PNG files for the static HTML report.
+
+Every function here takes tidy tables (the rows of one problem, see :mod:`bench.report`), writes zero or more
+PNG files into ``img_dir`` and returns a list of :class:`Figure` records (file name and caption). A function
+whose data are absent returns an empty list, so the report simply leaves that section out.
+
+Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot), so importing this module never
+changes the user's matplotlib backend and no figure is left open; the PNG canvas is Agg.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.lines import Line2D
+
+#: The three axes of the benchmark grid, with the labels used on plots.
+GRID_AXES: dict[str, str] = {"p_n_ens": "ensemble size N", "p_coverage": "observation coverage",
+                             "p_noise": "observation noise"}
+SHORT = {"p_n_ens": "N", "p_coverage": "coverage", "p_noise": "noise", "p_seed": "seed"}
+DPI = 90
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One written figure: ``file`` is relative to the image folder; ``caption`` is plain text."""
+
+    file: str
+    caption: str
+    alt: str = ""
+
+
+def _style() -> dict:
+    """rc parameters for every figure (applied with ``matplotlib.rc_context``, never globally)."""
+    rc = dict(sns.axes_style("whitegrid"))
+    rc.update(sns.plotting_context("notebook", font_scale=0.85))
+    rc.update({"figure.dpi": DPI, "savefig.dpi": DPI, "axes.titlesize": 10, "legend.fontsize": 8})
+    return rc
+
+
+def method_palette(methods: Sequence[str]) -> dict[str, tuple]:
+    """A fixed colour per method, shared by every figure of a report (baselines in grey)."""
+    methods = sorted(dict.fromkeys(methods))
+    others = [m for m in methods if not m.startswith(("FreeRun", "Climatology", "Persistence"))]
+    colours = sns.color_palette("colorblind" if len(others) <= 10 else "husl", max(len(others), 1))
+    pal = {m: colours[i] for i, m in enumerate(others)}
+    greys = [(0.35, 0.35, 0.35), (0.6, 0.6, 0.6), (0.15, 0.15, 0.15)]
+    for i, m in enumerate(m for m in methods if m not in pal):
+        pal[m] = greys[i % len(greys)]
+    return pal
+
+
+def _varies(df: pd.DataFrame, col: str) -> bool:
+    return col in df.columns and df[col].nunique(dropna=True) > 1
+
+
+def _values(df: pd.DataFrame, col: str | None) -> list:
+    if col is None:
+        return [None]
+    return sorted(df[col].dropna().unique().tolist())
+
+
+def _select(df: pd.DataFrame, **eq) -> pd.DataFrame:
+    mask = np.ones(len(df), dtype=bool)
+    for col, val in eq.items():
+        if col is not None and val is not None:
+            mask &= (df[col] == val).to_numpy()
+    return df[mask]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{v:g}"
+    return str(v)
+
+
+def _facet_title(**eq) -> str:
+    return " · ".join(f"{SHORT.get(k, k)}={_fmt(v)}" for k, v in eq.items() if k is not None and v is not None)
+
+
+def _grid(n_rows: int, n_cols: int, w: float = 3.6, h: float = 2.8, **kw) -> tuple[MplFigure, np.ndarray]:
+    fig = MplFigure(figsize=(w * n_cols + 1.8, h * n_rows + 0.6), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _save(fig: MplFigure, img_dir: Path, name: str) -> str:
+    img_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(img_dir / name, format="png")
+    return name
+
+
+def _method_legend(fig: MplFigure, palette: dict, methods: Sequence[str], extra: Sequence = ()) -> None:
+    handles = [Line2D([], [], color=palette[m], lw=2, label=m) for m in methods] + list(extra)
+    fig.legend(handles=handles, loc="outside right upper", frameon=False)
+
+
+def _log_if_spread(ax, values, axis: str = "y", ratio: float = 20.0) -> None:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size and v.max() / v.min() > ratio:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def _n_seeds(df: pd.DataFrame) -> int:
+    return int(df["p_seed"].nunique()) if "p_seed" in df.columns else 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# rRMSE over cycles
+
+
+def cycles_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
+                  metric: str = "rrmse_a") -> list[Figure]:
+    """rRMSE over assimilation cycles, one line per method, band = one std over seeds.
+
+    Facets: rows by noise and columns by coverage where they vary; one figure per ensemble size when it
+    varies. Spin-up cycles (excluded from averages) are shaded.
+    """
+    if cyc.empty or metric not in cyc.columns or not cyc[metric].notna().any():
+        return []
+    row = "p_noise" if _varies(cyc, "p_noise") else None
+    col = "p_coverage" if _varies(cyc, "p_coverage") else None
+    ens_values = _values(cyc, "p_n_ens") if _varies(cyc, "p_n_ens") else [None]
+    errorbar = "sd" if _n_seeds(cyc) > 1 else None
+    out = []
+    for k, n_ens in enumerate(ens_values):
+        d = _select(cyc, p_n_ens=n_ens)
+        rows, cols = _values(d, row), _values(d, col)
+        fig, axes = _grid(len(rows), len(cols), sharex=True, sharey=True)
+        methods = sorted(d["p_method"].unique())
+        for i, rv in enumerate(rows):
+            for j, cv in enumerate(cols):
+                ax = axes[i, j]
+                sub = _select(d, **{row or "_": rv, col or "_": cv}) if (row or col) else d
+                if sub.empty:
+                    ax.set_visible(False)
+                    continue
+                sns.lineplot(data=sub, x="cycle", y=metric, hue="p_method", palette=palette, errorbar=errorbar,
+                             ax=ax, legend=False, linewidth=1.4)
+                if "spinup" in sub.columns and sub["spinup"].astype(bool).any():
+                    last = sub.loc[sub["spinup"].astype(bool), "cycle"].max()
+                    ax.axvspan(sub["cycle"].min() - 0.5, last + 0.5, color="0.5", alpha=0.15, lw=0)
+                _log_if_spread(ax, d[metric])
+                ax.set_title(_facet_title(**{row or "_r": rv, col or "_c": cv}), fontsize=9)
+                ax.set_xlabel("cycle")
+                ax.set_ylabel("rRMSE (analysis)" if metric == "rrmse_a" else metric)
+        extra = [matplotlib.patches.Patch(color="0.5", alpha=0.15, label="spin-up")] \
+            if "spinup" in d.columns and d["spinup"].astype(bool).any() else []
+        _method_legend(fig, palette, methods, extra)
+        if n_ens is not None:
+            fig.suptitle(f"N = {n_ens}", fontsize=10)
+        name = _save(fig, img_dir, f"{tag}_cycles{'_N' + str(n_ens) if n_ens is not None else ''}.png")
+        band = "band: ± one std over seeds" if errorbar else "single seed"
+        out.append(Figure(name, f"Analysis rRMSE over cycles{f' (N = {n_ens})' if n_ens is not None else ''}; "
+                                f"line: mean over seeds, {band}; grey: spin-up.", "rRMSE over cycles"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# rRMSE against ensemble size, coverage, noise
+
+
+def sensitivity_figures(res: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
+                        metric: str = "rrmse_a") -> list[Figure]:
+    """rRMSE against each grid axis that varies (N, coverage, noise), facets over the other varying axes."""
+    ok = res[res["status"] == "ok"] if "status" in res.columns else res
+    ok = ok[ok[metric].notna()] if metric in ok.columns else ok.iloc[:0]
+    varying = [a for a in GRID_AXES if _varies(ok, a)]
+    errorbar = "sd" if _n_seeds(ok) > 1 else None
+    out = []
+    for x in varying:
+        others = [a for a in varying if a != x]
+        row = others[1] if len(others) > 1 else None
+        col = others[0] if others else None
+        rows, cols = _values(ok, row), _values(ok, col)
+        fig, axes = _grid(len(rows), len(cols), w=3.4, h=2.7, sharex=True, sharey=True)
+        methods = sorted(ok["p_method"].unique())
+        for i, rv in enumerate(rows):
+            for j, cv in enumerate(cols):
+                ax = axes[i, j]
+                sub = _select(ok, **{row or "_": rv, col or "_": cv}) if (row or col) else ok
+                if sub.empty:
+                    ax.set_visible(False)
+                    continue
+                sns.lineplot(data=sub, x=x, y=metric, hue="p_method", palette=palette, errorbar=errorbar,
+                             err_style="bars", marker="o", ax=ax, legend=False, linewidth=1.3, markersize=5)
+                xs = ok[x].astype(float)
+                if (xs > 0).all() and xs.max() / xs.min() >= 8:
+                    ax.set_xscale("log", base=2 if x == "p_n_ens" else 10)
+                _log_if_spread(ax, ok[metric])
+                ax.set_title(_facet_title(**{row or "_r": rv, col or "_c": cv}), fontsize=9)
+                ax.set_xlabel(GRID_AXES[x])
+                ax.set_ylabel("rRMSE (analysis)")
+        _method_legend(fig, palette, methods)
+        name = _save(fig, img_dir, f"{tag}_vs_{x[2:]}.png")
+        out.append(Figure(name, f"Analysis rRMSE against {GRID_AXES[x]}: mean over seeds"
+                                f"{', bars: ± one std' if errorbar else ''}.", f"rRMSE vs {GRID_AXES[x]}"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# cost-accuracy front
+
+
+def _pareto(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the non-dominated points (lower x and lower y are better), sorted by x."""
+    order = np.lexsort((y, x))
+    keep, best = [], np.inf
+    for i in order:
+        if y[i] < best:
+            keep.append(i)
+            best = y[i]
+    return np.asarray(keep, dtype=int)
+
+
+def cost_accuracy_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
+                         time_col: str = "time_online_s", metric: str = "rrmse_a") -> list[Figure]:
+    """Accuracy against online time per cycle (log x), one marker per (method, N) mean over seeds.
+
+    Markers of a method are joined in order of ensemble size and grow with it; the dashed black line is the
+    cost-accuracy (Pareto) front of each facet.
+    """
+    ok = res[res["status"] == "ok"] if "status" in res.columns else res
+    if time_col not in ok.columns or metric not in ok.columns:
+        return []
+    keys = ["p_method", "p_n_ens", "p_coverage", "p_noise"]
+    keys = [k for k in keys if k in ok.columns]
+    agg = ok.groupby(keys, dropna=False)[[time_col, metric]].mean().reset_index()
+    agg = agg[np.isfinite(agg[time_col]) & (agg[time_col] > 0) & np.isfinite(agg[metric])]
+    if agg.empty:
+        return []
+    row = "p_noise" if _varies(agg, "p_noise") else None
+    col = "p_coverage" if _varies(agg, "p_coverage") else None
+    rows, cols = _values(agg, row), _values(agg, col)
+    ens = _values(agg, "p_n_ens") if "p_n_ens" in agg.columns else [None]
+    sizes = {n: 25 + 75 * k / max(len(ens) - 1, 1) for k, n in enumerate(ens)}
+    fig, axes = _grid(len(rows), len(cols), w=3.8, h=3.0, sharex=True, sharey=True)
+    methods = sorted(agg["p_method"].unique())
+    for i, rv in enumerate(rows):
+        for j, cv in enumerate(cols):
+            ax = axes[i, j]
+            sub = _select(agg, **{row or "_": rv, col or "_": cv}) if (row or col) else agg
+            if sub.empty:
+                ax.set_visible(False)
+                continue
+            for m, g in sub.groupby("p_method"):
+                g = g.sort_values("p_n_ens") if "p_n_ens" in g.columns else g
+                ax.plot(g[time_col], g[metric], color=palette[m], lw=1, alpha=0.7)
+                s = [sizes.get(n, 40) for n in g["p_n_ens"]] if "p_n_ens" in g.columns else 40
+                ax.scatter(g[time_col], g[metric], s=s, color=palette[m], edgecolor="white", lw=0.5, zorder=3)
+            front = _pareto(sub[time_col].to_numpy(float), sub[metric].to_numpy(float))
+            if len(front) > 1:
+                ax.step(sub[time_col].to_numpy()[front], sub[metric].to_numpy()[front], where="post",
+                        color="black", ls="--", lw=0.9, zorder=2)
+            ax.set_xscale("log")
+            _log_if_spread(ax, agg[metric])
+            ax.set_title(_facet_title(**{row or "_r": rv, col or "_c": cv}), fontsize=9)
+            ax.set_xlabel("online time per cycle [s]" if time_col == "time_online_s" else time_col)
+            ax.set_ylabel("rRMSE (analysis)")
+    extra = [Line2D([], [], color="black", ls="--", lw=0.9, label="front")]
+    if len(ens) > 1:
+        extra += [Line2D([], [], ls="", marker="o", color="0.5", markersize=math.sqrt(sizes[n]), label=f"N={n}")
+                  for n in ens]
+    _method_legend(fig, palette, methods, extra)
+    name = _save(fig, img_dir, f"{tag}_cost_accuracy.png")
+    return [Figure(name, "Cost-accuracy: analysis rRMSE against online wall-clock time per cycle (forecast + "
+                         "analysis + reconstruction, log scale), mean over seeds; marker size grows with N; "
+                         "dashed: the front of non-dominated settings.", "cost-accuracy front")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# timing
+
+
+TIME_PARTS = {"time_forecast_s": "forecast", "time_analysis_s": "analysis", "time_reconstruct_s": "reconstruction"}
+
+
+def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str) -> list[Figure]:
+    """Stacked bars of the online time per cycle (forecast / analysis / reconstruction) per method and N,
+    and a bar chart of the offline fit time where any method has one."""
+    ok = res[res["status"] == "ok"] if "status" in res.columns else res
+    parts = [c for c in TIME_PARTS if c in ok.columns]
+    out = []
+    if parts and ok[parts].notna().any().any():
+        keys = [k for k in ("p_method", "p_n_ens") if k in ok.columns]
+        agg = ok.groupby(keys, dropna=False)[parts].mean().fillna(0.0).reset_index()
+        ens = _values(agg, "p_n_ens") if _varies(agg, "p_n_ens") else [None]
+        methods = sorted(agg["p_method"].unique())
+        fig, axes = _grid(1, len(ens), w=max(2.6, 0.55 * len(methods) + 1.2), h=3.2, sharey=True)
+        colours = dict(zip(TIME_PARTS, sns.color_palette("Set2", 3)))
+        for j, n in enumerate(ens):
+            ax = axes[0, j]
+            sub = _select(agg, p_n_ens=n).set_index("p_method").reindex(methods).fillna(0.0)
+            bottom = np.zeros(len(methods))
+            for c in parts:
+                ax.bar(range(len(methods)), sub[c].to_numpy() * 1e3, bottom=bottom, color=colours[c],
+                       label=TIME_PARTS[c], width=0.7)
+                bottom += sub[c].to_numpy() * 1e3
+            ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right", fontsize=7)
+            ax.set_title(f"N = {n}" if n is not None else "", fontsize=9)
+            ax.set_ylabel("time per cycle [ms]")
+            ax.grid(axis="x", visible=False)
+        handles = [matplotlib.patches.Patch(color=colours[c], label=TIME_PARTS[c]) for c in parts]
+        fig.legend(handles=handles, loc="outside right upper", frameon=False)
+        name = _save(fig, img_dir, f"{tag}_time_split.png")
+        out.append(Figure(name, "Online time per cycle split into forecast (T_d), analysis (T_a) and "
+                                "reconstruction/decoding (T_r), mean over seeds, coverages and noise levels.",
+                          "time per cycle"))
+    if "time_fit_s" in ok.columns and (ok["time_fit_s"].fillna(0) > 0).any():
+        fit = ok.groupby("p_method")["time_fit_s"].agg(["mean", "max"]).fillna(0.0).sort_index()
+        fig = MplFigure(figsize=(6.0, 0.35 * len(fit) + 1.2), layout="constrained")
+        ax = fig.subplots()
+        colours = sns.color_palette("Set2", 4)
+        ax.barh(range(len(fit)), fit["mean"], color=colours[3])
+        ax.set_yticks(range(len(fit)), fit.index, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("offline fit time [s] (mean over cells; 0 = nothing to train or a cache hit)")
+        for k, v in enumerate(fit["mean"]):
+            ax.text(v, k, f" {v:.3g} s", va="center", fontsize=7)
+        name = _save(fig, img_dir, f"{tag}_fit_time.png")
+        out.append(Figure(name, "Offline fit time (training of surrogates, encoders, latent dynamics) per "
+                                "method.", "offline fit time"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# snapshots, parameters, latent trajectories
+
+
+def snapshot_figures(snaps: dict[str, dict[str, np.ndarray]], img_dir: Path, tag: str,
+                     max_cycles: int = 3) -> list[Figure]:
+    """Fields of truth, ensemble-mean estimate and error, one row per method, at up to ``max_cycles`` cycles.
+
+    Parameters
+    ----------
+    snaps : dict
+        ``{method: npz-dict}`` for one setting and seed; each holds ``cycles`` (k,), ``truth`` and ``mean``
+        (k, C, H, W), ``obs_points`` (m,) flat grid indices, ``field_names`` (C,).
+    """
+    snaps = {m: s for m, s in snaps.items() if {"cycles", "truth", "mean"} <= set(s)}
+    if not snaps:
+        return []
+    methods = sorted(snaps)
+    common = sorted(set.intersection(*(set(np.asarray(s["cycles"]).tolist()) for s in snaps.values())))
+    if not common:
+        return []
+    picks = sorted({common[0], common[len(common) // 2], common[-1]})[:max_cycles]
+    first = snaps[methods[0]]
+    n_fields = first["truth"].shape[1]
+    names = [str(x) for x in first.get("field_names", [f"field {c}" for c in range(n_fields)])]
+    out = []
+    for cyc in picks:
+        fig, axes = _grid(len(methods), 3 * n_fields, w=1.9, h=1.8)
+        for c in range(n_fields):
+            err_max, lim = 0.0, None
+            for m in methods:  # shared colour scales across methods: truth range, symmetric error range
+                s = snaps[m]
+                k = int(np.flatnonzero(np.asarray(s["cycles"]) == cyc)[0])
+                t, e = s["truth"][k, c], s["mean"][k, c]
+                diff = np.abs(e - t)
+                err_max = max(err_max, float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0)
+                lim = (float(np.nanmin(t)), float(np.nanmax(t)))
+            err_max = err_max or 1.0
+            for i, m in enumerate(methods):
+                s = snaps[m]
+                k = int(np.flatnonzero(np.asarray(s["cycles"]) == cyc)[0])
+                t, e = s["truth"][k, c], s["mean"][k, c]
+                H, W = t.shape
+                obs = np.asarray(s.get("obs_points", np.empty(0)), dtype=np.int64)
+                oy, ox = np.divmod(obs[(obs >= 0) & (obs < H * W)], W)
+                panels = [(t, "truth", "viridis", lim), (e, "estimate", "viridis", lim),
+                          (e - t, "error", "RdBu_r", (-err_max, err_max))]
+                for p, (img, label, cmap, (vmin, vmax)) in enumerate(panels):
+                    ax = axes[i, 3 * c + p]
+                    im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest")
+                    if p < 2 and oy.size:
+                        ax.scatter(ox, oy, s=max(0.5, 6.0 - 0.01 * oy.size), c="white", edgecolors="black",
+                                   linewidths=0.3)
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    ax.grid(False)
+                    if i == 0:
+                        ax.set_title(f"{names[c]}: {label}", fontsize=8)
+                    if p == 0:
+                        ax.set_ylabel(m, fontsize=7)
+                    if i == len(methods) - 1 and p in (1, 2):
+                        fig.colorbar(im, ax=axes[:, 3 * c + p], shrink=0.6, location="bottom", pad=0.02)
+        fig.suptitle(f"cycle {cyc}", fontsize=10)
+        name = _save(fig, img_dir, f"{tag}_snapshot_c{cyc}.png")
+        out.append(Figure(name, f"Fields at cycle {cyc}: truth, ensemble-mean estimate and error (estimate - "
+                                f"truth) per method; dots: observed grid points.", f"snapshot at cycle {cyc}"))
+    return out
+
+
+def parameter_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str, title: str = "") -> list[Figure]:
+    """Ensemble-mean parameter estimate against the true value over cycles, one panel per parameter."""
+    names = [c[len("param_mean_"):] for c in cyc.columns
+             if c.startswith("param_mean_") and cyc[c].notna().any()]
+    if not names:
+        return []
+    fig, axes = _grid(1, len(names), w=3.6, h=2.8)
+    methods = sorted(m for m, g in cyc.groupby("p_method") if g[[f"param_mean_{n}" for n in names]].notna().any().any())
+    for j, n in enumerate(names):
+        ax = axes[0, j]
+        for m in methods:
+            g = cyc[cyc["p_method"] == m].sort_values("cycle")
+            ax.plot(g["cycle"], g[f"param_mean_{n}"], color=palette[m], lw=1.4)
+        tcol = f"param_true_{n}"
+        if tcol in cyc.columns and cyc[tcol].notna().any():
+            g = cyc.dropna(subset=[tcol]).groupby("cycle")[tcol].first()
+            ax.plot(g.index, g.to_numpy(), color="black", ls="--", lw=1.2)
+        ax.set_title(n, fontsize=9)
+        ax.set_xlabel("cycle")
+        ax.set_ylabel("estimate")
+    _method_legend(fig, palette, methods, [Line2D([], [], color="black", ls="--", label="truth")])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    name = _save(fig, img_dir, f"{tag}_params.png")
+    return [Figure(name, "Parameter estimates (ensemble mean) against the true value (dashed) over cycles"
+                         f"{' for ' + title if title else ''}.", "parameter estimates")]
+
+
+def latent_figure(latents: dict[str, dict[str, np.ndarray]], img_dir: Path, tag: str,
+                  max_dims: int = 4) -> list[Figure]:
+    """Latent trajectories of latent methods: the first ``max_dims`` coordinates over cycles.
+
+    Each entry of ``latents`` (one per method) is the content of ``extras/<cell_id>.latent.npz``: an optional
+    ``cycles`` (T,) axis and any number of arrays shaped (T, d) (one trajectory, e.g. ``truth``) or (T, N, d)
+    (an ensemble, drawn as mean ± std over N). Arrays of another shape are ignored.
+    """
+    panels = {}
+    for m, arrs in latents.items():
+        series = {}
+        for key, a in arrs.items():
+            a = np.asarray(a)
+            if key == "cycles" or a.dtype.kind not in "fiu" or a.ndim not in (2, 3) or a.shape[0] < 2:
+                continue
+            series[key] = a.astype(float)
+        if series:
+            panels[m] = (np.asarray(arrs["cycles"]) if "cycles" in arrs else None, series)
+    if not panels:
+        return []
+    n = len(panels)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = _grid(nrows, ncols, w=3.8, h=2.8)
+    dim_colours = sns.color_palette("deep", max_dims)
+    styles = ["-", "--", ":", "-."]
+    keys_seen: dict[str, str] = {}
+    for k, (m, (t, series)) in enumerate(sorted(panels.items())):
+        ax = axes[k // ncols, k % ncols]
+        for s_i, (key, a) in enumerate(sorted(series.items())):
+            ls = keys_seen.setdefault(key, styles[len(keys_seen) % len(styles)])
+            x = t if t is not None and len(t) == a.shape[0] else np.arange(1, a.shape[0] + 1)
+            mu = a.mean(axis=1) if a.ndim == 3 else a
+            sd = a.std(axis=1) if a.ndim == 3 else None
+            for d in range(min(max_dims, mu.shape[-1])):
+                ax.plot(x, mu[:, d], color=dim_colours[d], ls=ls, lw=1.2)
+                if sd is not None:
+                    ax.fill_between(x, mu[:, d] - sd[:, d], mu[:, d] + sd[:, d], color=dim_colours[d], alpha=0.15)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("cycle")
+        ax.set_ylabel("latent coordinate")
+    for k in range(n, nrows * ncols):
+        axes[k // ncols, k % ncols].set_visible(False)
+    handles = [Line2D([], [], color=dim_colours[d], lw=1.5, label=f"z[{d}]") for d in range(max_dims)]
+    handles += [Line2D([], [], color="0.3", ls=ls, label=key) for key, ls in keys_seen.items()]
+    fig.legend(handles=handles, loc="outside right upper", frameon=False)
+    name = _save(fig, img_dir, f"{tag}_latent.png")
+    return [Figure(name, f"Latent trajectories: the first {max_dims} latent coordinates over cycles "
+                         "(ensembles: mean ± std over members).", "latent trajectories")]
+
+
+def render(fn, *args, **kwargs) -> list[Figure]:
+    """Call a figure function under the report's style, closing nothing global (no pyplot is used)."""
+    with matplotlib.rc_context(_style()):
+        return fn(*args, **kwargs)

@@ -1,0 +1,344 @@
+"""The runner: owns the assimilation cycle, the timers and every metric.
+
+For one cell (problem, observer, method, N, seed, device) it
+
+1. builds the problem's cached dataset; the truth is a trajectory of the *test* split (``seed % n_test``);
+2. draws the observations ``y_1..y_T`` from a seed that depends on (problem, observer, seed) only, and the
+   initial ensemble (parameters from the prior, states from ``problem.sample_initial``) from a seed that depends
+   on (problem, seed, N) only, so every method assimilates identical data from an identical start;
+3. times ``fit`` (offline), then per cycle ``forecast`` (T_d), ``analysis`` (T_a) and ``estimate`` (T_r), each
+   synchronised on GPU; metrics are computed outside the timers; cycle 1 is the timing warm-up and the first
+   ``spinup`` cycles are excluded from the time averages of the metrics;
+4. stops a filter that produces NaN/Inf or leaves the plausible range and records ``failed`` with
+   "diverged at cycle k"; any exception becomes a ``failed`` row with its traceback and the sweep goes on.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import subprocess
+import threading
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.config import Cell
+from bench.errors import Diverged
+from bench.metrics import ensemble_metrics, param_rmse
+from bench.naming import content_hash
+
+METRICS = ("rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a")
+TIMINGS = ("time_fit_s", "time_forecast_s", "time_analysis_s", "time_reconstruct_s", "time_online_s",
+           "time_per_cycle_s", "time_total_s", "peak_mem_mb")
+#: an estimate farther than this many truth scales from the truth is a divergence
+DIVERGENCE_FACTOR = 1e3
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from a hash of ``parts`` (never global state)."""
+    return int(content_hash(*parts, n=15), 16)
+
+
+def generator(*parts: Any) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+class Timer:
+    """Wall-clock timer synchronised with the device (CUDA kernels are asynchronous)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (a sampler thread; CUDA: max allocated)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.01):
+        self.device, self.interval = device, interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.rss_mb())
+
+    def __enter__(self):
+        self.peak = self.rss_mb()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss_mb())
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+_PROVENANCE: dict | None = None
+
+
+def provenance(device: torch.device, dtype: str) -> dict:
+    global _PROVENANCE
+    if _PROVENANCE is None:
+        root = Path(__file__).resolve().parent.parent
+        try:
+            sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, timeout=5).stdout.strip() or "unknown"
+        except (OSError, subprocess.SubprocessError):
+            sha = "unknown"
+        import numpy
+        import pandas
+        _PROVENANCE = {"git_sha": sha, "torch_version": torch.__version__, "numpy_version": numpy.__version__,
+                       "pandas_version": pandas.__version__, "python_version": platform.python_version(),
+                       "host": socket.gethostname(), "cpu": platform.processor() or platform.machine()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+    return {**_PROVENANCE, "device_name": name, "dtype": dtype, "threads": torch.get_num_threads(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def param_columns(cell: Cell, problem, observer, method) -> dict:
+    """The ``p_*`` columns of a cell: the headline ones, then one per problem / observer / method parameter."""
+    cols = {"p_problem": problem.label, "p_method": method.label, "p_problem_name": cell.problem,
+            "p_method_name": cell.method, "p_n_ens": cell.n_ens, "p_coverage": float(observer.coverage),
+            "p_noise": float(observer.noise), "p_seed": cell.seed, "p_device": cell.device, "p_dtype": cell.dtype,
+            "p_spinup": cell.spinup, "p_observer": observer.label}
+    for prefix, params in (("p_problem_", problem.params_dict()), ("p_obs_", observer.params_dict()),
+                           ("p_method_", method.params_dict())):
+        for k, v in params.items():
+            cols[prefix + k] = list(v) if isinstance(v, tuple) else v
+    for k in ("p_obs_coverage", "p_obs_noise"):
+        cols.pop(k, None)
+    return {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cols.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def run_cell(cell: Cell, cache_dir: Path | None = None, raise_errors: bool = False, progress: bool = False,
+             snapshot_cycles: int = 3) -> dict:
+    """Run one cell; returns ``{"cell", "row", "cycles", "snapshots"}`` (never raises unless ``raise_errors``)."""
+    import methods
+    import problems
+
+    device = torch.device(cell.device)
+    dtype = getattr(torch, cell.dtype)
+    problem = problems.get(cell.problem, **cell.pdict)
+    method = methods.get(cell.method, **cell.mdict)
+    row: dict[str, Any] = {"cell_id": cell.cell_id}
+    cycles: list[dict] = []
+    snaps: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    status, error = "ok", ""
+    timings = {k: float("nan") for k in TIMINGS}
+    metric_means = {k: float("nan") for k in METRICS}
+    try:
+        dataset = problem.dataset(cache_dir=cache_dir, progress=progress)
+        observer = problems.bind_observer(problem, dataset, **cell.odict)
+        row.update(param_columns(cell, problem, observer, method))
+        row.update({"obs_coverage": observer.actual_coverage, "n_obs": observer.n_obs})
+        reason = method.skip(problem, observer)
+        if reason:
+            status, error = "skipped", reason
+        else:
+            with PeakMemory(device) as mem:
+                cycles, metric_means, timings, snaps = _cycle(cell, problem, observer, method, dataset, device,
+                                                              dtype, cache_dir, progress, snapshot_cycles)
+            timings["peak_mem_mb"] = mem.peak
+    except Diverged as e:
+        status, error = "failed", str(e)
+        cycles = getattr(e, "cycles", [])
+    except Exception as e:  # a failed method is data, the sweep goes on
+        if raise_errors:
+            raise
+        status = "failed"
+        error = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc()[-2000:])
+    if "p_problem" not in row:  # failed before the observer was bound: still give the row its parameters
+        row.update({"p_problem": problem.label, "p_method": method.label, "p_problem_name": cell.problem,
+                    "p_method_name": cell.method, "p_n_ens": cell.n_ens,
+                    "p_coverage": float(cell.odict.get("coverage", 1.0)),
+                    "p_noise": float(cell.odict.get("noise", 0.1)), "p_seed": cell.seed, "p_device": cell.device,
+                    "p_dtype": cell.dtype, "p_spinup": cell.spinup})
+    timings["time_total_s"] = time.perf_counter() - t_start
+    row.update(metric_means)
+    row.update(timings)
+    row.update({"status": status, "error": error, "n_cycles": len(cycles)})
+    row.update(provenance(device, cell.dtype))
+    pcols = {k: v for k, v in row.items() if k.startswith("p_")}
+    cycles = [{"cell_id": cell.cell_id, **pcols, **c} for c in cycles]
+    return {"cell": cell.to_dict(), "row": row, "cycles": cycles, "snapshots": snaps}
+
+
+def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, progress, snapshot_cycles):
+    from methods.base import Context
+
+    n_test = dataset.test.shape[0]
+    k = cell.seed % n_test
+    truth = dataset.test[k].to(device=device, dtype=dtype)  # (T+1, *shape)
+    truth_params = dataset.params_test[k].to(device=device, dtype=torch.float64)
+    T = truth.shape[0] - 1
+    if cell.spinup >= T:
+        raise ValueError(f"spinup={cell.spinup} leaves no cycle to average (the problem has {T} cycles)")
+    g_obs = generator("obs", problem.label, observer.label, cell.seed)
+    ys = observer.sample(truth[1:].double().cpu(), g_obs).to(device=device, dtype=dtype)  # (T, m)
+    g_init = generator("init", problem.label, cell.seed, cell.n_ens)
+    params0 = problem.sample_params(cell.n_ens, g_init)
+    x0 = problem.sample_initial(params0, g_init).to(device=device, dtype=dtype)
+    params0 = params0.to(device=device, dtype=dtype)
+
+    ctx = Context(problem=problem, observer=observer, dataset=dataset, device=device, dtype=dtype,
+                  cache_dir=cache_dir, progress=progress)
+    timer = Timer(device)
+    method.bind(ctx)
+    t0 = timer.now()
+    method.fit(generator("fit", problem.label, observer.label, method.label))
+    time_fit = timer.now() - t0
+    state = method.init(x0, params0, generator("method", problem.label, observer.label, method.label,
+                                               cell.n_ens, cell.seed))
+    scale = float(truth.double().abs().max()) + float(dataset.field_std.max())
+    snap_at = sorted({max(1, T // 4), max(1, T // 2), T})[:max(snapshot_cycles, 0)] if len(problem.state_shape) == 3 else []
+    snaps = {"cycles": [], "truth": [], "mean": []}
+    rows = []
+    for t in range(1, T + 1):
+        tc0 = timer.now()
+        state = method.forecast(state)
+        tc1 = timer.now()
+        with torch.no_grad():
+            xf = method.estimate(state)  # untimed: only for the forecast metrics
+        tc2 = timer.now()
+        state = method.analysis(state, ys[t - 1])
+        tc3 = timer.now()
+        xa = method.estimate(state)
+        tc4 = timer.now()
+        # ---- metrics, outside the timers
+        if not bool(torch.isfinite(xa).all()) or float(xa.double().abs().max()) > DIVERGENCE_FACTOR * scale:
+            err = Diverged(f"diverged at cycle {t}: the analysis ensemble has "
+                           f"{'non-finite values' if not bool(torch.isfinite(xa).all()) else 'left the plausible range'}")
+            err.cycles = rows
+            raise err
+        mf = ensemble_metrics(xf, truth[t])
+        ma = ensemble_metrics(xa, truth[t])
+        pe = method.estimate_params(state)
+        r = {"cycle": t, "time": float(dataset.times[t]), "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
+             "rmse_a": ma["rmse"], "rrmse_a": ma["rrmse"], "rrmse_member_a": ma["rrmse_member"],
+             "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params),
+             "t_forecast": tc1 - tc0, "t_analysis": tc3 - tc2, "t_reconstruct": tc4 - tc3,
+             "t_cycle": timer.now() - tc0, "spinup": t <= cell.spinup}
+        for i, name in enumerate(problem.param_names):
+            r[f"param_mean_{name}"] = float(pe[:, i].double().mean()) if pe is not None and pe.numel() else float("nan")
+            r[f"param_true_{name}"] = float(truth_params[i])
+        rows.append(r)
+        if t in snap_at:
+            snaps["cycles"].append(t)
+            snaps["truth"].append(truth[t].float().cpu().numpy())
+            snaps["mean"].append(xa.float().mean(0).cpu().numpy())
+    scored = [r for r in rows if not r["spinup"]]
+    means = {m: float(np.nanmean([r[m] for r in scored])) if scored and not all(
+        isinstance(r[m], float) and math.isnan(r[m]) for r in scored) else float("nan") for m in METRICS}
+    timed = rows[1:] if len(rows) > 1 else rows  # cycle 1 is the warm-up
+    mean_t = lambda key: float(np.mean([r[key] for r in timed]))  # noqa: E731
+    timings = {"time_fit_s": time_fit, "time_forecast_s": mean_t("t_forecast"),
+               "time_analysis_s": mean_t("t_analysis"), "time_reconstruct_s": mean_t("t_reconstruct")}
+    timings["time_online_s"] = timings["time_forecast_s"] + timings["time_analysis_s"] + timings["time_reconstruct_s"]
+    timings["time_per_cycle_s"] = mean_t("t_cycle")
+    if snaps["cycles"]:
+        snaps = {"cycles": np.array(snaps["cycles"]), "truth": np.stack(snaps["truth"]),
+                 "mean": np.stack(snaps["mean"]), "obs_points": observer.points.numpy(),
+                 "field_names": np.array(problem.field_names)}
+    else:
+        snaps = {}
+    return rows, means, timings, snaps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool) -> tuple[str, str]:
+    """Run a cell and write its file atomically (in whichever process runs it)."""
+    from bench import store
+    out = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors)
+    if out["snapshots"]:
+        import io
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **out["snapshots"])
+        store.atomic_write_bytes(run_dir / "snapshots" / f"{cell.cell_id}.npz", buf.getvalue())
+    store.write_cell(run_dir, cell.cell_id, out)
+    return cell.cell_id, out["row"]["status"]
+
+
+def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path | None = None,
+             raise_errors: bool = False, retry_failed: bool = False, progress: bool = True) -> dict:
+    """Run every cell not already finished in ``run_dir``; returns counts. Resumable and lock-protected."""
+    from bench import store
+    from tqdm.auto import tqdm
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.RunLock(run_dir):
+        done = store.finished_cells(run_dir)
+        if retry_failed:
+            done = {k: v for k, v in done.items() if v["row"]["status"] != "failed"}
+        todo = [c for c in cells if c.cell_id not in done]
+        counts = {"total": len(cells), "cached": len(cells) - len(todo), "ok": 0, "failed": 0, "skipped": 0}
+        # build each dataset once, before the sweep, so parallel workers load rather than race to build it
+        _prepare_datasets(todo, cache_dir, progress)
+        bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+        if jobs <= 1:
+            for c in todo:
+                bar.set_postfix_str(f"{c.problem} {c.method} N={c.n_ens} s={c.seed}", refresh=False)
+                _, status = _run_and_write(c, run_dir, cache_dir, raise_errors)
+                counts[status] += 1
+                bar.update()
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                     initargs=(threads,)) as pool:
+                futs = [pool.submit(_run_and_write, c, run_dir, cache_dir, raise_errors) for c in todo]
+                for f in as_completed(futs):
+                    _, status = f.result()
+                    counts[status] += 1
+                    bar.update()
+        bar.close()
+        store.consolidate(run_dir, [c.cell_id for c in cells])
+    return counts
+
+
+def _prepare_datasets(cells: list[Cell], cache_dir: Path | None, progress: bool) -> None:
+    import problems
+    seen = set()
+    for c in cells:
+        key = (c.problem, c.problem_params)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            problems.get(c.problem, **c.pdict).dataset(cache_dir=cache_dir, progress=progress)
+        except Exception:  # the cell itself will record the failure
+            pass

@@ -1,0 +1,172 @@
+"""Results on disk: one atomic file per finished cell, a lock per run folder, consolidated Parquet tables.
+
+Layout of a run folder ``DIR``::
+
+    DIR/grid.yaml              the config as given (for provenance and `bench show`)
+    DIR/cells/<cell_id>.json   one finished cell: {"cell", "row", "cycles"}, written atomically
+    DIR/snapshots/<id>.npz     field snapshots (gridded problems)
+    DIR/results.parquet        one row per cell (consolidated from cells/)
+    DIR/cycles.parquet         one row per (cell, cycle)
+    DIR/run.json               provenance, timings
+    DIR/.lock                  held by the running `bench run`
+
+A cell file is JSON with a ``checksum`` of its payload, so a partial or corrupt file is detected and the cell
+rerun rather than read.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import ConfigError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, (np.floating, np.integer)):
+        return _clean(v.item())
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def _sanitize(obj: Any) -> Any:
+    """JSON-safe copy: NaN -> None, +-inf -> strings, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {k: _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitize(v) for v in obj]
+    return _clean(obj)
+
+
+def write_cell(run_dir: Path, cell_id: str, payload: dict) -> None:
+    """Atomically write one finished cell (``payload`` holds JSON-able ``cell``, ``row``, ``cycles``)."""
+    body = json.dumps(_sanitize({k: payload[k] for k in ("cell", "row", "cycles")}), sort_keys=True,
+                      allow_nan=False)
+    checksum = hashlib.sha256(body.encode()).hexdigest()
+    blob = json.dumps({"format": FORMAT_VERSION, "checksum": checksum, "body": body})
+    atomic_write_bytes(run_dir / "cells" / f"{cell_id}.json", blob.encode())
+
+
+def read_cell(path: Path) -> dict | None:
+    """The cell payload, or None when the file is partial, corrupt or from another format version."""
+    try:
+        outer = json.loads(path.read_text())
+        body = outer["body"]
+        if outer.get("format") != FORMAT_VERSION or hashlib.sha256(body.encode()).hexdigest() != outer["checksum"]:
+            return None
+        return json.loads(body)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def finished_cells(run_dir: Path) -> dict[str, dict]:
+    """cell_id -> payload of every valid cell file; corrupt ones are removed (they will be rerun)."""
+    out = {}
+    for p in sorted((run_dir / "cells").glob("*.json")):
+        payload = read_cell(p)
+        if payload is None:
+            p.unlink(missing_ok=True)
+            continue
+        out[p.stem] = payload
+    return out
+
+
+class RunLock:
+    """An exclusive advisory lock on a run folder: two `bench run` never write the same cells."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self.fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            self.fd = None
+            raise ConfigError(f"another `bench run` (pid {other}) is writing to {self.path.parent}; wait for it to "
+                              f"finish or choose another --out folder") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Make every object column Parquet-safe (mixed types become strings, None stays missing)."""
+    for c in df.columns:
+        if df[c].dtype == object:
+            vals = df[c].dropna()
+            kinds = {type(v) for v in vals}
+            if kinds <= {bool} or kinds <= {str} or not kinds:
+                continue
+            if kinds <= {int, float}:
+                df[c] = pd.to_numeric(df[c])
+            else:
+                df[c] = df[c].map(lambda v: None if v is None else (str(v) if not isinstance(v, str) else v))
+    return df
+
+
+def consolidate(run_dir: Path, cell_ids: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Build ``results.parquet`` and ``cycles.parquet`` from the cell files (only ``cell_ids`` if given)."""
+    cells = finished_cells(run_dir)
+    ids = [c for c in (cell_ids if cell_ids is not None else sorted(cells)) if c in cells]
+    rows = [cells[c]["row"] for c in ids]
+    cyc = [r for c in ids for r in cells[c]["cycles"]]
+    df = _normalise_columns(pd.DataFrame(rows))
+    cdf = _normalise_columns(pd.DataFrame(cyc))
+    for name, table in (("results.parquet", df), ("cycles.parquet", cdf)):
+        tmp = run_dir / f".{name}.tmp{os.getpid()}"
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, run_dir / name)
+    return df, cdf
+
+
+def load_results(run_dir: str | Path) -> pd.DataFrame:
+    """The results table of a run folder, with a clear error for a folder that is not one."""
+    run_dir = Path(run_dir)
+    path = run_dir / "results.parquet"
+    if not path.exists():
+        if (run_dir / "cells").is_dir():
+            return consolidate(run_dir)[0]
+        raise ConfigError(f"{run_dir} is not a results folder (no results.parquet and no cells/); "
+                          f"give the --out folder of a `bench run`")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:
+        raise ConfigError(f"{path} cannot be read as Parquet ({e}); rerun `bench run` into that folder") from None
+    need = {"p_problem", "p_method", "status"}
+    if not need <= set(df.columns):
+        raise ConfigError(f"{path} is from an older or foreign version (missing columns "
+                          f"{sorted(need - set(df.columns))}); rerun `bench run` to rebuild it")
+    return df
