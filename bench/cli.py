@@ -106,8 +106,8 @@ def _summary_text(run_dir: Path) -> str:
     import pandas as pd
     from bench.store import load_results
     try:
-        from bench.report import summary_table
-        tab = summary_table(run_dir)
+        from bench.report import format_summary, summary_table
+        return format_summary(summary_table(run_dir))
     except ImportError:
         df = load_results(run_dir)
         ok = df[df.status == "ok"]

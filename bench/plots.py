@@ -283,9 +283,9 @@ def cost_accuracy_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: s
 TIME_PARTS = {"time_forecast_s": "forecast", "time_analysis_s": "analysis", "time_reconstruct_s": "reconstruction"}
 
 
-def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str) -> list[Figure]:
+def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str, min_fit_s: float = 0.01) -> list[Figure]:
     """Stacked bars of the online time per cycle (forecast / analysis / reconstruction) per method and N,
-    and a bar chart of the offline fit time where any method has one."""
+    and a bar chart of the offline fit time where any method takes longer than ``min_fit_s`` seconds."""
     ok = res[res["status"] == "ok"] if "status" in res.columns else res
     parts = [c for c in TIME_PARTS if c in ok.columns]
     out = []
@@ -294,7 +294,7 @@ def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str) -> list[Figure]:
         agg = ok.groupby(keys, dropna=False)[parts].mean().fillna(0.0).reset_index()
         ens = _values(agg, "p_n_ens") if _varies(agg, "p_n_ens") else [None]
         methods = sorted(agg["p_method"].unique())
-        fig, axes = _grid(1, len(ens), w=max(2.6, 0.55 * len(methods) + 1.2), h=3.2, sharey=True)
+        fig, axes = _grid(1, len(ens), w=max(2.6, 0.9 * len(methods) + 0.8), h=3.2, sharey=True)
         colours = dict(zip(TIME_PARTS, sns.color_palette("Set2", 3)))
         for j, n in enumerate(ens):
             ax = axes[0, j]
@@ -304,7 +304,7 @@ def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str) -> list[Figure]:
                 ax.bar(range(len(methods)), sub[c].to_numpy() * 1e3, bottom=bottom, color=colours[c],
                        label=TIME_PARTS[c], width=0.7)
                 bottom += sub[c].to_numpy() * 1e3
-            ax.set_xticks(range(len(methods)), methods, rotation=40, ha="right", fontsize=7)
+            ax.set_xticks(range(len(methods)), [_wrap_name(m, 14) for m in methods], fontsize=7)
             ax.set_title(f"N = {n}" if n is not None else "", fontsize=9)
             ax.set_ylabel("time per cycle [ms]")
             ax.grid(axis="x", visible=False)
@@ -314,7 +314,7 @@ def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str) -> list[Figure]:
         out.append(Figure(name, "Online time per cycle split into forecast (T_d), analysis (T_a) and "
                                 "reconstruction/decoding (T_r), mean over seeds, coverages and noise levels.",
                           "time per cycle"))
-    if "time_fit_s" in ok.columns and (ok["time_fit_s"].fillna(0) > 0).any():
+    if "time_fit_s" in ok.columns and (ok["time_fit_s"].fillna(0) > min_fit_s).any():
         fit = ok.groupby("p_method")["time_fit_s"].agg(["mean", "max"]).fillna(0.0).sort_index()
         fig = MplFigure(figsize=(6.0, 0.35 * len(fit) + 1.2), layout="constrained")
         ax = fig.subplots()
@@ -335,6 +335,23 @@ def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str) -> list[Figure]:
 # snapshots, parameters, latent trajectories
 
 
+def _wrap_name(name: str, width: int = 18) -> str:
+    """Break a long parametrized name after '[' and commas so it fits beside a panel."""
+    if len(name) <= width:
+        return name
+    head, sep, rest = name.partition("[")
+    lines, cur = [head + sep], ""
+    for part in rest.split(","):
+        piece = part if not cur else cur + "," + part
+        if len(piece) > width and cur:
+            lines.append(cur + ",")
+            cur = part
+        else:
+            cur = piece
+    lines.append(cur)
+    return "\n".join(x for x in lines if x)
+
+
 def snapshot_figures(snaps: dict[str, dict[str, np.ndarray]], img_dir: Path, tag: str,
                      max_cycles: int = 3) -> list[Figure]:
     """Fields of truth, ensemble-mean estimate and error, one row per method, at up to ``max_cycles`` cycles.
@@ -344,59 +361,90 @@ def snapshot_figures(snaps: dict[str, dict[str, np.ndarray]], img_dir: Path, tag
     snaps : dict
         ``{method: npz-dict}`` for one setting and seed; each holds ``cycles`` (k,), ``truth`` and ``mean``
         (k, C, H, W), ``obs_points`` (m,) flat grid indices, ``field_names`` (C,).
+
+    Colour scales are shared down each column: truth and estimate use the range of the truth, the error a
+    symmetric range set by the largest error of any method. Panels are placed by hand (no layout engine),
+    which keeps a figure of many small panels fast.
     """
-    snaps = {m: s for m, s in snaps.items() if {"cycles", "truth", "mean"} <= set(s)}
+    snaps = {m: s for m, s in snaps.items() if {"cycles", "truth", "mean"} <= set(s)
+             and np.ndim(s["truth"]) == 4 and np.shape(s["truth"]) == np.shape(s["mean"])}
     if not snaps:
         return []
     methods = sorted(snaps)
     common = sorted(set.intersection(*(set(np.asarray(s["cycles"]).tolist()) for s in snaps.values())))
     if not common:
         return []
-    picks = sorted({common[0], common[len(common) // 2], common[-1]})[:max_cycles]
+    picks = sorted({common[0], common[len(common) // 2], common[-1]})[-max_cycles:]
     first = snaps[methods[0]]
-    n_fields = first["truth"].shape[1]
+    n_fields, H, W = first["truth"].shape[1:]
     names = [str(x) for x in first.get("field_names", [f"field {c}" for c in range(n_fields)])]
+    # Each column (field x truth/estimate/error) is ONE image: the methods' fields stacked vertically with a
+    # blank (NaN) gap. Four artists per column instead of one axes per panel keeps many-method figures fast.
+    n_m = len(methods)
+    gap_rows = max(1, H // 10)
+    stack_h = n_m * H + (n_m - 1) * gap_rows
+    pw = 1.55
+    ph = float(np.clip(pw * H / W, 0.6, 2.5))  # inches per method block
+    gap_in = ph * gap_rows / H
+    left, gap, group_gap, top, bottom = 1.45, 0.06, 0.3, 0.55, 0.6
+    col_h = n_m * ph + (n_m - 1) * gap_in
+    fw = left + n_fields * (3 * pw + 2 * gap) + (n_fields - 1) * group_gap + 0.15
+    fh = top + col_h + bottom
+
+    def stack(blocks: list[np.ndarray]) -> np.ndarray:
+        out = np.full((stack_h, W), np.nan)
+        for i, b in enumerate(blocks):  # flip: each block is drawn with y (row index) growing upwards
+            out[i * (H + gap_rows):i * (H + gap_rows) + H] = b[::-1]
+        return out
+
+    obs_xy = []
+    for i, m in enumerate(methods):
+        obs = np.asarray(snaps[m].get("obs_points", np.empty(0)), dtype=np.int64).ravel()
+        oy, ox = np.divmod(obs[(obs >= 0) & (obs < H * W)], W)
+        obs_xy.append((ox, i * (H + gap_rows) + (H - 1 - oy)))
+    ox_all = np.concatenate([x for x, _ in obs_xy]) if obs_xy else np.empty(0)
+    oy_all = np.concatenate([y for _, y in obs_xy]) if obs_xy else np.empty(0)
+    dot = float(np.clip(300.0 / max(len(ox_all) / n_m, 1), 0.3, 6.0))
     out = []
     for cyc in picks:
-        fig, axes = _grid(len(methods), 3 * n_fields, w=1.9, h=1.8)
+        fig = MplFigure(figsize=(fw, fh))
+        idx = {m: int(np.flatnonzero(np.asarray(snaps[m]["cycles"]) == cyc)[0]) for m in methods}
         for c in range(n_fields):
-            err_max, lim = 0.0, None
-            for m in methods:  # shared colour scales across methods: truth range, symmetric error range
-                s = snaps[m]
-                k = int(np.flatnonzero(np.asarray(s["cycles"]) == cyc)[0])
-                t, e = s["truth"][k, c], s["mean"][k, c]
-                diff = np.abs(e - t)
-                err_max = max(err_max, float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0)
-                lim = (float(np.nanmin(t)), float(np.nanmax(t)))
+            truths = [np.asarray(snaps[m]["truth"][idx[m], c], dtype=float) for m in methods]
+            means = [np.asarray(snaps[m]["mean"][idx[m], c], dtype=float) for m in methods]
+            errors = [e - t for e, t in zip(means, truths)]
+            finite = truths[0][np.isfinite(truths[0])]
+            lim = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+            err_abs = np.abs(np.concatenate([e.ravel() for e in errors]))
+            err_max = float(np.nanmax(err_abs)) if np.isfinite(err_abs).any() else 1.0
             err_max = err_max or 1.0
-            for i, m in enumerate(methods):
-                s = snaps[m]
-                k = int(np.flatnonzero(np.asarray(s["cycles"]) == cyc)[0])
-                t, e = s["truth"][k, c], s["mean"][k, c]
-                H, W = t.shape
-                obs = np.asarray(s.get("obs_points", np.empty(0)), dtype=np.int64)
-                oy, ox = np.divmod(obs[(obs >= 0) & (obs < H * W)], W)
-                panels = [(t, "truth", "viridis", lim), (e, "estimate", "viridis", lim),
-                          (e - t, "error", "RdBu_r", (-err_max, err_max))]
-                for p, (img, label, cmap, (vmin, vmax)) in enumerate(panels):
-                    ax = axes[i, 3 * c + p]
-                    im = ax.imshow(img, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest")
-                    if p < 2 and oy.size:
-                        ax.scatter(ox, oy, s=max(0.5, 6.0 - 0.01 * oy.size), c="white", edgecolors="black",
-                                   linewidths=0.3)
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                    ax.grid(False)
-                    if i == 0:
-                        ax.set_title(f"{names[c]}: {label}", fontsize=8)
-                    if p == 0:
-                        ax.set_ylabel(m, fontsize=7)
-                    if i == len(methods) - 1 and p in (1, 2):
-                        fig.colorbar(im, ax=axes[:, 3 * c + p], shrink=0.6, location="bottom", pad=0.02)
-        fig.suptitle(f"cycle {cyc}", fontsize=10)
+            x0 = left + c * (3 * pw + 2 * gap + group_gap)
+            images = []
+            for p, (blocks, label, cmap, (vmin, vmax)) in enumerate((
+                    (truths, "truth", "viridis", lim), (means, "estimate", "viridis", lim),
+                    (errors, "error", "RdBu_r", (-err_max, err_max)))):
+                ax = fig.add_axes(((x0 + p * (pw + gap)) / fw, bottom / fh, pw / fw, col_h / fh))
+                cm = matplotlib.colormaps[cmap].with_extremes(bad="white")
+                images.append(ax.imshow(stack(blocks), cmap=cm, vmin=vmin, vmax=vmax, origin="upper",
+                                        interpolation="nearest", aspect="auto"))
+                if p < 2 and ox_all.size:
+                    ax.scatter(ox_all, oy_all, s=dot, c="white", edgecolors="black", linewidths=0.3)
+                ax.set_xlim(-0.5, W - 0.5)
+                ax.set_ylim(stack_h - 0.5, -0.5)
+                ax.set_axis_off()
+                ax.set_title(f"{names[c]}: {label}", fontsize=8)
+            for p, span in ((1, (x0, 2 * pw + gap)), (2, (x0 + 2 * (pw + gap), pw))):
+                cax = fig.add_axes((span[0] / fw, 0.25 / fh, span[1] / fw, 0.1 / fh))
+                fig.colorbar(images[p], cax=cax, orientation="horizontal")
+                cax.tick_params(labelsize=6)
+        for i, m in enumerate(methods):
+            yc = bottom + col_h - (i * (ph + gap_in) + ph / 2)
+            fig.text((left - 0.08) / fw, yc / fh, _wrap_name(m), fontsize=7, ha="right", va="center")
+        fig.suptitle(f"cycle {cyc}", fontsize=10, y=1 - 0.12 / fh)
         name = _save(fig, img_dir, f"{tag}_snapshot_c{cyc}.png")
         out.append(Figure(name, f"Fields at cycle {cyc}: truth, ensemble-mean estimate and error (estimate - "
-                                f"truth) per method; dots: observed grid points.", f"snapshot at cycle {cyc}"))
+                                f"truth), one row per method; dots: observed grid points; colour bars below "
+                                f"each field (truth and estimate share one).", f"snapshot at cycle {cyc}"))
     return out
 
 
@@ -421,8 +469,6 @@ def parameter_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str, 
         ax.set_xlabel("cycle")
         ax.set_ylabel("estimate")
     _method_legend(fig, palette, methods, [Line2D([], [], color="black", ls="--", label="truth")])
-    if title:
-        fig.suptitle(title, fontsize=9)
     name = _save(fig, img_dir, f"{tag}_params.png")
     return [Figure(name, "Parameter estimates (ensemble mean) against the true value (dashed) over cycles"
                          f"{' for ' + title if title else ''}.", "parameter estimates")]

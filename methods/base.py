@@ -54,6 +54,8 @@ class Method:
     """
 
     name: ClassVar[str] = "method"
+    #: hyperparameters for the conformance suite's tiny run (e.g. few training epochs)
+    conformance_params: ClassVar[dict] = {}
     ctx: Context | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- configuration ---------------------------------------------------------------------------------------

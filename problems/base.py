@@ -102,6 +102,8 @@ class Problem:
     default_obs_fields: ClassVar[tuple[str, ...] | None] = None
     #: True where the spatial domain is periodic (used by localisation distances)
     periodic: ClassVar[bool] = False
+    #: a tiny configuration for the conformance suite (bench/conformance.py)
+    conformance_params: ClassVar[dict] = {}
 
     n_cycles: int = 50
     n_traj: int = 200
@@ -376,6 +378,8 @@ class Observer:
         pb = self.problem
         shape = pb.spatial_shape
         P = pb.n_points
+        if self.stride == 0 and self.coverage * P < 0.5:
+            return torch.zeros(0, dtype=torch.long)
         if self.layout == "random":
             m = int(round(self.coverage * P))
             g = torch.Generator().manual_seed(self.layout_seed)

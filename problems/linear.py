@@ -20,6 +20,7 @@ class LinearGauss(Problem):
     name: ClassVar[str] = "linear_gauss"
     field_names: ClassVar[tuple[str, ...]] = ("x",)
     periodic: ClassVar[bool] = True
+    conformance_params: ClassVar[dict] = {"dim": 6, "n_cycles": 3, "n_traj": 5}
 
     dim: int = 8
     decay: float = 0.95

@@ -38,6 +38,7 @@ class Lorenz96(Problem):
     name: ClassVar[str] = "lorenz96"
     field_names: ClassVar[tuple[str, ...]] = ("x",)
     periodic: ClassVar[bool] = True
+    conformance_params: ClassVar[dict] = {"dim": 12, "n_cycles": 3, "n_traj": 5, "spinup_time": 2.0}
     sim_batch: ClassVar[int] = 200
 
     dim: int = 40

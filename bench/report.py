@@ -1,0 +1,665 @@
+"""Tables and the static HTML report of a run directory.
+
+A run directory ``DIR`` (written by the runner, see DESIGN.md "Results") holds ``results.parquet`` (one row per
+cell), ``cycles.parquet`` (one row per cell and cycle), ``run.json`` (config and provenance), and optionally
+``snapshots/<cell_id>.npz`` (gridded fields) and ``extras/<cell_id>.json`` / ``extras/<cell_id>.latent.npz``
+(latent methods). This module reads only those files.
+
+Public entry points
+-------------------
+``summary_table(DIR or results DataFrame)``
+    mean ± std over seeds of the metrics per (problem, method, N, coverage, noise[, device]), counts of ok,
+    failed and skipped cells, and the best method per setting (lowest mean analysis rRMSE). Used by
+    ``bench show`` and by the report.
+``build_report(DIR)``
+    writes ``DIR/report/``: ``index.html`` (grid, provenance, summary tables, failed and skipped cells), one
+    page per problem with figures (``img/*.png``), ``summary.md`` (Markdown tables for papers),
+    ``summary.csv`` and ``results.csv``. Everything is relative links and PNG files: the site opens offline
+    from disk, with no JavaScript and nothing fetched from the network.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import ConfigError
+
+RESULTS_FILE = "results.parquet"
+CYCLES_FILE = "cycles.parquet"
+RUN_FILE = "run.json"
+
+#: Columns that define one setting of the summary (seeds are averaged over).
+SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise", "p_device", "p_method")
+#: Metrics summarised as mean and std over seeds (ok cells only).
+SUMMARY_METRICS: tuple[str, ...] = (
+    "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a", "rmse_a", "rmse_f",
+    "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s", "time_reconstruct_s",
+    "time_fit_s", "peak_mem_mb", "obs_coverage",
+)
+PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "torch_version", "device_name", "dtype", "threads", "host",
+                                       "date")
+_FRIENDLY = {"p_problem": "problem", "p_method": "method", "p_n_ens": "n_ens", "p_coverage": "coverage",
+             "p_noise": "noise", "p_device": "device"}
+
+
+# ==============================================================================================================
+# loading
+
+
+def _run_dir(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    if path.is_file() and path.name == RESULTS_FILE:
+        path = path.parent
+    if not (path / RESULTS_FILE).is_file():
+        if not path.exists():
+            raise ConfigError(f"run directory {str(path)!r} does not exist")
+        raise ConfigError(f"{str(path)!r} is not a run directory: it has no {RESULTS_FILE} "
+                          f"(made by `bench run --out {path}`)")
+    return path
+
+
+def load_results(run_dir: str | Path) -> pd.DataFrame:
+    """The per-cell results table of a run directory (``DIR/results.parquet``)."""
+    return pd.read_parquet(_run_dir(run_dir) / RESULTS_FILE)
+
+
+def load_cycles(run_dir: str | Path) -> pd.DataFrame:
+    """The per-cycle table of a run directory, or an empty frame when the run wrote none."""
+    path = _run_dir(run_dir) / CYCLES_FILE
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+
+def load_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """``DIR/run.json`` (config, provenance, start and end times, command), or ``{}`` when absent/unreadable."""
+    path = _run_dir(run_dir) / RUN_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"could not read {path}: {e}", stacklevel=2)
+        return {}
+
+
+def _as_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    return source if isinstance(source, pd.DataFrame) else load_results(source)
+
+
+# ==============================================================================================================
+# summary table
+
+
+def summary_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (problem, N, coverage, noise, device, method).
+
+    Parameters
+    ----------
+    source : path or DataFrame
+        A run directory (or its ``results.parquet``), or the results table itself.
+
+    Returns
+    -------
+    DataFrame
+        One row per setting, sorted by problem, N, coverage, noise, device, method. Columns: ``problem``,
+        ``n_ens``, ``coverage``, ``noise``, ``device``, ``method`` (whichever exist in the results);
+        ``n_cells``, ``n_ok``, ``n_failed``, ``n_skipped``; ``<metric>_mean`` and ``<metric>_std`` (sample
+        std, ddof=1, NaN for a single seed) for each metric of :data:`SUMMARY_METRICS` present, over ok cells
+        only; ``best``: True for the method with the lowest ``rrmse_a_mean`` among the methods of the same
+        (problem, N, coverage, noise, device), when at least two methods have a value.
+    """
+    df = _as_results(source)
+    keys = [k for k in SETTING_KEYS if k in df.columns]
+    if "p_problem" not in keys or "p_method" not in keys:
+        raise ConfigError("results table lacks the p_problem / p_method columns")
+    status = df["status"].astype(str) if "status" in df.columns else pd.Series("ok", index=df.index)
+    metrics = [m for m in SUMMARY_METRICS if m in df.columns]
+    ok = (status == "ok").to_numpy()
+    work = df[keys].copy()
+    for m in metrics:  # failed/skipped cells never enter the averages
+        work[m] = pd.to_numeric(df[m], errors="coerce").where(ok)
+    work["n_cells"] = 1
+    work["n_ok"] = ok.astype(int)
+    work["n_failed"] = (status == "failed").to_numpy().astype(int)
+    work["n_skipped"] = (status == "skipped").to_numpy().astype(int)
+    g = work.groupby(keys, dropna=False, sort=True)
+    out = g[["n_cells", "n_ok", "n_failed", "n_skipped"]].sum()
+    if metrics:
+        stats = g[metrics].agg(["mean", "std"])
+        stats.columns = [f"{m}_{s}" for m, s in stats.columns]
+        out = out.join(stats)
+    out = out.reset_index()
+    others = [k for k in keys if k != "p_method"]
+    if "rrmse_a_mean" in out.columns:
+        finite = out["rrmse_a_mean"].where(np.isfinite(out["rrmse_a_mean"]))
+        grp = finite.groupby([out[k] for k in others], dropna=False)
+        lowest, n_valid = grp.transform("min"), grp.transform("count")
+        out["best"] = (finite == lowest) & (n_valid >= 2)
+    else:
+        out["best"] = False
+    return out.rename(columns=_FRIENDLY)
+
+
+def _fmt_num(x: Any, digits: int = 3) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "–" if x is None else str(x)
+    if not math.isfinite(x):
+        return "–"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e5:
+        return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{max(digits, len(str(int(abs(x)))))}g}"
+    return f"{x:.{digits - 1}e}"
+
+
+def _fmt_time(s: Any) -> str:
+    try:
+        s = float(s)
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(s):
+        return "–"
+    if s == 0:
+        return "0"
+    if s < 1e-3:
+        return f"{s * 1e6:.3g} µs"
+    if s < 1:
+        return f"{s * 1e3:.3g} ms"
+    if s < 600:
+        return f"{s:.3g} s"
+    return f"{s / 60:.3g} min"
+
+
+def _pm(mean: Any, std: Any) -> str:
+    m = _fmt_num(mean)
+    try:
+        ok = math.isfinite(float(std))
+    except (TypeError, ValueError):
+        ok = False
+    return f"{m} ± {_fmt_num(std, 2)}" if ok and m != "–" else m
+
+
+def _val(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "–" if not math.isfinite(v) else f"{v:g}"
+    return "–" if v is None else str(v)
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The summary as a fixed-width text table for the terminal (``bench show``); ``*`` marks the best method."""
+    if summary.empty:
+        return "(no cells)"
+    rows = []
+    has_param = "param_rmse_a_mean" in summary.columns and summary["param_rmse_a_mean"].notna().any()
+    show_device = "device" in summary.columns and summary["device"].nunique() > 1
+    for _, r in summary.iterrows():
+        row = {"problem": r["problem"], "N": _val(r.get("n_ens")), "coverage": _val(r.get("coverage")),
+               "noise": _val(r.get("noise"))}
+        if show_device:
+            row["device"] = r["device"]
+        row.update({
+            "method": ("* " if r.get("best") else "  ") + str(r["method"]),
+            "ok/fail/skip": f"{r['n_ok']}/{r['n_failed']}/{r['n_skipped']}",
+            "rRMSE_a": _pm(r.get("rrmse_a_mean"), r.get("rrmse_a_std")),
+            "spread_a": _fmt_num(r.get("spread_a_mean")),
+            "CRPS_a": _fmt_num(r.get("crps_a_mean")),
+        })
+        if has_param:
+            row["param_RMSE"] = _fmt_num(r.get("param_rmse_a_mean"))
+        row["online/cycle"] = _fmt_time(r.get("time_online_s_mean"))
+        row["fit"] = _fmt_time(r.get("time_fit_s_mean"))
+        rows.append(row)
+    text = pd.DataFrame(rows).to_string(index=False)
+    return text + "\n(* lowest mean analysis rRMSE of its setting; mean ± std over seeds)"
+
+
+# ==============================================================================================================
+# HTML helpers
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5em auto;max-width:1400px;
+     padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+h3{font-size:1.05em;margin-top:1.2em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right;vertical-align:top}
+th{background:#f3f3f3}td.l,th.l{text-align:left}td{white-space:nowrap}td.l:last-child{white-space:normal}
+tr.best td{background:#e3f4e1;font-weight:600}
+tr.failed td{background:#fbe7e6}tr.skipped td{background:#f6f3e4}
+pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:.8em;max-height:28em}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+nav a{margin-right:1em}.muted{color:#777;font-size:.85em}
+.note{background:#fff6d8;padding:.4em .6em;border-left:3px solid #e0b400;font-size:.85em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _page(title: str, body: str, nav: str = "") -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{_e(title)}</title>\n'
+            f"<style>{_CSS}</style>\n</head>\n<body>\n{nav}\n{body}\n"
+            f'<p class="muted">Generated by assimbench on {_dt.datetime.now().isoformat(timespec="seconds")}.</p>\n'
+            f"</body>\n</html>\n")
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str], row_classes: Sequence[str] | None = None,
+           left: int = 0, raw: bool = False) -> str:
+    """An HTML table; the first ``left`` columns are left-aligned; cells are escaped unless ``raw``."""
+    cls = lambda j: ' class="l"' if j < left else ""  # noqa: E731
+    out = ["<table>", "<tr>" + "".join(f"<th{cls(j)}>{_e(h)}</th>" for j, h in enumerate(header)) + "</tr>"]
+    for i, row in enumerate(rows):
+        rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        cells = "".join(f"<td{cls(j)}>{c if raw else _e(c)}</td>" for j, c in enumerate(row))
+        out.append(f"<tr{rc}>{cells}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _slug(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-")[:60] or "problem"
+    slug, k = base, 2
+    while slug in taken:
+        slug, k = f"{base}-{k}", k + 1
+    taken.add(slug)
+    return slug
+
+
+def _summary_columns(summ: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
+    """(key, header, formatter) of the summary columns worth showing for these rows."""
+    def has(c: str) -> bool:
+        return c in summ.columns and summ[c].notna().any()
+
+    cols: list[tuple[str, str, Callable[[pd.Series], str]]] = []
+    for c, h in (("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise")):
+        if c in summ.columns:
+            cols.append((c, h, lambda r, c=c: _val(r[c])))
+    if "device" in summ.columns and summ["device"].nunique() > 1:
+        cols.append(("device", "device", lambda r: _val(r["device"])))
+    cols.append(("method", "method", lambda r: str(r["method"])))
+    cols.append(("cells", "ok / failed / skipped", lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
+    for m, h in (("rrmse_a", "rRMSE analysis"), ("rrmse_f", "rRMSE forecast"), ("rrmse_member_a", "member rRMSE"),
+                 ("spread_a", "spread"), ("crps_a", "CRPS"), ("param_rmse_a", "param RMSE")):
+        if has(f"{m}_mean"):
+            cols.append((m, h, lambda r, m=m: _pm(r[f"{m}_mean"], r.get(f"{m}_std"))))
+    for m, h in (("time_online_s", "online / cycle"), ("time_fit_s", "fit")):
+        if has(f"{m}_mean"):
+            cols.append((m, h, lambda r, m=m: _fmt_time(r[f"{m}_mean"])))
+    if has("peak_mem_mb_mean"):
+        cols.append(("peak_mem_mb", "peak MB", lambda r: _fmt_num(r["peak_mem_mb_mean"])))
+    return cols
+
+
+def _summary_html(summ: pd.DataFrame) -> str:
+    cols = _summary_columns(summ)
+    rows = [[f(r) for _, _, f in cols] for _, r in summ.iterrows()]
+    classes = ["best" if r.get("best") else "" for _, r in summ.iterrows()]
+    left = [k for k, _, _ in cols].index("method") + 1
+    return _table(rows, [h for _, h, _ in cols], classes, left=left)
+
+
+def _summary_markdown(summ: pd.DataFrame) -> str:
+    cols = _summary_columns(summ)
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in summ.iterrows():
+        cells = [f(r).replace("|", "\\|") for _, _, f in cols]
+        if r.get("best"):
+            cells = [f"**{c}**" if k in ("method", "rrmse_a") else c for (k, _, _), c in zip(cols, cells)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ==============================================================================================================
+# run facts
+
+
+def _provenance(res: pd.DataFrame, info: dict) -> dict[str, str]:
+    prov = {str(k): v for k, v in (info.get("provenance") or {}).items()}
+    for c in PROVENANCE_COLUMNS:
+        if c not in prov and c in res.columns:
+            vals = sorted({str(v) for v in res[c].dropna().unique()})
+            if vals:
+                prov[c] = ", ".join(vals[:5]) + (f" (+{len(vals) - 5} more)" if len(vals) > 5 else "")
+    for k in ("started", "finished", "command"):
+        if info.get(k):
+            prov[k] = info[k]
+    return {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in prov.items()}
+
+
+def _grid_rows(res: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for c in [c for c in res.columns if c.startswith("p_")]:
+        vals = res[c].dropna()
+        try:
+            uniq = sorted(vals.unique().tolist())
+        except TypeError:
+            uniq = sorted({str(v) for v in vals})
+        if not uniq:
+            continue
+        shown = ", ".join(_val(v) for v in uniq[:12]) + (f", … ({len(uniq)} values)" if len(uniq) > 12 else "")
+        rows.append([c[2:], str(len(uniq)), shown])
+    return rows
+
+
+def _config_text(info: dict) -> str:
+    cfg = info.get("config")
+    if cfg is None:
+        return ""
+    try:
+        import yaml
+        return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    except Exception:  # any unserialisable object: JSON with str() fallback is always possible
+        return json.dumps(cfg, indent=2, default=str)
+
+
+def _error_digest(err: Any, limit: int = 4000) -> tuple[str, str]:
+    """(one-line headline, full text tail) of an error/traceback string."""
+    text = "" if err is None or (isinstance(err, float) and math.isnan(err)) else str(err).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    head = lines[-1].strip() if lines else "(no message)"
+    return head[:300], text[-limit:]
+
+
+def _failures_html(res: pd.DataFrame) -> str:
+    if "status" not in res.columns:
+        return ""
+    failed = res[res["status"] == "failed"]
+    skipped = res[res["status"] == "skipped"]
+    parts = []
+    if len(failed):
+        rows, cols = [], ["cell_id", "p_problem", "p_method", "p_n_ens", "p_coverage", "p_noise", "p_seed"]
+        cols = [c for c in cols if c in failed.columns]
+        for _, r in failed.iterrows():
+            head, full = _error_digest(r.get("error"))
+            err = f"<details><summary>{_e(head)}</summary><pre>{_e(full)}</pre></details>" if full != head \
+                else _e(head)
+            rows.append([_e(_val(r[c])) for c in cols] + [err])
+        parts.append(f"<h3>Failed cells ({len(failed)})</h3>")
+        parts.append(_table(rows, [c.removeprefix("p_") for c in cols] + ["error"], ["failed"] * len(rows),
+                            left=len(cols) + 1, raw=True))
+    if len(skipped):
+        key = [c for c in ("p_problem", "p_method") if c in skipped.columns]
+        errs = skipped["error"].map(lambda e: _error_digest(e)[0]) if "error" in skipped.columns else "(no reason)"
+        grp = skipped.assign(_reason=errs).groupby(key + ["_reason"], dropna=False).size().reset_index(name="n")
+        rows = [[_val(r[c]) for c in key] + [str(r["n"]), r["_reason"]] for _, r in grp.iterrows()]
+        parts.append(f"<h3>Skipped cells ({len(skipped)})</h3>")
+        parts.append(_table(rows, [c.removeprefix("p_") for c in key] + ["cells", "reason"],
+                            ["skipped"] * len(rows), left=len(key) + 2))
+    return "\n".join(parts)
+
+
+# ==============================================================================================================
+# per-problem content
+
+
+def _pick_setting(rows: pd.DataFrame) -> dict[str, Any]:
+    """The (N, coverage, noise, seed, device) shared by the most methods among ``rows``: the one shown in
+    snapshots and parameter plots. Ties: largest N, coverage nearest the median, lowest noise, lowest seed."""
+    keys = [k for k in ("p_n_ens", "p_coverage", "p_noise", "p_seed", "p_device") if k in rows.columns]
+    if rows.empty or not keys:
+        return {}
+    cnt = rows.groupby(keys, dropna=False)["p_method"].nunique().reset_index(name="_n")
+    cnt["_neg_n"] = -cnt["_n"]
+    order = ["_neg_n"]
+    if "p_n_ens" in keys:
+        cnt["_neg_N"] = -cnt["p_n_ens"].astype(float)
+        order.append("_neg_N")
+    if "p_coverage" in keys:
+        cnt["_cov"] = (cnt["p_coverage"].astype(float) - rows["p_coverage"].astype(float).median()).abs()
+        order.append("_cov")
+    order += [k for k in ("p_noise", "p_seed", "p_device") if k in keys]
+    best = cnt.sort_values(order, kind="stable").iloc[0]
+    return {k: best[k] for k in keys}
+
+
+def _match(rows: pd.DataFrame, setting: dict[str, Any]) -> pd.DataFrame:
+    mask = np.ones(len(rows), dtype=bool)
+    for k, v in setting.items():
+        col = rows[k]
+        mask &= (col.isna() if pd.isna(v) else (col == v)).to_numpy()
+    return rows[mask]
+
+
+def _setting_text(setting: dict[str, Any]) -> str:
+    short = {"p_n_ens": "N", "p_coverage": "coverage", "p_noise": "noise", "p_seed": "seed", "p_device": "device"}
+    return " · ".join(f"{short.get(k, k)}={_val(v)}" for k, v in setting.items())
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"could not read {path}: {e}", stacklevel=2)
+        return None
+
+
+def _surrogate_html(res_ok: pd.DataFrame, extras: Path) -> str:
+    rows = []
+    for _, r in res_ok.iterrows():
+        path = extras / f"{r['cell_id']}.json"
+        if not path.is_file():
+            continue
+        try:
+            sur = json.loads(path.read_text()).get("surrogate")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(sur, dict):
+            rows.append({"method": r["p_method"], **{k: v for k, v in sur.items() if not isinstance(v, (dict, list))}})
+    if not rows:
+        return ""
+    df = pd.DataFrame(rows)
+    num = [c for c in df.columns if c != "method" and pd.api.types.is_numeric_dtype(df[c])]
+    txt = [c for c in df.columns if c != "method" and c not in num]
+    agg = df.groupby("method").agg(**{"cells": ("method", "size")}, **{c: (c, "mean") for c in num},
+                                   **{c: (c, "first") for c in txt}).reset_index()
+    header = ["method", "cells"] + num + txt
+    body = [[r["method"], str(r["cells"])] + [_fmt_num(r[c], 4) for c in num] + [_val(r[c]) for c in txt]
+            for _, r in agg.iterrows()]
+    return ("<h2>Surrogates</h2>\n<p>Offline-trained surrogates of the latent methods (from "
+            "<code>extras/</code>; numbers are means over the cells that report them).</p>\n" + _table(body, header, left=1))
+
+
+# ==============================================================================================================
+# build
+
+
+class _Builder:
+    """Writes one report; collects figure failures as notes (or raises them when ``strict``)."""
+
+    def __init__(self, run_dir: Path, strict: bool):
+        self.run_dir, self.strict = run_dir, strict
+        self.out = run_dir / "report"
+        self.img = self.out / "img"
+        self.notes: list[str] = []
+
+    def figures(self, fn, *args, **kwargs) -> list:
+        from bench import plots
+        try:
+            return plots.render(fn, *args, **kwargs)
+        except Exception as e:  # a broken figure must not lose the rest of the report
+            if self.strict:
+                raise
+            msg = f"figure {fn.__name__} could not be drawn: {type(e).__name__}: {e}"
+            warnings.warn(msg, stacklevel=2)
+            self.notes.append(msg)
+            return []
+
+    def prepare(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.img.exists():  # figures of an earlier build of this report would be stale
+            shutil.rmtree(self.img)
+        self.img.mkdir()
+        for old in self.out.glob("*.html"):
+            old.unlink()
+
+
+def _figure_html(figs: Sequence) -> str:
+    return "\n".join(f'<figure><img src="img/{_e(f.file)}" alt="{_e(f.alt or f.caption)}">'
+                     f"<figcaption>{_e(f.caption)}</figcaption></figure>" for f in figs)
+
+
+def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: pd.DataFrame,
+                  summ: pd.DataFrame, palette: dict) -> str:
+    from bench import plots
+
+    res_ok = res[res["status"] == "ok"] if "status" in res.columns else res
+    ok_ids = set(res_ok["cell_id"]) if "cell_id" in res_ok.columns else set()
+    if not cyc.empty and "cell_id" in cyc.columns:
+        cyc = cyc[cyc["cell_id"].isin(ok_ids)]
+    parts = [f"<h1>{_e(problem)}</h1>",
+             f'<p class="muted">{len(res)} cells: {len(res_ok)} ok, '
+             f'{int((res.get("status") == "failed").sum()) if "status" in res else 0} failed, '
+             f'{int((res.get("status") == "skipped").sum()) if "status" in res else 0} skipped. '
+             "Highlighted: lowest mean analysis rRMSE of its setting.</p>",
+             "<h2>Summary</h2>", _summary_html(summ)]
+
+    sections: list[tuple[str, list]] = [
+        ("rRMSE over cycles", b.figures(plots.cycles_figure, cyc, b.img, palette, slug)),
+        ("Sensitivity to the grid", b.figures(plots.sensitivity_figures, res, b.img, palette, slug)),
+        ("Cost against accuracy", b.figures(plots.cost_accuracy_figure, res, b.img, palette, slug)),
+        ("Time per cycle", b.figures(plots.timing_figures, res, b.img, slug)),
+    ]
+    # one setting and seed for the fields, parameters and latent trajectories
+    snap_dir = b.run_dir / "snapshots"
+    with_snap = res_ok[res_ok["cell_id"].map(lambda c: (snap_dir / f"{c}.npz").is_file())] \
+        if snap_dir.is_dir() and len(res_ok) else res_ok.iloc[:0]
+    if len(with_snap):
+        setting = _pick_setting(with_snap)
+        snaps = {}
+        for _, r in _match(with_snap, setting).iterrows():
+            z = _load_npz(snap_dir / f"{r['cell_id']}.npz")
+            if z is not None:
+                snaps[r["p_method"]] = z
+        figs = b.figures(plots.snapshot_figures, snaps, b.img, slug)
+        sections.append((f"Fields ({_setting_text(setting)})", figs))
+    param_cols = [c for c in cyc.columns if c.startswith("param_mean_")] if not cyc.empty else []
+    if param_cols and cyc[param_cols].notna().any().any():
+        has_param = cyc[cyc[param_cols].notna().any(axis=1)]
+        setting = _pick_setting(res_ok[res_ok["cell_id"].isin(set(has_param["cell_id"]))])
+        rows = _match(has_param, setting)
+        sections.append((f"Parameter estimates ({_setting_text(setting)})",
+                          b.figures(plots.parameter_figure, rows, b.img, palette, slug, _setting_text(setting))))
+    extras = b.run_dir / "extras"
+    latent_html = ""
+    if extras.is_dir() and len(res_ok):
+        latent_html = _surrogate_html(res_ok, extras)
+        with_lat = res_ok[res_ok["cell_id"].map(lambda c: (extras / f"{c}.latent.npz").is_file())]
+        if len(with_lat):
+            setting = _pick_setting(with_lat)
+            chosen = _match(with_lat, setting)
+            picked = {r["p_method"]: r["cell_id"] for _, r in chosen.iterrows()}
+            for m, g in with_lat.groupby("p_method"):  # methods not in that setting: their first cell
+                picked.setdefault(m, g.sort_values([c for c in ("p_seed",) if c in g])["cell_id"].iloc[0])
+            lat = {m: z for m, c in picked.items() if (z := _load_npz(extras / f"{c}.latent.npz")) is not None}
+            sections.append((f"Latent trajectories ({_setting_text(setting)})",
+                             b.figures(plots.latent_figure, lat, b.img, slug)))
+    for title, figs in sections:
+        if figs:
+            parts.append(f"<h2>{_e(title)}</h2>\n{_figure_html(figs)}")
+    if latent_html:
+        parts.append(latent_html)
+    fails = _failures_html(res)
+    if fails:
+        parts.append(f'<h2 id="failures">Failed and skipped cells</h2>\n{fails}')
+    return "\n".join(parts)
+
+
+def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
+    """Write the static HTML report of a run directory and return the path of ``report/index.html``.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory (see module docstring). Raises :class:`~bench.errors.ConfigError` when it has no
+        ``results.parquet``.
+    strict : bool
+        Raise when a figure cannot be drawn (tests). By default the failure is noted on the page and in a
+        warning, and the rest of the report is written.
+
+    Returns
+    -------
+    Path
+        ``run_dir/report/index.html``. Next to it: one ``<problem>.html`` page per problem, ``img/*.png``,
+        ``summary.md``, ``summary.csv`` (the :func:`summary_table`) and ``results.csv`` (every cell).
+    """
+    t0 = time.perf_counter()
+    run_dir = _run_dir(run_dir)
+    res = load_results(run_dir)
+    cyc = load_cycles(run_dir)
+    info = load_run_info(run_dir)
+    b = _Builder(run_dir, strict)
+    b.prepare()
+    summ = summary_table(res)
+    summ.to_csv(b.out / "summary.csv", index=False)
+    res.to_csv(b.out / "results.csv", index=False)
+
+    from bench import plots
+    palette = plots.method_palette(res["p_method"].astype(str).unique().tolist())
+    problems = list(dict.fromkeys(sorted(res["p_problem"].astype(str))))
+    taken: set[str] = {"index", "summary", "results"}
+    slugs = {p: _slug(p, taken) for p in problems}
+    for p in problems:
+        body = _problem_page(b, p, slugs[p], res[res["p_problem"].astype(str) == p],
+                             cyc[cyc["p_problem"].astype(str) == p] if "p_problem" in cyc.columns else cyc,
+                             summ[summ["problem"].astype(str) == p], palette)
+        nav = f'<nav><a href="index.html">← index</a>' + "".join(
+            f'<a href="{slugs[q]}.html">{_e(q)}</a>' for q in problems if q != p) + "</nav>"
+        (b.out / f"{slugs[p]}.html").write_text(_page(f"{p} · {run_dir.name}", body, nav), encoding="utf-8")
+
+    prov = _provenance(res, info)
+    status = res["status"].value_counts().to_dict() if "status" in res.columns else {"ok": len(res)}
+    n_ok, n_failed, n_skipped = (int(status.get(k, 0)) for k in ("ok", "failed", "skipped"))
+    parts = [f"<h1>assimbench run: {_e(run_dir.name)}</h1>",
+             f"<p>{len(res)} cells: <b>{n_ok}</b> ok, <b>{n_failed}</b> failed, <b>{n_skipped}</b> skipped"
+             + (' (<a href="#failures">list</a>)' if n_failed + n_skipped else "") + ". "
+             "Downloads: <a href=\"summary.md\">summary.md</a>, <a href=\"summary.csv\">summary.csv</a>, "
+             "<a href=\"results.csv\">results.csv</a>.</p>",
+             "<h2>Problems</h2><ul>" + "".join(
+                 f'<li><a href="{slugs[p]}.html">{_e(p)}</a> ({int((res["p_problem"].astype(str) == p).sum())} '
+                 "cells)</li>" for p in problems) + "</ul>"]
+    if b.notes:
+        parts.append("".join(f'<p class="note">{_e(n)}</p>' for n in b.notes))
+    parts.append("<h2>Summary</h2><p class=\"muted\">Mean ± std over seeds of the ok cells; highlighted: the "
+                 "lowest mean analysis rRMSE among the methods of a setting. rRMSE: relative RMSE of the "
+                 "ensemble mean, all fields pooled, physical units, averaged over cycles after spin-up.</p>")
+    for p in problems:
+        parts.append(f'<h3><a href="{slugs[p]}.html">{_e(p)}</a></h3>')
+        parts.append(_summary_html(summ[summ["problem"].astype(str) == p]))
+    parts.append("<h2>Grid</h2>" + _table(_grid_rows(res), ["parameter", "n", "values"], left=1))
+    cfg = _config_text(info)
+    if cfg:
+        parts.append(f"<details><summary>expanded grid configuration</summary><pre>{_e(cfg)}</pre></details>")
+    parts.append("<h2>Provenance</h2>" + _table([[k, v] for k, v in prov.items()], ["", ""], left=2))
+    fails = _failures_html(res)
+    if fails:
+        parts.append(f'<h2 id="failures">Failed and skipped cells</h2>\n{fails}')
+    parts.append(f'<p class="muted">Report built in {time.perf_counter() - t0:.1f} s.</p>')
+    index = b.out / "index.html"
+    index.write_text(_page(f"assimbench · {run_dir.name}", "\n".join(parts)), encoding="utf-8")
+
+    md = [f"# assimbench run `{run_dir.name}`", ""]
+    md.append(f"{len(res)} cells: {n_ok} ok, {n_failed} failed, {n_skipped} skipped. "
+              "Mean ± std over seeds; **bold**: lowest mean analysis rRMSE of its setting.")
+    prov_line = ", ".join(f"{k}: {v}" for k, v in prov.items() if k in PROVENANCE_COLUMNS)
+    if prov_line:
+        md += ["", f"Provenance: {prov_line}."]
+    for p in problems:
+        md += ["", f"## {p}", "", _summary_markdown(summ[summ["problem"].astype(str) == p])]
+    (b.out / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    return index

@@ -1,0 +1,319 @@
+"""LD-EnSF: the ensemble score filter in the latent space of a latent-dynamics network (LDNet).
+
+Offline (``fit``, cached artifacts, see :mod:`methods.training`):
+
+1. an LDNet (:class:`methods.ldnet.LDNet`) learns the latent dynamics ``s_t = s_{t-1} + dt_lat F(s_{t-1}, u)``
+   from ``s_{-1} = 0`` and the pointwise reconstruction ``x(t, xi) = R(s_t, xi)`` on the training trajectories;
+2. a causal LSTM (:class:`methods.ldnet.ObsEncoder`) learns ``E: y_{1:t} -> (s_t, u)`` from the clean sparse
+   observations of the same trajectories, against the LDNet latents and the true (normalised) parameters;
+3. the latent observation noise ``sigma_lat`` is calibrated on the validation split at the observer's
+   operating noise: RMS of ``E(y~_{1:t}) - kappa_t`` with ``y~`` drawn by ``observer.sample``.
+
+Online, the state is the augmented latent ``kappa = (s, u)`` of each member (``d_s + d_u`` numbers):
+
+- ``init``: ``u`` = the normalised prior parameters passed by the runner, ``s_0 = dt_lat F(0, u)`` (``x0`` is not
+  used: the LDNet encodes the initial condition through ``u``);
+- ``forecast`` (T_d): one latent Euler step; the parameters are carried unchanged;
+- ``analysis`` (T_a): one LSTM step on the new observation (the LSTM state is kept in the ensemble state, so a
+  cycle costs one step), then EnSF (:func:`methods.score.ensf_update`) on ``scaling * kappa`` with the identity
+  likelihood ``phi_t = kappa_t + N(0, sigma_lat^2 I)``;
+- ``estimate`` (T_r): decode every member on the full grid with ``R`` (chunked), physical units.
+
+Continuous time and space: :meth:`LDEnSF.decode` evaluates members at arbitrary physical points and
+:meth:`LDEnSF.latent_at` interpolates the latent state linearly between two stored states.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from bench.errors import ConfigError
+from methods.base import Method
+from problems.base import Observer, Problem
+
+
+@dataclass
+class LatentState:
+    """LD-EnSF ensemble: latent states ``s (N, d_s)``, normalised parameters ``u (N, d_u)`` (in [-1, 1] on the
+    prior box), the cycle index ``t`` and the LSTM state ``hc`` after the observations assimilated so far."""
+
+    s: torch.Tensor
+    u: torch.Tensor
+    t: float = 0
+    hc: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def kappa(self) -> torch.Tensor:
+        """The augmented latent ``(N, d_s + d_u)``."""
+        return torch.cat([self.s, self.u], dim=1)
+
+
+def _train(**kw) -> Any:
+    """A training hyperparameter: part of the artifact hash (the filter's own fields are not)."""
+    return field(metadata={"train": True}, **kw)
+
+
+@dataclass
+class LDEnSF(Method):
+    """LD-EnSF (Xiao, Si & Chen, ICLR 2026): EnSF on the augmented LDNet latent ``(s, u)``.
+
+    Network and training fields (defaults sized for the default preset, 64 x 64 grids on a 2-core CPU)
+    ----------------------------------------------------------------------------------------------------
+    latent_dim : d_s (the paper: 10 tsunami, 9 Kolmogorov).
+    dt_lat : latent Euler step per observation interval.
+    dyn_width, dyn_depth : the dynamics MLP ``F`` (ReLU).
+    rec_arch : ``resmlp`` (LD-EnSF's residual MLP over ``[s, gamma(xi)]``) or ``separable``
+        (``sum_k b_k(s) t_k(xi)``, much cheaper to train on full grids).
+    rec_width, rec_depth, n_basis : reconstruction network sizes (``n_basis`` only for ``separable``).
+    n_fourier, fourier_scale, train_fourier : Fourier features of the coordinates (0 = raw coordinates).
+    epochs, batch_traj, points, lr, schedule : stage-1 Adam training (``points`` per snapshot, 0 = full grid).
+    rec_epochs : stage-2 epochs retraining ``R`` with ``F`` frozen (0 = off).
+    lbfgs_iters : L-BFGS iterations after Adam (0 = off).
+    amp : bfloat16 autocast in the LDNet training steps (2-3x faster on CPUs with AMX / AVX512-BF16).
+    lstm_hidden, lstm_epochs, lstm_lr : the observation encoder.
+    train_seed : seed of every random draw of the training (initialisation, batches, points).
+
+    Filter fields
+    -------------
+    n_steps, eps_alpha, eps_beta, prior_score : the EnSF reverse SDE (:class:`methods.score.ScoreConfig`).
+    scaling : latents are multiplied by this before EnSF and divided after (the paper: 100).
+    sigma_lat : latent observation std (latent units); 0 = calibrate on the validation split.
+    latent_noise : ``isotropic`` (one sigma, the paper) or ``diagonal`` (one per latent component).
+    decode_chunk : points per reconstruction call in ``estimate`` (bounds memory).
+    """
+
+    name: ClassVar[str] = "LD-EnSF"
+
+    latent_dim: int = _train(default=10)
+    dt_lat: float = _train(default=0.1)
+    dyn_width: int = _train(default=64)
+    dyn_depth: int = _train(default=4)
+    rec_arch: Literal["resmlp", "separable"] = _train(default="resmlp")
+    rec_width: int = _train(default=64)
+    rec_depth: int = _train(default=4)
+    n_basis: int = _train(default=64)
+    n_fourier: int = _train(default=0)
+    fourier_scale: float = _train(default=1.0)
+    train_fourier: bool = _train(default=True)
+    epochs: int = _train(default=100)
+    batch_traj: int = _train(default=8)
+    points: int = _train(default=256)
+    lr: float = _train(default=3e-3)
+    schedule: Literal["constant", "cosine", "onecycle", "step"] = _train(default="cosine")
+    rec_epochs: int = _train(default=0)
+    lbfgs_iters: int = _train(default=0)
+    amp: bool = _train(default=False)
+    lstm_hidden: int = _train(default=128)
+    lstm_epochs: int = _train(default=1500)
+    lstm_lr: float = _train(default=3e-3)
+    train_seed: int = _train(default=0)
+
+    n_steps: int = 100
+    eps_alpha: float = 0.05
+    eps_beta: float = 0.0
+    prior_score: Literal["paired", "mixture"] = "paired"
+    scaling: float = 100.0
+    sigma_lat: float = 0.0
+    latent_noise: Literal["isotropic", "diagonal"] = "isotropic"
+    decode_chunk: int = 4096
+
+    def __post_init__(self):
+        for k in ("latent_dim", "dyn_width", "dyn_depth", "rec_width", "rec_depth", "n_basis", "batch_traj",
+                  "lstm_hidden", "n_steps"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"LD-EnSF {k}={getattr(self, k)} must be >= 1")
+        for k in ("epochs", "points", "rec_epochs", "lbfgs_iters", "lstm_epochs", "n_fourier", "decode_chunk"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"LD-EnSF {k}={getattr(self, k)} must be >= 0")
+        if self.epochs < 1 or self.lstm_epochs < 1:
+            raise ConfigError("LD-EnSF needs epochs >= 1 and lstm_epochs >= 1")
+        for k in ("dt_lat", "lr", "lstm_lr", "scaling"):
+            if not getattr(self, k) > 0:
+                raise ConfigError(f"LD-EnSF {k}={getattr(self, k)} must be > 0")
+        if self.sigma_lat < 0:
+            raise ConfigError(f"LD-EnSF sigma_lat={self.sigma_lat} must be >= 0 (0 = calibrate on validation)")
+        from methods.score import ScoreConfig
+        self._score = ScoreConfig(n_steps=self.n_steps, eps_alpha=self.eps_alpha, eps_beta=self.eps_beta,
+                                  prior_score=self.prior_score)
+
+    # ---- configuration ---------------------------------------------------------------------------------------
+    def skip(self, problem: Problem, observer: Observer) -> str | None:
+        if problem.n_params == 0:
+            return (f"LD-EnSF encodes the initial condition through the parameters, and {problem.name} has none "
+                    "(its initial states vary freely)")
+        return None
+
+    def ldnet_config(self):
+        from methods.training import LDNetTrainConfig
+        return LDNetTrainConfig(
+            latent_dim=self.latent_dim, dt_lat=self.dt_lat, dyn_width=self.dyn_width, dyn_depth=self.dyn_depth,
+            rec_arch=self.rec_arch, rec_width=self.rec_width, rec_depth=self.rec_depth, n_basis=self.n_basis,
+            n_fourier=self.n_fourier, fourier_scale=self.fourier_scale, train_fourier=self.train_fourier,
+            epochs=self.epochs, batch_traj=self.batch_traj, points=self.points, lr=self.lr,
+            schedule=self.schedule, rec_epochs=self.rec_epochs, lbfgs_iters=self.lbfgs_iters, amp=self.amp,
+            seed=self.train_seed)
+
+    def encoder_config(self):
+        from methods.training import EncoderTrainConfig
+        return EncoderTrainConfig(hidden=self.lstm_hidden, epochs=self.lstm_epochs, lr=self.lstm_lr,
+                                  seed=self.train_seed)
+
+    # ---- offline ---------------------------------------------------------------------------------------------
+    def fit(self, generator: torch.Generator) -> None:
+        """Load or train the LDNet and the encoder, then calibrate ``sigma_lat``.
+
+        Training is seeded by ``train_seed`` (not by ``generator``), so the artifact depends only on the
+        configuration; the calibration noise is drawn from a generator seeded by the artifact hashes.
+        """
+        from methods import training as tr
+        from methods.ldnet import LDNet, ObsEncoder
+        ctx = self.ctx
+        pb, obs = ctx.problem, ctx.observer
+        reason = self.skip(pb, obs)
+        if reason:
+            raise ConfigError(reason)
+        ds = ctx.dataset if ctx.dataset is not None else pb.dataset(ctx.cache_dir, progress=ctx.progress)
+        train_dev = ctx.device
+        ld_cfg = self.ldnet_config()
+
+        def train_ld(tlog):
+            net, summary = tr.train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev)
+            return {"ldnet": net}, {"ldnet": net.config()}, summary
+
+        art_ld = tr.load_or_train("ldnet", self.name, pb.label, {"dataset": pb.data_key()},
+                                  dataclasses.asdict(ld_cfg), train_ld, ctx.cache_dir, ctx.progress)
+        net = LDNet.from_config(art_ld.config["networks"]["ldnet"])
+        net.load_state_dict(art_ld.weights["ldnet"])
+        net.eval()
+        enc_cfg = self.encoder_config()
+
+        def train_enc(tlog):
+            enc, summary = tr.train_encoder(net.to(train_dev), pb, obs, ds, enc_cfg, tlog, device=train_dev)
+            return {"encoder": enc}, {"encoder": enc.config()}, summary
+
+        data = {"dataset": pb.data_key(), "observer": tr.observer_layout(obs), "ldnet": art_ld.key}
+        art_enc = tr.load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
+                                   ctx.cache_dir, ctx.progress)
+        enc = ObsEncoder.from_config(art_enc.config["networks"]["encoder"])
+        enc.load_state_dict(art_enc.weights["encoder"])
+        enc.eval()
+        for p in list(net.parameters()) + list(enc.parameters()):
+            p.requires_grad_(False)
+        self.net = net.to(ctx.device, ctx.dtype)
+        self.encoder = enc.to(ctx.device, ctx.dtype)
+        self.artifacts = {"ldnet": art_ld, "encoder": art_enc}
+        self._plo, self._phi = tr.param_normalizer(pb)
+        self._grid = self.net.normalize_coords(pb.coords().to(ctx.device, ctx.dtype))
+        self._field_mean = ds.field_mean.to(ctx.device, ctx.dtype)
+        self._field_std = ds.field_std.to(ctx.device, ctx.dtype)
+        self._sigma, calib = self._calibrate(ds, art_ld.key + art_enc.key)
+        self.training_summary = {
+            "ldnet": dict(art_ld.config.get("summary", {}), hash=art_ld.key, source=art_ld.source,
+                          path=str(art_ld.path)),
+            "encoder": dict(art_enc.config.get("summary", {}), hash=art_enc.key, source=art_enc.source,
+                            path=str(art_enc.path)),
+            "sigma_lat": calib,
+        }
+
+    @torch.no_grad()
+    def _calibrate(self, ds, key: str) -> tuple[torch.Tensor, dict]:
+        """``sigma_lat`` from the validation split at the observer's noise (or the user's fixed value)."""
+        from bench.naming import content_hash
+        from methods.training import encoder_targets
+        ctx = self.ctx
+        pb, obs = ctx.problem, ctx.observer
+        xv, pv = ds.split("valid")
+        n, T1 = xv.shape[:2]
+        g = torch.Generator().manual_seed(int(content_hash(key, obs.noise, obs.noise_type), 16) % (2**62))
+        x = xv[:, 1:].reshape(n * (T1 - 1), *pb.state_shape).to(ctx.device, ctx.dtype)
+        y = obs.sample(x, g).reshape(n, T1 - 1, -1)
+        phi, _ = self.encoder(y)
+        kappa = encoder_targets(self.net, pb, pv, T1 - 1).to(ctx.device, ctx.dtype)
+        err = (phi - kappa).reshape(-1, kappa.shape[-1])
+        rms_iso = float(err.pow(2).mean().sqrt())
+        rms_diag = err.pow(2).mean(0).sqrt()
+        d_s = self.latent_dim
+        calib = dict(rms=rms_iso, rms_s=float(err[:, :d_s].pow(2).mean().sqrt()),
+                     rms_u=float(err[:, d_s:].pow(2).mean().sqrt()) if err.shape[1] > d_s else 0.0)
+        if self.sigma_lat > 0:
+            sigma = torch.tensor(self.sigma_lat, device=ctx.device, dtype=ctx.dtype)
+        elif self.latent_noise == "diagonal":
+            sigma = rms_diag.clamp_min(1e-6)
+        else:
+            sigma = torch.tensor(max(rms_iso, 1e-6), device=ctx.device, dtype=ctx.dtype)
+        calib["used"] = sigma.tolist()
+        return sigma, calib
+
+    # ---- the cycle -------------------------------------------------------------------------------------------
+    def init(self, x0: torch.Tensor, params: torch.Tensor, generator: torch.Generator) -> LatentState:
+        """``u`` from the prior draws ``params (N, P)`` (physical), ``s_0 = dt_lat F(0, u)``; ``x0`` is unused."""
+        from methods.training import normalize_params
+        self.generator = generator
+        ctx = self.ctx
+        u = normalize_params(params.to(ctx.device, torch.float64), self._plo, self._phi).to(ctx.dtype)
+        with torch.no_grad():
+            s = self.net.initial(u)
+        return LatentState(s, u, 0, None)
+
+    @torch.no_grad()
+    def forecast(self, state: LatentState) -> LatentState:
+        return LatentState(self.net.step(state.s, state.u), state.u, state.t + 1, state.hc)
+
+    @torch.no_grad()
+    def analysis(self, state: LatentState, y: torch.Tensor) -> LatentState:
+        """One LSTM step on ``y (m,)`` (physical, after the operator), then EnSF on ``scaling * (s, u)``."""
+        from methods.score import ensf_update, gaussian_identity_grad
+        ctx = self.ctx
+        phi, hc = self.encoder(y.reshape(1, 1, -1).to(ctx.device, ctx.dtype), state.hc)
+        phi = phi[0, 0]
+        k = self.scaling
+        prior = state.kappa * k
+        grad = gaussian_identity_grad(phi * k, self._sigma * k)
+        post = ensf_update(prior, grad, self._score, self.generator) / k
+        d_s = self.latent_dim
+        if not torch.isfinite(post).all():
+            from bench.errors import Diverged
+            raise Diverged("LD-EnSF analysis produced non-finite latents")
+        return LatentState(post[:, :d_s].contiguous(), post[:, d_s:].contiguous(), state.t, hc)
+
+    @torch.no_grad()
+    def estimate(self, state: LatentState) -> torch.Tensor:
+        """Decode every member on the full grid: ``(N, *state_shape)`` in physical units."""
+        from methods.training import from_points
+        z = self.net.reconstruct(state.s, self._grid, self.decode_chunk)        # (N, P, C) normalised
+        x = z * self._field_std + self._field_mean
+        return from_points(self.ctx.problem, x)
+
+    def estimate_params(self, state: LatentState) -> torch.Tensor:
+        """``(N, P)`` parameters in physical units."""
+        from methods.training import denormalize_params
+        return denormalize_params(state.u.to(torch.float64), self._plo, self._phi).to(state.u.dtype)
+
+    # ---- continuous time and space ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, s: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Fields at arbitrary physical points: ``s (N, d_s)``, ``coords (n, k)`` -> ``(N, n, C)`` physical."""
+        ctx = self.ctx
+        z = self.net.decode(s.to(ctx.device, ctx.dtype), coords.to(ctx.device, ctx.dtype), self.decode_chunk)
+        return z * self._field_std + self._field_mean
+
+    @staticmethod
+    def latent_at(before: LatentState, after: LatentState, frac: float) -> LatentState:
+        """Linear interpolation of the latent state a fraction ``frac`` in [0, 1] of the way from ``before`` to
+        ``after`` (``frac = 0`` returns ``before``'s latents, 1 ``after``'s)."""
+        if not 0.0 <= frac <= 1.0:
+            raise ConfigError(f"latent_at: frac={frac} must lie in [0, 1]")
+        if frac == 0.0:
+            return LatentState(before.s, before.u, before.t, None)
+        if frac == 1.0:
+            return LatentState(after.s, after.u, after.t, None)
+        s = torch.lerp(before.s, after.s, frac)
+        u = torch.lerp(before.u, after.u, frac)
+        return LatentState(s, u, before.t + frac * (after.t - before.t), None)
+
+    def estimate_at(self, before: LatentState, after: LatentState, frac: float) -> torch.Tensor:
+        """Physical ensemble ``(N, *state_shape)`` at an intermediate time (linearly interpolated latent)."""
+        return self.estimate(self.latent_at(before, after, frac))

@@ -1,0 +1,271 @@
+"""Latent-dynamics networks (LDNet, as modified by LD-EnSF) and the causal LSTM observation encoder.
+
+All networks work in normalised units:
+
+- fields: z-score per field with the training statistics (``Dataset.normalize``);
+- coordinates: each axis mapped affinely to [-1, 1] (``coord_lo``/``coord_hi`` are stored in the config);
+- parameters: the prior box ``problem.param_bounds`` mapped to [-1, 1];
+- time: one latent Euler step of size ``dt_lat`` per observation interval.
+
+The dynamics network ``F`` advances the latent state, ``s_t = s_{t-1} + dt_lat F(s_{t-1}, u)``, from
+``s_{-1} = 0``, so the first stored snapshot is ``s_0 = dt_lat F(0, u)`` (the parameters encode the initial
+condition). The reconstruction network ``R(s, xi)`` maps a latent state and a point ``xi`` to the field values
+there; it is a pointwise (grid-free) network, so a state can be decoded at any set of points.
+
+Every network is rebuilt from a plain-dict config (``config()`` -> ``from_config``), which is what the artifact
+cache stores next to the float32 weights.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+Act = Literal["relu", "tanh", "gelu", "silu"]
+
+
+def _act(name: str) -> nn.Module:
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}[name]()
+
+
+def glorot_(layer: nn.Linear, generator: torch.Generator) -> nn.Linear:
+    """Glorot-normal weights and zero biases (the LD-EnSF / DeepXDE initialisation)."""
+    with torch.no_grad():
+        nn.init.xavier_normal_(layer.weight, generator=generator)
+        if layer.bias is not None:
+            layer.bias.zero_()
+    return layer
+
+
+class MLP(nn.Module):
+    """Plain MLP ``in_dim -> depth x width -> out_dim`` (the dynamics network ``F``)."""
+
+    def __init__(self, in_dim: int, out_dim: int, width: int, depth: int, act: Act, generator: torch.Generator):
+        super().__init__()
+        dims = [in_dim] + [width] * depth
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [glorot_(nn.Linear(a, b), generator), _act(act)]
+        layers.append(glorot_(nn.Linear(dims[-1], out_dim), generator))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FourierFeatures(nn.Module):
+    """``xi (..., k) -> [sin(2 pi xi B^T), cos(2 pi xi B^T)] (..., 2m)``, ``B (m, k)`` (trainable by default).
+
+    ``B`` is drawn N(0, scale^2) from ``generator``; the paper trains it [REV], the released code freezes it.
+    """
+
+    def __init__(self, in_dim: int, n_features: int, scale: float, trainable: bool, generator: torch.Generator):
+        super().__init__()
+        B = scale * torch.randn(n_features, in_dim, generator=generator)
+        self.B = nn.Parameter(B, requires_grad=trainable)
+
+    def forward(self, xi: torch.Tensor) -> torch.Tensor:
+        proj = 2 * math.pi * xi @ self.B.T
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class ResMLP(nn.Module):
+    """The reconstruction network ``R(s, xi)``: a residual MLP applied pointwise.
+
+    Structure for depth ``D`` and width ``W`` (LD-EnSF's ResNN): an input layer + act; ``(D-1)//2`` residual
+    blocks ``h <- act(L2(act(L1 h)) + h)``; one more Linear + act when ``D-1`` is odd; a linear output layer.
+    The input layer acting on ``[s, gamma(xi)]`` is split into ``W_s s + W_x gamma(xi) + b`` (the same map), so
+    the latent part is computed once per snapshot and broadcast over its points.
+    """
+
+    def __init__(self, latent_dim: int, coord_dim: int, out_dim: int, width: int, depth: int, act: Act,
+                 n_fourier: int, fourier_scale: float, train_fourier: bool, generator: torch.Generator):
+        super().__init__()
+        self.fourier = FourierFeatures(coord_dim, n_fourier, fourier_scale, train_fourier, generator) \
+            if n_fourier > 0 else None
+        feat_dim = 2 * n_fourier if n_fourier > 0 else coord_dim
+        # one Glorot draw for the whole input layer, then split (same init as the concatenated layer)
+        full = glorot_(nn.Linear(latent_dim + feat_dim, width), generator)
+        self.in_s = nn.Linear(latent_dim, width)
+        self.in_x = nn.Linear(feat_dim, width, bias=False)
+        with torch.no_grad():
+            self.in_s.weight.copy_(full.weight[:, :latent_dim])
+            self.in_s.bias.copy_(full.bias)
+            self.in_x.weight.copy_(full.weight[:, latent_dim:])
+        self.act = _act(act)
+        n_blocks = (depth - 1) // 2
+        self.blocks = nn.ModuleList(
+            nn.ModuleList([glorot_(nn.Linear(width, width), generator), glorot_(nn.Linear(width, width), generator)])
+            for _ in range(n_blocks))
+        self.extra = glorot_(nn.Linear(width, width), generator) if (depth - 1) % 2 == 1 else None
+        self.out = glorot_(nn.Linear(width, out_dim), generator)
+
+    def features(self, xi: torch.Tensor) -> torch.Tensor:
+        return self.fourier(xi) if self.fourier is not None else xi
+
+    def forward(self, s: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """``s (..., d_s)`` and ``xi (..., n, k)`` (broadcastable batch dims) -> ``(..., n, out_dim)``."""
+        h = self.act(self.in_s(s).unsqueeze(-2) + self.in_x(self.features(xi)))
+        for l1, l2 in self.blocks:
+            h = self.act(l2(self.act(l1(h))) + h)
+        if self.extra is not None:
+            h = self.act(self.extra(h))
+        return self.out(h)
+
+
+class SeparableDecoder(nn.Module):
+    """A separable (DeepONet-style) alternative for ``R``: ``R_c(s, xi) = sum_k b_kc(s) t_k(xi) + c_c``.
+
+    ``b`` is an MLP of the latent state, ``t`` a residual MLP of the (Fourier-featured) coordinates. Decoding a
+    batch of snapshots on the full grid is one matrix product after one trunk evaluation of the grid, which
+    makes full-grid training steps cheap on a CPU. Still a continuous function of ``xi``.
+    """
+
+    def __init__(self, latent_dim: int, coord_dim: int, out_dim: int, width: int, depth: int, act: Act,
+                 n_fourier: int, fourier_scale: float, train_fourier: bool, n_basis: int,
+                 generator: torch.Generator):
+        super().__init__()
+        self.out_dim, self.n_basis = out_dim, n_basis
+        self.trunk = ResMLP(0, coord_dim, n_basis, width, depth, act, n_fourier, fourier_scale, train_fourier,
+                            generator)
+        self.branch = MLP(latent_dim, n_basis * out_dim, width, max(depth // 2, 1), act, generator)
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+
+    def basis(self, xi: torch.Tensor) -> torch.Tensor:
+        """``xi (..., n, k) -> (..., n, n_basis)``."""
+        empty = xi.new_zeros(xi.shape[:-2] + (0,))
+        return self.trunk(empty, xi) / math.sqrt(self.n_basis)
+
+    def forward(self, s: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        b = self.branch(s).unflatten(-1, (self.n_basis, self.out_dim))   # (..., K, C)
+        t = self.basis(xi)                                               # (..., n, K)
+        return t @ b + self.bias
+
+
+class LDNet(nn.Module):
+    """Latent dynamics ``F`` + reconstruction ``R`` (LD-EnSF's modified LDNet), in normalised units.
+
+    Parameters
+    ----------
+    latent_dim : d_s, the latent state size.
+    n_params : d_u, the number of (normalised) parameters fed to ``F`` at every step.
+    n_fields : C, outputs of ``R`` per point.
+    coord_dim : k, spatial dimension of the points.
+    dt_lat : latent Euler step per observation interval.
+    coord_lo, coord_hi : per-axis physical coordinate range mapped to [-1, 1].
+    """
+
+    def __init__(self, latent_dim: int, n_params: int, n_fields: int, coord_dim: int, dt_lat: float,
+                 coord_lo: list[float], coord_hi: list[float], dyn_width: int = 64, dyn_depth: int = 4,
+                 rec_arch: Literal["resmlp", "separable"] = "resmlp", rec_width: int = 64, rec_depth: int = 4,
+                 n_fourier: int = 0, fourier_scale: float = 1.0, train_fourier: bool = True, n_basis: int = 64,
+                 act: Act = "relu", seed: int = 0):
+        super().__init__()
+        self._config = dict(latent_dim=latent_dim, n_params=n_params, n_fields=n_fields, coord_dim=coord_dim,
+                            dt_lat=float(dt_lat), coord_lo=[float(v) for v in coord_lo],
+                            coord_hi=[float(v) for v in coord_hi], dyn_width=dyn_width, dyn_depth=dyn_depth,
+                            rec_arch=rec_arch, rec_width=rec_width, rec_depth=rec_depth, n_fourier=n_fourier,
+                            fourier_scale=float(fourier_scale), train_fourier=train_fourier, n_basis=n_basis,
+                            act=act, seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        self.latent_dim, self.n_params, self.dt_lat = latent_dim, n_params, float(dt_lat)
+        self.dyn = MLP(latent_dim + n_params, latent_dim, dyn_width, dyn_depth, act, g)
+        if rec_arch == "resmlp":
+            self.rec: nn.Module = ResMLP(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
+                                         fourier_scale, train_fourier, g)
+        else:
+            self.rec = SeparableDecoder(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
+                                        fourier_scale, train_fourier, n_basis, g)
+        self.register_buffer("coord_lo", torch.tensor(coord_lo, dtype=torch.float32))
+        self.register_buffer("coord_hi", torch.tensor(coord_hi, dtype=torch.float32))
+
+    # ---- config ----------------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "LDNet":
+        return cls(**cfg)
+
+    # ---- dynamics --------------------------------------------------------------------------------------------
+    def velocity(self, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``F(s, u)``: ``s (..., d_s)``, ``u (..., d_u)`` -> ``(..., d_s)``."""
+        return self.dyn(torch.cat([s, u], dim=-1))
+
+    def step(self, s: torch.Tensor, u: torch.Tensor, frac: float = 1.0) -> torch.Tensor:
+        """One forward-Euler latent step (of ``frac`` observation intervals)."""
+        return s + frac * self.dt_lat * self.velocity(s, u)
+
+    def initial(self, u: torch.Tensor) -> torch.Tensor:
+        """``s_0 = dt_lat F(0, u)`` (from ``s_{-1} = 0``), ``u (..., d_u) -> (..., d_s)``."""
+        return self.step(u.new_zeros(u.shape[:-1] + (self.latent_dim,)), u)
+
+    def rollout(self, u: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """Latent trajectories ``s_0 .. s_T``: ``u (B, d_u) -> (B, n_steps + 1, d_s)``."""
+        s = self.initial(u)
+        out = [s]
+        for _ in range(n_steps):
+            s = self.step(s, u)
+            out.append(s)
+        return torch.stack(out, dim=1)
+
+    # ---- reconstruction --------------------------------------------------------------------------------------
+    def normalize_coords(self, coords: torch.Tensor) -> torch.Tensor:
+        """Physical ``(..., k)`` coordinates -> [-1, 1] per axis."""
+        lo = self.coord_lo.to(coords.device, coords.dtype)
+        hi = self.coord_hi.to(coords.device, coords.dtype)
+        return 2 * (coords - lo) / (hi - lo).clamp_min(1e-30) - 1
+
+    def reconstruct(self, s: torch.Tensor, xi: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """``R(s, xi)`` in normalised units: ``s (B, d_s)``, normalised ``xi (n, k)`` -> ``(B, n, C)``.
+
+        ``chunk > 0`` decodes at most ``chunk`` points per call (bounded memory).
+        """
+        if chunk <= 0 or xi.shape[-2] <= chunk:
+            return self.rec(s, xi)
+        return torch.cat([self.rec(s, xi[..., i:i + chunk, :]) for i in range(0, xi.shape[-2], chunk)], dim=-2)
+
+    def decode(self, s: torch.Tensor, coords: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """``R`` at physical points: ``s (B, d_s)``, ``coords (n, k)`` -> normalised fields ``(B, n, C)``."""
+        return self.reconstruct(s, self.normalize_coords(coords), chunk)
+
+
+class ObsEncoder(nn.Module):
+    """Causal LSTM ``E: y_{1:t} -> (s_t, u)``: single-layer ``nn.LSTM`` then ``Linear(hidden -> d_s + d_u)``.
+
+    The input is the raw observation vector (physical units, after the operator); it is normalised inside with
+    per-entry ``y_mean``/``y_std`` buffers computed from the clean training observations.
+    """
+
+    def __init__(self, n_obs: int, out_dim: int, hidden: int = 128, seed: int = 0,
+                 y_mean: list[float] | None = None, y_std: list[float] | None = None):
+        super().__init__()
+        self._config = dict(n_obs=n_obs, out_dim=out_dim, hidden=hidden, seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        self.lstm = nn.LSTM(n_obs, hidden, batch_first=True)
+        bound = 1.0 / math.sqrt(hidden)
+        with torch.no_grad():
+            for p in self.lstm.parameters():  # PyTorch's LSTM init, from our generator
+                nn.init.uniform_(p, -bound, bound, generator=g)
+        self.head = glorot_(nn.Linear(hidden, out_dim), g)
+        self.register_buffer("y_mean", torch.zeros(n_obs) if y_mean is None else torch.tensor(y_mean))
+        self.register_buffer("y_std", torch.ones(n_obs) if y_std is None else torch.tensor(y_std))
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ObsEncoder":
+        return cls(**cfg)
+
+    def forward(self, y: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``y (B, T, m)`` physical observations -> ``(B, T, d_s + d_u)`` and the LSTM state ``(h, c)``.
+
+        Passing the returned state back with the next observation continues the sequence (one step per cycle).
+        """
+        yn = (y - self.y_mean.to(y.dtype)) / self.y_std.to(y.dtype)
+        h, state = self.lstm(yn, state)
+        return self.head(h), state

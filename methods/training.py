@@ -1,0 +1,649 @@
+"""Offline training shared by the learned methods: artifact cache, training loop, LDNet and encoder trainers.
+
+Artifact cache
+--------------
+A trained network set is an *artifact*: a folder ``<hash>/`` holding
+
+- ``config.json``: ``kind``, ``method``, ``problem`` (label), ``data`` (the dataset key and, for observation
+  encoders, the observer layout), ``train`` (the training hyperparameters), ``networks`` (``name -> constructor
+  kwargs``: enough to rebuild every network), ``summary`` (test errors, training times) and provenance;
+- ``weights.pt``: ``name -> state_dict``, float32;
+- ``curve.csv``: the learning curve (one row per evaluation: stage, epoch, training seconds, losses, validation
+  and test errors);
+- ``log.txt``: the training log.
+
+``<hash>`` is :func:`bench.naming.content_hash` of ``(kind, method, data config, training config)``; the data
+config is ``problem.data_key()`` plus, for encoders of observations, the observer layout and fields (never the
+noise). Lookup order (:func:`load_or_train`): the artifacts shipped with the package (``methods/artifacts/<hash>``),
+then ``<cache_dir>/models/<hash>``, else train and save to the cache. When a shipped artifact exists for the same
+method, kind and problem label under another hash, a warning says that the hash no longer matches (and which
+settings differ) and that the network is trained anew.
+
+Entry point for the CLI: :func:`train_method`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from bench.naming import content_hash
+from problems.base import Dataset, Observer, Problem, default_cache_dir
+
+log = logging.getLogger("assimbench.training")
+
+#: artifacts shipped with the package (committed; a few MB in all)
+SHIPPED_DIR = Path(__file__).resolve().parent / "artifacts"
+ARTIFACT_FORMAT = 1
+
+Schedule = Literal["constant", "cosine", "onecycle", "step"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Artifacts
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Artifact:
+    """A loaded (or freshly trained) artifact: its folder, hash, config and weights."""
+
+    key: str
+    path: Path | None
+    config: dict
+    weights: dict[str, dict[str, torch.Tensor]]
+    source: Literal["shipped", "cache", "trained"]
+    curve: list[dict] = field(default_factory=list)
+
+
+def artifact_hash(kind: str, method: str, data: dict, train: dict) -> str:
+    """Content hash of an artifact's identity."""
+    return content_hash(kind, method, data, train, ARTIFACT_FORMAT, n=16)
+
+
+def observer_layout(observer: Observer) -> dict:
+    """The parts of an observer that determine *where and what* it observes (not its noise)."""
+    return dict(layout=observer.layout, coverage=observer.coverage, stride=observer.stride,
+                fields=list(getattr(observer, "obs_fields", observer.fields)), operator=observer.operator,
+                layout_seed=observer.layout_seed, n_obs=observer.n_obs)
+
+
+def _read_curve(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _num(v: str) -> Any:
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    except (TypeError, ValueError):
+        return v
+
+
+def write_curve(rows: list[dict], path: Path | str) -> None:
+    """Write learning-curve rows (dicts, possibly with different keys) as one CSV."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+
+
+def read_artifact(path: Path, source: Literal["shipped", "cache"]) -> Artifact:
+    cfg = json.loads((path / "config.json").read_text())
+    weights = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    return Artifact(cfg["hash"], path, cfg, weights, source, _read_curve(path / "curve.csv"))
+
+
+def save_artifact(root: Path, art: Artifact, log_lines: list[str]) -> Path:
+    """Write ``art`` atomically to ``root/<hash>`` (a temporary folder renamed into place)."""
+    dest = root / art.key
+    tmp = root / f".{art.key}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    weights = {name: {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+                      for k, v in sd.items()} for name, sd in art.weights.items()}
+    torch.save(weights, tmp / "weights.pt")
+    (tmp / "config.json").write_text(json.dumps(art.config, indent=2, sort_keys=True, default=str))
+    write_curve(art.curve, tmp / "curve.csv")
+    (tmp / "log.txt").write_text("\n".join(log_lines) + "\n")
+    if dest.exists():  # another worker won the race: keep theirs
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, dest)
+    art.path = dest
+    return dest
+
+
+def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _dict_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def _warn_stale(kind: str, method: str, problem_label: str, key: str, data: dict, train: dict) -> None:
+    """Warn when a shipped artifact matches the method/kind/problem but not the hash."""
+    if not SHIPPED_DIR.exists():
+        return
+    for cfg_path in sorted(SHIPPED_DIR.glob("*/config.json")):
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (cfg.get("kind"), cfg.get("method"), cfg.get("problem")) == (kind, method, problem_label) \
+                and cfg.get("hash") != key:
+            diff = _dict_diff({"data": cfg.get("data", {}), "train": cfg.get("train", {})},
+                              {"data": data, "train": train})
+            log.warning("shipped %s artifact for %s on %s (%s) no longer matches: hash %s != %s (%s); training "
+                        "anew", kind, method, problem_label, cfg_path.parent.name, cfg.get("hash"), key,
+                        "; ".join(diff[:8]) or "format changed")
+
+
+def load_or_train(kind: str, method: str, problem_label: str, data: dict, train: dict,
+                  trainer: Callable[["TrainLog"], tuple[dict[str, nn.Module], dict, dict]],
+                  cache_dir: Path | str | None, progress: bool = True) -> Artifact:
+    """Shipped artifact, else cached, else ``trainer(log) -> (networks, network configs, summary)`` and save.
+
+    ``networks`` maps a name to a module whose ``state_dict`` is stored; ``network configs`` maps the same
+    names to constructor kwargs. The returned artifact's ``weights`` are what the caller loads.
+    """
+    key = artifact_hash(kind, method, data, train)
+    shipped = SHIPPED_DIR / key
+    if (shipped / "config.json").exists():
+        return read_artifact(shipped, "shipped")
+    root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models"
+    cached = root / key
+    if (cached / "config.json").exists():
+        try:
+            return read_artifact(cached, "cache")
+        except Exception as e:  # a corrupt cache entry is retrained, not trusted
+            log.warning("cached artifact %s is unreadable (%s); training anew", cached, e)
+            shutil.rmtree(cached, ignore_errors=True)
+    _warn_stale(kind, method, problem_label, key, data, train)
+    tlog = TrainLog(progress=progress)
+    tlog.info(f"training {kind} for {method} on {problem_label} (artifact {key})")
+    t0 = time.perf_counter()
+    nets, net_cfgs, summary = trainer(tlog)
+    summary = dict(summary, train_wall_s=time.perf_counter() - t0, train_opt_s=tlog.train_s)
+    cfg = dict(hash=key, kind=kind, method=method, problem=problem_label, data=data, train=train,
+               networks=net_cfgs, summary=summary, format=ARTIFACT_FORMAT, torch=torch.__version__,
+               created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               threads=torch.get_num_threads())
+    art = Artifact(key, None, cfg, {n: m.state_dict() for n, m in nets.items()}, "trained", tlog.rows)
+    save_artifact(root, art, tlog.lines)
+    tlog.info(f"saved {kind} artifact to {art.path}")
+    return art
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------------------
+class TrainLog:
+    """Learning-curve rows, log lines and the cumulative optimisation time of one training pipeline."""
+
+    def __init__(self, progress: bool = True):
+        self.progress = progress
+        self.rows: list[dict] = []
+        self.lines: list[str] = []
+        self.train_s = 0.0
+        self.t0 = time.perf_counter()
+
+    def info(self, msg: str) -> None:
+        line = f"[{time.perf_counter() - self.t0:8.1f}s] {msg}"
+        self.lines.append(line)
+        log.info(msg)
+        if self.progress:
+            from tqdm.auto import tqdm
+            tqdm.write(line, file=sys.stderr)
+
+    def record(self, **row: Any) -> None:
+        row = dict(train_s=round(self.train_s, 3), wall_s=round(time.perf_counter() - self.t0, 3), **row)
+        self.rows.append(row)
+
+
+def lr_lambda(schedule: Schedule, total: int, final_frac: float = 1e-2, warmup: float = 0.02
+              ) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimisation step ``i`` of ``total``."""
+    n_warm = max(1, int(warmup * total))
+
+    def f(i: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if schedule == "step":  # LD-EnSF: StepLR, 10 decays of 0.6 over the run
+            return 0.6 ** min(9, int(10 * i / max(total, 1)))
+        if schedule == "onecycle":  # 25 % linear warm-up from lr/25, then cosine to lr * final_frac
+            w = max(1, int(0.25 * total))
+            if i < w:
+                return 0.04 + 0.96 * i / w
+            p = min(1.0, (i - w) / max(1, total - w))
+            return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * p))
+        # cosine with a short warm-up
+        if i < n_warm:
+            return (i + 1) / n_warm
+        p = min(1.0, (i - n_warm) / max(1, total - n_warm))
+        return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * p))
+    return f
+
+
+def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Parameter],
+              batches: Callable[[int], Iterable[torch.Tensor]], *, epochs: int, steps_per_epoch: int, lr: float,
+              schedule: Schedule, evaluate: Callable[[], dict[str, float]], select: str, eval_every: int,
+              tlog: TrainLog, weight_decay: float = 0.0, grad_clip: float = 0.0) -> dict[str, float]:
+    """Adam over ``epochs`` epochs of ``batches(epoch)`` (each yields scalar losses), keeping the best weights.
+
+    Every ``eval_every`` epochs (and after the last) ``evaluate()`` is called outside the training clock; its
+    ``select`` entry (lower is better) picks the weights restored into ``modules`` at the end. Shows a tqdm bar
+    with the running loss, the last validation error and the time estimate; returns the best evaluation.
+    """
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0 \
+        else torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, epochs * steps_per_epoch))
+    best: dict[str, float] = {select: float("inf")}
+    best_state: dict[str, dict] = {}
+    bar = None
+    if tlog.progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=epochs, desc=name, unit="ep", leave=False, dynamic_ncols=True)
+    ev: dict[str, float] = {}
+    for ep in range(epochs):
+        t0 = time.perf_counter()
+        tot, n = 0.0, 0
+        for loss in batches(ep):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            sched.step()
+            tot += float(loss.detach())
+            n += 1
+        tlog.train_s += time.perf_counter() - t0
+        train_loss = tot / max(n, 1)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"{name}: training loss became {train_loss} at epoch {ep}; lower the lr")
+        if (ep + 1) % eval_every == 0 or ep == epochs - 1:
+            with torch.no_grad():
+                ev = evaluate()
+            tlog.record(stage=name, epoch=ep + 1, lr=opt.param_groups[0]["lr"], train_loss=train_loss, **ev)
+            if ev[select] < best[select]:
+                best = dict(ev, epoch=ep + 1)
+                best_state = {k: {n_: t.detach().clone() for n_, t in m.state_dict().items()}
+                              for k, m in modules.items()}
+            tlog.lines.append(f"{name} ep {ep + 1}: loss {train_loss:.3e} "
+                              + " ".join(f"{k} {v:.4g}" for k, v in ev.items()))
+        if bar is not None:
+            bar.set_postfix_str(f"loss {train_loss:.2e} {select} {ev.get(select, float('nan')):.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    for k, m in modules.items():
+        if k in best_state:
+            m.load_state_dict(best_state[k])
+    tlog.info(f"{name}: best {select} {best[select]:.4g} at epoch {best.get('epoch')} "
+              f"({tlog.train_s:.0f} s of optimisation so far)")
+    return best
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LDNet data and metrics
+# --------------------------------------------------------------------------------------------------------------
+def param_normalizer(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) float64 of the parameter box; ``u_n = 2 (u - lo)/(hi - lo) - 1``."""
+    lo, hi = problem.param_bounds
+    return lo.to(torch.float64), hi.to(torch.float64)
+
+
+def normalize_params(u: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    lo, hi = lo.to(u.device, u.dtype), hi.to(u.device, u.dtype)
+    return 2 * (u - lo) / (hi - lo) - 1
+
+
+def denormalize_params(un: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    lo, hi = lo.to(un.device, un.dtype), hi.to(un.device, un.dtype)
+    return lo + (un + 1) * (hi - lo) / 2
+
+
+def to_points(problem: Problem, dataset: Dataset, snaps: torch.Tensor) -> torch.Tensor:
+    """Normalised, point-major view: ``(n, T+1, *state_shape)`` physical -> ``(n, T+1, n_points, C)``."""
+    nd = len(problem.state_shape)
+    z = dataset.normalize(snaps.to(torch.float32), nd)
+    n, T1 = z.shape[:2]
+    if nd == 1:
+        return z.reshape(n, T1, -1, 1).contiguous()
+    return z.reshape(n, T1, problem.n_fields, -1).transpose(-1, -2).contiguous()
+
+
+def from_points(problem: Problem, z: torch.Tensor) -> torch.Tensor:
+    """Inverse layout of :func:`to_points`: ``(..., n_points, C) -> (..., *state_shape)`` (still normalised)."""
+    lead = z.shape[:-2]
+    if len(problem.state_shape) == 1:
+        return z.reshape(*lead, *problem.state_shape)
+    return z.transpose(-1, -2).reshape(*lead, *problem.state_shape)
+
+
+def rel_l2(pred: torch.Tensor, true: torch.Tensor, mean: torch.Tensor | None = None,
+           std: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-snapshot relative L2 over points and fields ``(..., n, C) -> (...)``.
+
+    With ``mean``/``std`` ``(C,)`` the error is measured in physical units (all fields pooled, as the paper).
+    """
+    if std is not None:
+        s = std.to(pred.device, pred.dtype)
+        err = (pred - true) * s
+        ref = true * s + mean.to(pred.device, pred.dtype)
+    else:
+        err, ref = pred - true, true
+    return (err.pow(2).sum((-1, -2)) / ref.pow(2).sum((-1, -2)).clamp_min(1e-30)).sqrt()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LDNet training
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LDNetTrainConfig:
+    """Everything that determines a trained LDNet (architecture + optimisation).
+
+    ``points``: random points per snapshot per step (0 = the full grid); ``batch_traj``: trajectories per step
+    (the latent rollout runs over all times of each); ``rec_epochs``: stage-2 epochs retraining ``R`` with ``F``
+    frozen; ``lbfgs_iters``: L-BFGS iterations on ``R`` and ``F`` after Adam (full batch of fixed points);
+    ``amp``: bfloat16 autocast in the training steps (2-3x faster on CPUs with AMX/AVX512-BF16; evaluation and
+    the stored weights stay float32).
+    """
+
+    latent_dim: int = 10
+    dt_lat: float = 0.1
+    dyn_width: int = 64
+    dyn_depth: int = 4
+    rec_arch: str = "resmlp"
+    rec_width: int = 64
+    rec_depth: int = 4
+    n_basis: int = 64
+    n_fourier: int = 0
+    fourier_scale: float = 1.0
+    train_fourier: bool = True
+    act: str = "relu"
+    epochs: int = 100
+    batch_traj: int = 8
+    points: int = 256
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    rec_epochs: int = 0
+    rec_lr: float = 1e-3
+    lbfgs_iters: int = 0
+    amp: bool = False
+    eval_every: int = 5
+    eval_points: int = 256
+    seed: int = 0
+
+
+def _gather_points(Z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``Z (b, T1, P, C)``, ``idx (b, T1, n)`` -> ``(b, T1, n, C)``."""
+    return torch.gather(Z, 2, idx.unsqueeze(-1).expand(*idx.shape, Z.shape[-1]))
+
+
+def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog: TrainLog,
+                device: torch.device | str = "cpu") -> tuple["LDNet", dict]:
+    """Train an LDNet on the training split, select by validation, report test errors.
+
+    Returns the network (best validation weights) and a summary with ``test_rrmse_norm`` and
+    ``test_rrmse_phys`` (time- and trajectory-averaged per-snapshot relative L2 on the full test grid, in
+    normalised and physical units).
+    """
+    from methods.ldnet import LDNet
+    g = torch.Generator().manual_seed(cfg.seed)
+    coords = problem.coords().to(torch.float64)
+    lo_c, hi_c = coords.min(0).values, coords.max(0).values
+    net = LDNet(cfg.latent_dim, problem.n_params, problem.n_fields, coords.shape[1], cfg.dt_lat,
+                lo_c.tolist(), hi_c.tolist(), cfg.dyn_width, cfg.dyn_depth, cfg.rec_arch, cfg.rec_width,
+                cfg.rec_depth, cfg.n_fourier, cfg.fourier_scale, cfg.train_fourier, cfg.n_basis, cfg.act,
+                cfg.seed).to(device)
+    xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
+    plo, phi = param_normalizer(problem)
+    splits = {}
+    for name in ("train", "valid", "test"):
+        x, p = dataset.split(name)
+        splits[name] = (to_points(problem, dataset, x).to(device),
+                        normalize_params(p, plo, phi).to(device, torch.float32))
+    Ztr, Utr = splits["train"]
+    n_tr, T1, P, C = Ztr.shape
+    n_pts = P if cfg.points <= 0 or cfg.points >= P else cfg.points
+    mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
+    tlog.info(f"LDNet: {sum(p.numel() for p in net.parameters())} parameters; data {n_tr} x {T1} snapshots x "
+              f"{P} points x {C} fields; {n_pts} points per snapshot, {cfg.batch_traj} trajectories per step")
+
+    # fixed evaluation points per snapshot (validation selects, test is the curve)
+    ge = torch.Generator().manual_seed(cfg.seed + 7919)
+    eval_sets = {}
+    for name in ("valid", "test"):
+        Z, U = splits[name]
+        if cfg.eval_points <= 0 or cfg.eval_points >= P:
+            eval_sets[name] = (Z, U, None)
+        else:
+            idx = torch.randint(P, (Z.shape[0], T1, cfg.eval_points), generator=ge).to(device)
+            eval_sets[name] = (_gather_points(Z, idx), U, idx)
+
+    def predict(U: torch.Tensor, idx: torch.Tensor | None, bs: int = 8) -> torch.Tensor:
+        outs = []
+        for i in range(0, U.shape[0], bs):
+            s = net.rollout(U[i:i + bs], T1 - 1)                                    # (b, T1, d_s)
+            x = xi if idx is None else xi[idx[i:i + bs]]
+            outs.append(net.reconstruct(s, x))
+        return torch.cat(outs)
+
+    def evaluate() -> dict[str, float]:
+        out = {}
+        for name, (Z, U, idx) in eval_sets.items():
+            pred = predict(U, idx)
+            out[f"{name}_rrmse"] = float(rel_l2(pred, Z).mean())
+            if name == "test":
+                out["test_rrmse_phys"] = float(rel_l2(pred, Z, mean, std).mean())
+        return out
+
+    def batches(ep: int) -> Iterable[torch.Tensor]:
+        perm = torch.randperm(n_tr, generator=g)
+        for i in range(0, n_tr, cfg.batch_traj):
+            b = perm[i:i + cfg.batch_traj].to(device)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.amp):
+                s = net.rollout(Utr[b], T1 - 1)
+                if n_pts == P:
+                    pred, true = net.reconstruct(s, xi), Ztr[b]
+                else:
+                    idx = torch.randint(P, (len(b), T1, n_pts), generator=g).to(device)
+                    pred, true = net.reconstruct(s, xi[idx]), _gather_points(Ztr[b], idx)
+            yield (pred.float() - true).pow(2).mean()
+
+    steps = math.ceil(n_tr / cfg.batch_traj)
+    best = run_stage("ldnet", {"ldnet": net}, list(p for p in net.parameters() if p.requires_grad), batches,
+                     epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, schedule=cfg.schedule,
+                     evaluate=evaluate, select="valid_rrmse", eval_every=cfg.eval_every, tlog=tlog,
+                     weight_decay=cfg.weight_decay)
+    if cfg.rec_epochs > 0:  # stage 2: freeze F (and with it the latent trajectories), retrain R
+        for p in net.dyn.parameters():
+            p.requires_grad_(False)
+        best = run_stage("ldnet-rec", {"ldnet": net}, [p for p in net.rec.parameters() if p.requires_grad],
+                         batches, epochs=cfg.rec_epochs, steps_per_epoch=steps, lr=cfg.rec_lr,
+                         schedule=cfg.schedule, evaluate=evaluate, select="valid_rrmse",
+                         eval_every=cfg.eval_every, tlog=tlog, weight_decay=cfg.weight_decay)
+        for p in net.dyn.parameters():
+            p.requires_grad_(True)
+    if cfg.lbfgs_iters > 0:
+        best = _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best)
+    net.eval()
+    with torch.no_grad():
+        Z, U = splits["test"]
+        pred = predict(U, None)
+        test_norm = float(rel_l2(pred, Z).mean())
+        test_phys = float(rel_l2(pred, Z, mean, std).mean())
+    tlog.info(f"LDNet test rRMSE (full grid): {test_norm:.4f} normalised, {test_phys:.4f} physical")
+    summary = dict(test_rrmse_norm=test_norm, test_rrmse_phys=test_phys, best_epoch=best.get("epoch"),
+                   valid_rrmse=best.get("valid_rrmse"), n_weights=sum(p.numel() for p in net.parameters()))
+    return net, summary
+
+
+def _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best):
+    """Full-batch L-BFGS on a fixed point subset (LDNets' Adam-then-BFGS recipe)."""
+    n_tr, T1, P, _ = Ztr.shape
+    idx = torch.randint(P, (n_tr, T1, n_pts), generator=g).to(Ztr.device)
+    true = _gather_points(Ztr, idx)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=cfg.lbfgs_iters, history_size=50,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = (net.reconstruct(net.rollout(Utr, T1 - 1), xi[idx]) - true).pow(2).mean()
+        loss.backward()
+        return loss
+    t0 = time.perf_counter()
+    loss = float(opt.step(closure))
+    tlog.train_s += time.perf_counter() - t0
+    with torch.no_grad():
+        ev = evaluate()
+    tlog.record(stage="lbfgs", epoch=cfg.lbfgs_iters, lr=1.0, train_loss=loss, **ev)
+    tlog.info(f"L-BFGS {cfg.lbfgs_iters} iterations: loss {loss:.3e}, valid {ev['valid_rrmse']:.4f}")
+    return dict(ev, epoch="lbfgs") if ev["valid_rrmse"] < best["valid_rrmse"] else best
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Observation-encoder (LSTM) training
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncoderTrainConfig:
+    """The LSTM encoder's architecture and optimisation (full batch Adam on clean observations)."""
+
+    hidden: int = 128
+    epochs: int = 1500
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    train_noise: float = 0.0
+    eval_every: int = 50
+    seed: int = 0
+
+
+def clean_observations(problem: Problem, observer: Observer, snaps: torch.Tensor) -> torch.Tensor:
+    """``(n, T+1, *state_shape)`` physical -> ``(n, T, m)`` noise-free observations at ``t = 1 .. T``."""
+    n, T1 = snaps.shape[:2]
+    x = snaps[:, 1:].reshape(n * (T1 - 1), *problem.state_shape).to(torch.float32)
+    return observer.observe(x).reshape(n, T1 - 1, -1)
+
+
+def encoder_targets(net, problem: Problem, params: torch.Tensor, T: int) -> torch.Tensor:
+    """Targets ``kappa_t = (s_t, u_n)`` for ``t = 1 .. T``: ``(n, T, d_s + d_u)`` from the LDNet rollout."""
+    plo, phi = param_normalizer(problem)
+    dev = next(net.parameters()).device
+    un = normalize_params(params, plo, phi).to(dev, torch.float32)
+    with torch.no_grad():
+        s = net.rollout(un, T)[:, 1:]
+    return torch.cat([s, un[:, None, :].expand(-1, T, -1)], dim=-1)
+
+
+def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, cfg: EncoderTrainConfig,
+                  tlog: TrainLog, device: torch.device | str = "cpu") -> tuple["ObsEncoder", dict]:
+    """Train the causal LSTM ``y_{1:t} -> (s_t, u_n)`` against the LDNet latents and the true parameters."""
+    from methods.ldnet import ObsEncoder
+    g = torch.Generator().manual_seed(cfg.seed)
+    data = {}
+    for name in ("train", "valid", "test"):
+        x, p = dataset.split(name)
+        Y = clean_observations(problem, observer, x).to(device)
+        K = encoder_targets(net, problem, p, x.shape[1] - 1).to(device)
+        data[name] = (Y, K)
+    Ytr, Ktr = data["train"]
+    m = Ytr.shape[-1]
+    C_obs = len(observer.channels)
+    per_chan = Ytr.reshape(-1, m // C_obs, C_obs)  # point-major, channel-minor
+    y_mean = per_chan.mean((0, 1)).repeat(m // C_obs)
+    y_std = per_chan.std((0, 1)).clamp_min(1e-8).repeat(m // C_obs)
+    enc = ObsEncoder(m, Ktr.shape[-1], cfg.hidden, cfg.seed, y_mean.tolist(), y_std.tolist()).to(device)
+    d_s = net.latent_dim
+    ystd_noise = y_std.to(device)
+    tlog.info(f"encoder: LSTM {m} -> {cfg.hidden} -> {Ktr.shape[-1]}, {Ytr.shape[0]} sequences of {Ytr.shape[1]}")
+
+    def evaluate() -> dict[str, float]:
+        out = {}
+        for name in ("valid", "test"):
+            Y, K = data[name]
+            pred, _ = enc(Y)
+            e = (pred - K).pow(2)
+            out[f"{name}_rel"] = float((e.sum() / K.pow(2).sum()).sqrt())
+            out[f"{name}_rel_s"] = float((e[..., :d_s].sum() / K[..., :d_s].pow(2).sum()).sqrt())
+            if K.shape[-1] > d_s:
+                out[f"{name}_rel_u"] = float((e[..., d_s:].sum() / K[..., d_s:].pow(2).sum()).sqrt())
+        return out
+
+    def batches(ep: int) -> Iterable[torch.Tensor]:
+        Y = Ytr
+        if cfg.train_noise > 0:
+            Y = Y + cfg.train_noise * ystd_noise * torch.randn(Y.shape, generator=g).to(device)
+        pred, _ = enc(Y)
+        yield (pred - Ktr).pow(2).mean()
+
+    best = run_stage("encoder", {"encoder": enc}, list(enc.parameters()), batches, epochs=cfg.epochs,
+                     steps_per_epoch=1, lr=cfg.lr, schedule=cfg.schedule, evaluate=evaluate, select="valid_rel",
+                     eval_every=cfg.eval_every, tlog=tlog)
+    summary = {k: v for k, v in best.items()}
+    tlog.info("encoder test: " + " ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("test")))
+    return enc, summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI entry point
+# --------------------------------------------------------------------------------------------------------------
+def train_method(method, problem: Problem, observer: Observer, dataset: Dataset | None = None, *,
+                 generator: torch.Generator | None = None, cache_dir: Path | str | None = None,
+                 progress: bool = True, curve_path: Path | str | None = None) -> dict:
+    """Bind ``method`` to (problem, observer, dataset), run its ``fit`` and summarise the training.
+
+    The method's networks come from the shipped artifacts, the cache, or fresh training (in that order; see the
+    module docstring). ``curve_path``, when given, receives the learning curve(s) as one CSV (a ``network``
+    column tells the artifacts apart). Returns a dict with ``time_fit_s`` (wall-clock of ``fit``), and, from the
+    method's ``training_summary``: per network, its artifact ``hash``, ``source`` (shipped/cache/trained),
+    ``path`` and test errors (e.g. ``test_rrmse_norm``/``test_rrmse_phys`` for an LDNet).
+    """
+    from methods.base import Context
+    if dataset is None:
+        dataset = problem.dataset(cache_dir=cache_dir, progress=progress)
+    ctx = Context(problem=problem, observer=observer, dataset=dataset,
+                  cache_dir=Path(cache_dir) if cache_dir is not None else None, progress=progress)
+    method.bind(ctx)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    method.fit(gen)
+    summary = dict(getattr(method, "training_summary", {}) or {})
+    summary["time_fit_s"] = time.perf_counter() - t0
+    summary["method"] = method.label
+    summary["problem"] = problem.label
+    if curve_path is not None:
+        rows = []
+        for name, art in (getattr(method, "artifacts", {}) or {}).items():
+            rows += [dict(network=name, **r) for r in art.curve]
+        write_curve(rows, curve_path)
+    return summary

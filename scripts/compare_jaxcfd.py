@@ -1,0 +1,176 @@
+"""Time the torch Kolmogorov solver against jax-cfd's spectral Navier-Stokes solver on the same CPU.
+
+Both solve the same PDE (forcing sin(4y) on u, drag 0.1, nu = 1/Re) from the same initial vorticity (our
+shared field spun up to t = 4 at Re = 1000), in float32, on the same grid, with the same time step (our CFL
+rule: dt_obs = 0.2 split into ``n_substeps`` equal steps) and the same number of intra-op threads.
+
+- torch: ``Kolmogorov.step`` on an ``(N, 2, n, n)`` batch (velocity in/out; integrating-factor RK4, 4 RHS
+  evaluations per sub-step; each member its own viscosity).
+- jax-cfd: ``spectral.equations.ForcedNavierStokes2D`` with ``time_stepping.crank_nicolson_rk4`` (5 RHS
+  evaluations per sub-step), ``jax.vmap`` over the members (viscosity vmapped too), ``funcutils.repeated``
+  (``lax.scan``) over the sub-steps, jit-compiled (compile time excluded), vorticity in Fourier space in/out.
+
+Reported: wall time per member-step (a step = one observation interval of 0.2) and the ratio jax / torch
+(> 1: torch faster), and the relative L2 difference of the two vorticity fields after the run. It is not
+small for the spun-up Re = 1000 flow because jax-cfd's brick-wall filter differs from our symmetric 2/3 mask
+on the cutoff line, where an under-resolved flow carries energy. The final cross-check starts from the smooth
+unspun field and also runs jax-cfd with our mask, which isolates that difference.
+
+Usage: ``pip install jax jax-cfd`` (CPU), then ``python scripts/compare_jaxcfd.py [--threads 1] [--big]``.
+jax and jax-cfd are deliberately not project dependencies.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both libraries")
+ap.add_argument("--big", action="store_true", help="also run 150 x 150 (one 0.2 interval)")
+ap.add_argument("--repeats", type=int, default=3, help="timed repeats (the best is reported)")
+ap.add_argument("--crosscheck-only", action="store_true", help="skip the timings, run only the cross-check")
+args = ap.parse_args()
+
+# thread limits must be set before the libraries start their pools; the process is also pinned to
+# ``threads`` CPUs so both libraries get exactly the same cores
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + ("" if args.threads > 1 else " --xla_cpu_multi_thread_eigen=false")).strip()
+for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[var] = str(args.threads)
+if hasattr(os, "sched_setaffinity"):
+    cpus = sorted(os.sched_getaffinity(0))[:args.threads]
+    os.sched_setaffinity(0, cpus)
+
+import torch  # noqa: E402
+
+torch.set_num_threads(args.threads)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import problems  # noqa: E402
+from problems.kolmogorov import spectral_ops, velocity_to_vorticity  # noqa: E402
+
+try:
+    import jax  # noqa: E402
+    import jax.numpy as jnp  # noqa: E402
+    import jax_cfd.base as cfd  # noqa: E402
+    from jax_cfd.base import funcutils  # noqa: E402
+    from jax_cfd.spectral import equations as spectral_equations  # noqa: E402
+    from jax_cfd.spectral import time_stepping as spectral_time_stepping  # noqa: E402
+except Exception as exc:  # report exactly why and stop
+    print(f"jax-cfd unavailable: {type(exc).__name__}: {exc}")
+    sys.exit(1)
+
+RE = 1000.0
+DT_OBS = 0.2
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up (jit compile for jax, allocator for torch)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times) if times else math.nan
+
+
+def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: int | None = None,
+             re_: float = RE, same_mask: bool = False) -> dict:
+    repeats = args.repeats if repeats is None else repeats
+    n_sub = pb.n_substeps(DT_OBS)
+    dt = DT_OBS / n_sub
+    # ---- torch ----
+    x0 = x0_single.expand(N, -1, -1, -1).contiguous()
+    th = torch.full((N, 1), re_, dtype=torch.float32)
+
+    def torch_run():
+        x = x0
+        for _ in range(n_obs):
+            x = pb.step(x, th)
+        return x
+
+    t_torch = best_time(torch_run, repeats)
+    x_torch = torch_run()
+
+    # ---- jax-cfd ----
+    grid = cfd.grids.Grid((n, n), domain=((0, 2 * math.pi), (0, 2 * math.pi)))
+    ops = spectral_ops(n, "cpu", torch.float64)
+    w_hat, _ = velocity_to_vorticity(x0_single[None].double(), ops)
+    w = torch.fft.irfft2(w_hat, s=(n, n), norm="forward")[0]  # [i = y, j = x]
+    w_jax = jnp.asarray(w.T.numpy(), dtype=jnp.float32)  # jax-cfd arrays are [x, y]
+    w_hat0 = jnp.broadcast_to(jnp.fft.rfftn(w_jax), (N, n, n // 2 + 1))
+    nus = jnp.full((N,), 1.0 / re_, dtype=jnp.float32)
+    # our 2/3 mask (3|k| < n on both axes) in jax-cfd's [x, y] layout; jax-cfd's own brick wall differs on the
+    # cutoff line (it keeps k_x = -n/3 rows but not +n/3 for even n)
+    kf = torch.fft.fftfreq(n, d=1.0 / n)[:, None]
+    kr = torch.fft.rfftfreq(n, d=1.0 / n)[None, :]
+    our_mask = jnp.asarray(((3 * kf.abs() < n) & (3 * kr.abs() < n)).float().numpy())
+
+    def one_member(w_hat_m, nu_m):
+        eq = spectral_equations.ForcedNavierStokes2D(nu_m, grid, smooth=True)
+        if same_mask:
+            eq.filter_ = our_mask
+        step = spectral_time_stepping.crank_nicolson_rk4(eq, dt)
+        return funcutils.repeated(step, n_sub * n_obs)(w_hat_m)
+
+    jax_run_c = jax.jit(jax.vmap(one_member))
+
+    def jax_run():
+        return jax_run_c(w_hat0, nus).block_until_ready()
+
+    t_jax = best_time(jax_run, repeats)
+    w_jax_end = jnp.fft.irfftn(jax_run(), axes=(1, 2))[0]
+
+    # ---- cross-check: vorticity after the run ----
+    w_t, _ = velocity_to_vorticity(x_torch[:1].double(), ops)
+    w_t = torch.fft.irfft2(w_t, s=(n, n), norm="forward")[0].T.numpy()
+    import numpy as np
+    w_j = np.asarray(w_jax_end, dtype=np.float64)
+    diff = float(np.linalg.norm(w_t - w_j) / np.linalg.norm(w_j))
+    ms = N * n_obs
+    return dict(n=n, N=N, T=n_obs * DT_OBS, n_sub=n_sub, torch_s=t_torch, jax_s=t_jax,
+                torch_ms_per_member_step=1e3 * t_torch / ms, jax_ms_per_member_step=1e3 * t_jax / ms,
+                ratio=t_jax / t_torch, rel_diff=diff)
+
+
+def crosscheck(n: int, re_: float = RE, T: float = DT_OBS, same_mask: bool = False) -> float:
+    """Relative L2 vorticity difference after ``T`` from the smooth pre-spin-up field (well resolved at t = 0,
+    so the two dealiasing conventions hardly matter), float32, one member."""
+    pb = problems.get("kolmogorov", n=n)
+    x0 = pb.initial_field(torch.float32)
+    n_obs = int(round(T / DT_OBS))
+    r = run_case(n, 1, n_obs, x0, pb, repeats=0, re_=re_, same_mask=same_mask)
+    return r["rel_diff"]
+
+
+def main():
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} "
+          f"({jax.devices()[0].platform}), jax-cfd {getattr(__import__('jax_cfd'), '__version__', '?')}, "
+          f"float32, Re = {RE}")
+    cases = [(64, 1, 1), (64, 20, 1), (64, 1, 10), (64, 20, 10)]
+    if args.big:
+        cases += [(150, 1, 1), (150, 20, 1)]
+    if args.crosscheck_only:
+        cases = []
+    rows = []
+    for n, N, n_obs in cases:
+        pb = problems.get("kolmogorov", n=n)
+        x0 = pb.initial_state(torch.tensor([[RE]], dtype=torch.float64))[0].float()
+        r = run_case(n, N, n_obs, x0, pb)
+        rows.append(r)
+        print(f"n={r['n']:4d} N={r['N']:3d} T={r['T']:.1f} (sub-steps/0.2: {r['n_sub']}): "
+              f"torch {r['torch_ms_per_member_step']:9.2f} ms/member-step, "
+              f"jax-cfd {r['jax_ms_per_member_step']:9.2f} ms/member-step, ratio jax/torch {r['ratio']:.2f}, "
+              f"rel. vorticity difference {r['rel_diff']:.1e}", flush=True)
+    for n in (64, 150) if args.big else (64,):
+        print(f"cross-check n={n}: rel. vorticity difference after 0.2 from the smooth unspun field, "
+              f"jax-cfd's filter: Re={RE:g} {crosscheck(n):.1e}, Re=100 {crosscheck(n, 100.0):.1e}; "
+              f"jax-cfd with our 2/3 mask: Re={RE:g} {crosscheck(n, same_mask=True):.1e}, "
+              f"Re=100 {crosscheck(n, 100.0, same_mask=True):.1e}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""LD-EnSF: LDNet training, the causal LSTM encoder, the artifact cache, latent assimilation.
+
+Fast tests run on a tiny analytic problem (a Gaussian bump orbiting the centre of an 8 x 8 grid, the bump's
+initial centre being the parameter); the slow test reloads the shipped default-preset networks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+from methods.base import Context
+from methods.ldensf import LDEnSF, LatentState
+from methods.ldnet import LDNet, ObsEncoder
+from methods import training as tr
+from problems.base import Problem, bind_observer
+
+
+@dataclass(frozen=True)
+class OrbitBump(Problem):
+    """Two fields ``h = exp(-|xi - c|^2 / (2 w^2))`` and ``g = h (x - 1/2)`` on the unit square; the centre
+    ``c`` rotates about (1/2, 1/2) by ``omega`` per observation interval; parameters = the initial centre."""
+
+    name: ClassVar[str] = "orbit_bump"
+    field_names: ClassVar[tuple[str, ...]] = ("h", "g")
+    param_names: ClassVar[tuple[str, ...]] = ("a", "b")
+
+    n: int = 8
+    omega: float = 0.4
+    width: float = 0.18
+    n_cycles: int = 6
+    n_traj: int = 40
+
+    @property
+    def state_shape(self):
+        return (2, self.n, self.n)
+
+    @property
+    def dt_obs(self):
+        return 1.0
+
+    def coords(self):
+        ax = torch.linspace(0, 1, self.n, dtype=torch.float64)
+        X, Y = torch.meshgrid(ax, ax, indexing="ij")
+        return torch.stack([X.reshape(-1), Y.reshape(-1)], 1)
+
+    @property
+    def param_bounds(self):
+        return torch.tensor([0.2, 0.2], dtype=torch.float64), torch.tensor([0.8, 0.8], dtype=torch.float64)
+
+    def render(self, c):
+        xi = self.coords().to(c.dtype)
+        h = torch.exp(-((xi[None] - c[:, None]) ** 2).sum(-1) / (2 * self.width ** 2))
+        g = h * (xi[None, :, 0] - 0.5)
+        return torch.stack([h, g], 1).reshape(c.shape[0], *self.state_shape)
+
+    def initial_state(self, params):
+        return self.render(params.to(torch.float64))
+
+    def step(self, x, params):
+        # the centre is carried by the (deterministic) parameters and the elapsed rotation, recovered here from
+        # the field's first moments of h around the grid's centre of mass
+        h = x[:, 0].reshape(x.shape[0], -1)
+        xi = self.coords().to(x.dtype)
+        c = (h[..., None] * xi[None]).sum(1) / h.sum(1, keepdim=True)
+        # undo the truncation bias of the first moment: one fixed-point correction against the rendered field
+        r = self.render(c)[:, 0].reshape(x.shape[0], -1)
+        c = c + (c - (r[..., None] * xi[None]).sum(1) / r.sum(1, keepdim=True))
+        co, si = math.cos(self.omega), math.sin(self.omega)
+        d = c - 0.5
+        c_new = 0.5 + torch.stack([co * d[:, 0] - si * d[:, 1], si * d[:, 0] + co * d[:, 1]], 1)
+        return self.render(c_new)
+
+
+TINY = dict(latent_dim=4, dt_lat=0.5, dyn_width=32, dyn_depth=2, rec_width=48, rec_depth=3, n_fourier=8,
+            fourier_scale=0.5, epochs=150, batch_traj=6, points=0, lr=5e-3, lstm_hidden=32, lstm_epochs=300,
+            lstm_lr=1e-2, eps_alpha=0.05)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    cache = tmp_path_factory.mktemp("ldcache")
+    pb = OrbitBump()
+    ds = pb.dataset(cache_dir=cache, progress=False)
+    obs = bind_observer(pb, ds, layout="lattice", stride=3, noise=0.05)
+    m = LDEnSF(**TINY)
+    summary = tr.train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=cache,
+                              progress=False, curve_path=cache / "curve.csv")
+    return dict(problem=pb, dataset=ds, observer=obs, method=m, summary=summary, cache=cache)
+
+
+def test_training_lowers_the_loss(setup):
+    rows = setup["method"].artifacts["ldnet"].curve
+    assert rows[0]["stage"] == "ldnet" and len(rows) >= 3
+    assert rows[-1]["train_loss"] < 0.2 * rows[0]["train_loss"]
+    s = setup["summary"]["ldnet"]
+    assert s["source"] == "trained"
+    assert s["test_rrmse_norm"] < 0.5 * rows[0]["test_rrmse"]
+    assert math.isfinite(s["test_rrmse_phys"])
+    enc = setup["method"].artifacts["encoder"].curve
+    assert enc[-1]["train_loss"] < 0.2 * enc[0]["train_loss"]
+    assert (setup["cache"] / "curve.csv").read_text().startswith("network,")
+
+
+def test_lstm_encoder_is_causal():
+    enc = ObsEncoder(6, 5, hidden=12, seed=3)
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(3, 7, 6, generator=g)
+    y2 = y.clone()
+    y2[:, 4:] += torch.randn(3, 3, 6, generator=g)
+    out, _ = enc(y)
+    out2, _ = enc(y2)
+    assert torch.equal(out[:, :4], out2[:, :4])
+    assert not torch.allclose(out[:, 4:], out2[:, 4:])
+    # one step at a time with the carried LSTM state equals the whole sequence at once
+    hc, steps = None, []
+    for t in range(7):
+        o, hc = enc(y[:, t:t + 1], hc)
+        steps.append(o)
+    torch.testing.assert_close(torch.cat(steps, 1), out, rtol=1e-5, atol=1e-6)
+
+
+def test_ldnet_initial_state_is_one_euler_step_from_zero():
+    net = LDNet(3, 2, 1, 2, 0.7, [0, 0], [1, 1], dyn_width=8, dyn_depth=2, rec_width=8, rec_depth=2)
+    u = torch.rand(5, 2)
+    torch.testing.assert_close(net.initial(u), 0.7 * net.velocity(torch.zeros(5, 3), u))
+    traj = net.rollout(u, 4)
+    torch.testing.assert_close(traj[:, 2], traj[:, 1] + 0.7 * net.velocity(traj[:, 1], u))
+
+
+def test_cached_artifact_reloads_bit_identical(setup):
+    pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
+    m1 = setup["method"]
+    m2 = LDEnSF(**TINY)
+    s2 = tr.train_method(m2, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=setup["cache"],
+                         progress=False)
+    assert s2["ldnet"]["source"] == "cache" and s2["encoder"]["source"] == "cache"
+    assert s2["ldnet"]["hash"] == setup["summary"]["ldnet"]["hash"]
+    params = pb.sample_params(5, torch.Generator().manual_seed(4))
+    st1 = m1.init(None, params, torch.Generator().manual_seed(0))
+    st2 = m2.init(None, params, torch.Generator().manual_seed(0))
+    assert torch.equal(m1.estimate(st1), m2.estimate(st2))
+    y = obs.sample(pb.initial_state(params[:1]).float(), torch.Generator().manual_seed(2))[0]
+    a1 = m1.analysis(m1.forecast(st1), y)
+    a2 = m2.analysis(m2.forecast(st2), y)
+    assert torch.equal(a1.s, a2.s) and torch.equal(a1.u, a2.u)
+    files = sorted(p.name for p in (setup["cache"] / "models" / s2["ldnet"]["hash"]).iterdir())
+    assert files == ["config.json", "curve.csv", "log.txt", "weights.pt"]
+    cfg = json.loads((setup["cache"] / "models" / s2["ldnet"]["hash"] / "config.json").read_text())
+    assert LDNet.from_config(cfg["networks"]["ldnet"]).config() == cfg["networks"]["ldnet"]
+
+
+def test_stale_shipped_artifact_is_reported(setup, tmp_path, monkeypatch, caplog):
+    pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
+    fake = tmp_path / "shipped" / "0123456789abcdef"
+    fake.mkdir(parents=True)
+    (fake / "config.json").write_text(json.dumps(dict(hash="0123456789abcdef", kind="ldnet", method="LD-EnSF",
+                                                      problem=pb.label, data={}, train={"epochs": 1})))
+    monkeypatch.setattr(tr, "SHIPPED_DIR", tmp_path / "shipped")
+    m = LDEnSF(**dict(TINY, epochs=2, lstm_epochs=2))
+    with caplog.at_level(logging.WARNING, logger="assimbench.training"):
+        tr.train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=tmp_path / "c",
+                        progress=False)
+    assert any("no longer matches" in r.getMessage() and "training anew" in r.getMessage() for r in caplog.records)
+
+
+def test_interpolation_at_observation_times(setup):
+    m, pb = setup["method"], setup["problem"]
+    st0 = m.init(None, pb.sample_params(4, torch.Generator().manual_seed(1)), torch.Generator().manual_seed(0))
+    st1 = m.forecast(st0)
+    assert torch.equal(m.estimate_at(st0, st1, 0.0), m.estimate(st0))
+    assert torch.equal(m.estimate_at(st0, st1, 1.0), m.estimate(st1))
+    mid = m.latent_at(st0, st1, 0.5)
+    torch.testing.assert_close(mid.s, 0.5 * (st0.s + st1.s))
+    assert mid.t == 0.5
+    # decoding at arbitrary points agrees with the grid decode at the grid points
+    x = m.estimate(st1)
+    pts = m.decode(st1.s, pb.coords()[[0, 10, 63]])
+    torch.testing.assert_close(pts, x.reshape(4, 2, -1)[:, :, [0, 10, 63]].transpose(1, 2), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_cycles_return_finite_estimates(setup):
+    m, pb, obs, ds = setup["method"], setup["problem"], setup["observer"], setup["dataset"]
+    truth, p_true = ds.test[0], ds.params_test[0]
+    g = torch.Generator().manual_seed(5)
+    st = m.init(None, pb.sample_params(7, g), g)
+    assert st.s.shape == (7, 4) and st.u.shape == (7, 2)
+    for t in range(1, 4):
+        st = m.forecast(st)
+        y = obs.sample(truth[t:t + 1], g)[0]
+        st = m.analysis(st, y)
+        x = m.estimate(st)
+        p = m.estimate_params(st)
+        assert x.shape == (7, *pb.state_shape) and p.shape == (7, 2)
+        assert torch.isfinite(x).all() and torch.isfinite(p).all()
+    assert m.training_summary["sigma_lat"]["used"] > 0
+
+
+def test_assimilation_reduces_parameter_error(setup):
+    """Over the test trajectories, the analysis ensemble's parameters sit closer to the truth than the prior's."""
+    m, pb, obs, ds = setup["method"], setup["problem"], setup["observer"], setup["dataset"]
+    g = torch.Generator().manual_seed(11)
+    prior_err, post_err = [], []
+    for i in range(ds.test.shape[0]):
+        truth, p_true = ds.test[i], ds.params_test[i].float()
+        st = m.init(None, pb.sample_params(10, g), g)
+        prior_err.append(float((m.estimate_params(st).mean(0) - p_true).norm()))
+        for t in range(1, pb.n_cycles + 1):
+            st = m.analysis(m.forecast(st), obs.sample(truth[t:t + 1], g)[0])
+        post_err.append(float((m.estimate_params(st).mean(0) - p_true).norm()))
+    prior, post = sum(prior_err) / len(prior_err), sum(post_err) / len(post_err)
+    assert post < 0.6 * prior, (prior, post)
+
+
+def test_skip_without_parameters():
+    import problems
+    assert "parameters" in LDEnSF().skip(problems.get("lorenz96"), None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["shallow_water", "kolmogorov"])
+def test_shipped_default_networks(name):
+    """The shipped default-preset networks load without training and reproduce their documented test error."""
+    import problems
+    from methods.training import SHIPPED_DIR
+    pb = problems.get(name)
+    ds = pb.dataset(progress=False)
+    obs = bind_observer(pb, ds, layout="lattice", coverage=0.0044, noise=0.1)
+    m = LDEnSF()
+    m.bind(Context(pb, obs, ds))
+    m.fit(torch.Generator().manual_seed(0))
+    assert m.artifacts["ldnet"].source == "shipped" and m.artifacts["encoder"].source == "shipped"
+    assert str(m.artifacts["ldnet"].path).startswith(str(SHIPPED_DIR))
+    documented = m.artifacts["ldnet"].config["summary"]["test_rrmse_phys"]
+    # recompute the physical test rRMSE on the full grid for a subset of test trajectories
+    x, p = ds.split("test")
+    errs = []
+    for i in range(0, x.shape[0], 8):
+        st = m.init(None, p[i:i + 1], torch.Generator())
+        for t in range(x.shape[1]):
+            est = m.estimate(st)[0]
+            errs.append(float((est - x[i, t]).norm() / x[i, t].norm()))
+            st = m.forecast(st)
+    assert abs(sum(errs) / len(errs) - documented) < 0.25 * documented + 0.01
