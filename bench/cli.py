@@ -25,7 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", help="a named preset instead of a file (see `bench list`)")
     r.add_argument("--out", help="output folder (rerunning into it resumes)")
     r.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
-    r.add_argument("--jobs", type=int, default=1, help="cells in parallel in a local process pool")
+    r.add_argument("--executor", choices=("local", "dask"), default=None,
+                   help="where cells run: local (this machine; default) or dask (a dask.distributed cluster; "
+                        "pip install 'assimbench[dask]')")
+    r.add_argument("--jobs", type=int, default=1,
+                   help="--executor local: cells in parallel in a process pool (default 1: sequential)")
+    r.add_argument("--workers", type=int, default=None,
+                   help="--executor dask: start a local cluster of N worker processes on 127.0.0.1")
+    r.add_argument("--scheduler", default=None,
+                   help="--executor dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786")
     r.add_argument("--cache", help="dataset/model cache folder (default $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
     r.add_argument("--raise", dest="raise_errors", action="store_true", help="stop at the first failing cell")
     r.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
@@ -69,8 +77,12 @@ def cmd_run(args) -> int:
     from bench.runner import run_grid
     import yaml
 
+    from bench.executors import make_executor
+
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: must be >= 1")
+    # validates the flag combination and that dask imports, before any work (connecting happens in run_grid)
+    executor = make_executor(args.executor, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler)
     config, name = _load_config(args)
     grid = expand(config, device=args.device, name=name)
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -82,12 +94,14 @@ def cmd_run(args) -> int:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
-    counts = run_grid(grid.cells, out, jobs=args.jobs, cache_dir=cache, raise_errors=args.raise_errors,
-                      retry_failed=args.retry_failed, progress=not args.quiet)
+    print(f"executor: {executor.describe()}", file=sys.stderr)
+    counts = run_grid(grid.cells, out, cache_dir=cache, raise_errors=args.raise_errors,
+                      retry_failed=args.retry_failed, progress=not args.quiet, executor=executor,
+                      plugins=grid.plugins)
     (out / "run.json").write_text(json.dumps({
         "config": config, "name": grid.name, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": time.perf_counter() - t0,
-        "command": " ".join(sys.argv), "counts": counts}, indent=2, default=str))
+        "command": " ".join(sys.argv), "executor": executor.describe(), "counts": counts}, indent=2, default=str))
     print(f"cells: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped, "
           f"{counts['cached']} already done", file=sys.stderr)
     print(_summary_text(out))

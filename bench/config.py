@@ -40,6 +40,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 EXPERIMENT_KEYS = {"problems", "observers", "methods", "n_ens", "seeds", "spinup", "device", "dtype"}
 TOP_KEYS = EXPERIMENT_KEYS | {"name", "description", "plugins", "experiments", "expected"}
 DTYPES = ("float32", "float64")
+#: the largest ``seeds: n`` count (a guard against a typo such as ``seeds: 1e9``)
+MAX_SEEDS = 100_000
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,9 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
     plugins = config.get("plugins") or []
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise ConfigError(f"plugins must be a list of module names, got {plugins!r}")
+    for p in plugins:
+        if not all(part.isidentifier() for part in p.split(".")):
+            raise ConfigError(f"plugin {p!r} is not a module name (dotted Python identifiers, e.g. my_pkg.filters)")
     load_plugins(plugins)
     defaults = {k: v for k, v in config.items() if k in EXPERIMENT_KEYS}
     blocks = config.get("experiments")
@@ -220,8 +225,16 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                 raise ConfigError(f"{where}: '{req}' must be a mapping of name -> parameters")
         n_ens = _int_list(exp.get("n_ens", 20), "n_ens", 1)
         seeds = exp.get("seeds", 1)
-        seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else _int_list(seeds, "seeds", 0)
-        spinup = _int_list(exp.get("spinup", 0), "spinup", 0)[0]
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            if not 0 <= seeds <= MAX_SEEDS:
+                raise ConfigError(f"seeds={seeds!r}: a count must lie in [0, {MAX_SEEDS}] (or give a list of seeds)")
+            seeds = list(range(seeds))
+        else:
+            seeds = _int_list(seeds, "seeds", 0)
+        spinup = _int_list(exp.get("spinup", 0), "spinup", 0)
+        if len(spinup) != 1:
+            raise ConfigError(f"spinup={exp.get('spinup')!r}: give one integer >= 0 (cycles left out of the averages)")
+        spinup = spinup[0]
         dev = device or exp.get("device", "cpu")
         check_device(dev)
         dtype = exp.get("dtype", "float32")
@@ -232,9 +245,9 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
             raise ConfigError(f"{where}: observers must be a mapping of observer parameters")
         for pname, pspec in exp["problems"].items():
             pcls = problems.cls(pname)
+            if pspec is not None and not isinstance(pspec, dict):
+                raise ConfigError(f"problem {pname}: parameters must be a mapping, got {pspec!r}")
             pspec = dict(pspec or {})
-            if not isinstance(pspec, dict):
-                raise ConfigError(f"problem {pname}: parameters must be a mapping")
             p_obs = pspec.pop("observer", None)
             for pp in expand_params(pcls, pspec, f"problem {pname}"):
                 prob = problems.get(pname, **pp)
@@ -266,6 +279,8 @@ class _FakeStats:
 
 def check_device(device: str) -> None:
     import torch
+    if not isinstance(device, str):
+        raise ConfigError(f"device {device!r} is not supported; valid: cpu, cuda, cuda:N")
     if device == "cpu":
         return
     if device.startswith("cuda"):

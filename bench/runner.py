@@ -275,10 +275,6 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def _run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool) -> tuple[str, str]:
     """Run a cell and write its file atomically (in whichever process runs it)."""
     from bench import store
@@ -293,41 +289,52 @@ def _run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_erro
 
 
 def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path | None = None,
-             raise_errors: bool = False, retry_failed: bool = False, progress: bool = True) -> dict:
-    """Run every cell not already finished in ``run_dir``; returns counts. Resumable and lock-protected."""
+             raise_errors: bool = False, retry_failed: bool = False, progress: bool = True,
+             executor=None, plugins: list[str] | tuple = ()) -> dict:
+    """Run every cell not already finished in ``run_dir``; returns counts. Resumable and lock-protected.
+
+    ``executor`` is a :class:`bench.executors.Executor` (default: sequential for ``jobs == 1``, else a local
+    process pool of ``jobs``); ``plugins`` are imported in every worker process before its cells run. The
+    datasets are built once into the cache before the sweep, and the cache folder is resolved here, so every
+    worker loads them rather than racing to rebuild them.
+    """
     from bench import store
+    from bench.executors import make_executor
+    from problems.base import default_cache_dir
     from tqdm.auto import tqdm
 
+    if executor is None:
+        executor = make_executor("local", jobs=jobs)
+    run_dir = Path(run_dir).resolve()
+    cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.RunLock(run_dir):
+        _remove_stale_tmp(run_dir)
         done = store.finished_cells(run_dir)
         if retry_failed:
             done = {k: v for k, v in done.items() if v["row"]["status"] != "failed"}
         todo = [c for c in cells if c.cell_id not in done]
         counts = {"total": len(cells), "cached": len(cells) - len(todo), "ok": 0, "failed": 0, "skipped": 0}
-        # build each dataset once, before the sweep, so parallel workers load rather than race to build it
-        _prepare_datasets(todo, cache_dir, progress)
-        bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
-        if jobs <= 1:
-            for c in todo:
-                bar.set_postfix_str(f"{c.problem} {c.method} N={c.n_ens} s={c.seed}", refresh=False)
-                _, status = _run_and_write(c, run_dir, cache_dir, raise_errors)
-                counts[status] += 1
-                bar.update()
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                     initargs=(threads,)) as pool:
-                futs = [pool.submit(_run_and_write, c, run_dir, cache_dir, raise_errors) for c in todo]
-                for f in as_completed(futs):
-                    _, status = f.result()
+        if todo:
+            with executor:  # connect / start the cluster first: a bad address fails before any dataset work
+                # build each dataset once, before the sweep, so parallel workers load rather than race to build it
+                _prepare_datasets(todo, cache_dir, progress)
+                bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+                for _, status in executor.run(todo, run_dir, cache_dir, raise_errors, tuple(plugins)):
                     counts[status] += 1
                     bar.update()
-        bar.close()
+                bar.close()
         store.consolidate(run_dir, [c.cell_id for c in cells])
     return counts
+
+
+def _remove_stale_tmp(run_dir: Path) -> None:
+    """Remove the ``.tmp`` files a killed writer left behind (we hold the lock, so no writer is alive)."""
+    for sub in ("cells", "snapshots"):
+        for p in (run_dir / sub).glob(".*.tmp*"):
+            p.unlink(missing_ok=True)
+    for p in run_dir.glob(".*.parquet.tmp*"):
+        p.unlink(missing_ok=True)
 
 
 def _prepare_datasets(cells: list[Cell], cache_dir: Path | None, progress: bool) -> None:

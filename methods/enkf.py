@@ -149,21 +149,50 @@ class EnKF(Method):
             R = ((yv - Y) / sigma + eps).T  # (m, N): perturbed normalised innovations
         Q = self._rotation(N, dev) if self.rotate else None
 
-        need_global = self.loc_radius == 0 or update_params
-        G_glob = None
-        if need_global:
-            C = torch.eye(N, dtype=wdt, device=dev) + S @ S.T
-            G_glob = self._transform(C[None], (S @ R)[None], Q)[0]  # (N, N)
-
+        glob = None
+        if self.loc_radius == 0 or update_params:
+            glob = self._global_weights(S, R, Q)
         if self.loc_radius == 0:
-            x_a = xbar + (G_glob.to(x.dtype) @ A.reshape(N, -1)).reshape(x.shape)
+            x_a = xbar + self._apply(glob, A.reshape(N, -1)).reshape(x.shape)
         else:
             x_a = self._local_analysis(xbar, A, S, R, Q).reshape(x.shape)
 
         p_a = params
         if update_params:
-            p_a = pbar + G_glob.to(params.dtype) @ Ap
+            p_a = pbar + self._apply(glob, Ap)
         return EnsembleState(x_a, p_a, state.extra)
+
+    def _global_weights(self, S: torch.Tensor, R: torch.Tensor, Q: torch.Tensor | None):
+        """Global member weights, either ``(G, None, None)`` with ``G (N, N)`` or, when there are fewer
+        observations than members (``m < N``), the factors ``(None, L1, L2)`` of ``G = I + L1 L2^T`` (``(N, k)``,
+        ``k <= m + 1``), so that a large ensemble never forms or factorises an ``N x N`` matrix."""
+        N, m = S.shape
+        if m >= N:
+            C = torch.eye(N, dtype=S.dtype, device=S.device) + S @ S.T
+            return self._transform(C[None], (S @ R)[None], Q)[0], None, None
+        if Q is not None:  # a rotation is an N x N matrix anyway; factorise on the small side
+            return self._transform_lowrank(S[None], (S @ R)[None], Q)[0], None, None
+        sq = math.sqrt(N - 1)
+        IM = torch.eye(m, dtype=S.dtype, device=S.device) + S.T @ S  # (m, m)
+        if self.variant == "sqrt":
+            s, E = torch.linalg.eigh(IM)  # s >= 1
+            F = S @ E
+            r1 = s.sqrt()
+            w = F @ ((E.T @ R) / s[:, None])  # (N, 1) = S (I + S^T S)^{-1} d = C^{-1} S d
+            L1 = torch.cat([F * (-1.0 / (r1 * (1.0 + r1))), torch.ones(N, 1, dtype=S.dtype, device=S.device)], 1)
+            L2 = torch.cat([F, w / sq], 1)
+        else:
+            L1 = torch.cholesky_solve(R, torch.linalg.cholesky(IM)).T  # (N, m) = R^T (I + S^T S)^{-1}
+            L2 = S / sq
+        return None, L1, L2
+
+    @staticmethod
+    def _apply(glob, A: torch.Tensor) -> torch.Tensor:
+        """``G @ A`` for the weights of :meth:`_global_weights`; ``A (N, D)`` anomalies, in ``A``'s dtype."""
+        G, L1, L2 = glob
+        if G is not None:
+            return G.to(A.dtype) @ A
+        return A + L1.to(A.dtype) @ (L2.T.to(A.dtype) @ A)
 
     def _transform(self, C: torch.Tensor, rhs: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
         """Member weights ``G (B, N, N)`` from ``C = I + S W S^T (B, N, N)`` and ``rhs = S W R (B, N, 1 | N)``."""

@@ -54,6 +54,10 @@ class EnSF(Method):
         parameters** (nor unobserved state components); the ``mixture`` score couples them to the observed
         components only through the weights. ``joint = False`` carries the parameters along untouched.
     inflation : multiplicative inflation of the forecast anomalies (state and parameters) before the analysis.
+    normalize : run the sampler on the state z-scored per field with the training statistics (the diffusion
+        starts from N(0, I), so a state in physical units such as 1e-2 m/s velocities beside 1 m heights is badly
+        scaled and the explicit step is unstable at the true observation error); the likelihood gradient is
+        transformed by the chain rule. Set false for the EnSF paper's Lorenz-96 runs in physical units.
     likelihood : ``closed`` (``Observer.loglik_grad``: identity and arctan) or ``autograd`` (differentiate the
         Gaussian log-likelihood through ``Observer.observe``; any differentiable operator).
 
@@ -75,6 +79,7 @@ class EnSF(Method):
     joint: bool = True
     inflation: float = 1.0
     likelihood: Literal["closed", "autograd"] = "closed"
+    normalize: bool = True
 
     def __post_init__(self):
         self.score_config()  # validates the sampler's fields
@@ -111,7 +116,14 @@ class EnSF(Method):
         n_par = state.params.shape[1] if (self.joint and state.params is not None and state.params.dim() == 2) \
             else 0
 
-        prior = x.reshape(n, d)
+        ds = self.ctx.dataset
+        if self.normalize and ds is not None:
+            nd = len(self.ctx.problem.state_shape)
+            m = ds._field_view(x, ds.field_mean, nd)
+            s = ds._field_view(x, ds.field_std, nd)
+        else:
+            m = s = None
+        prior = (x if m is None else (x - m) / s).reshape(n, d)
         if n_par:
             lo, width = self._param_box(state.params)
             u = ((state.params - lo) / width).to(dev, dt)
@@ -125,7 +137,11 @@ class EnSF(Method):
             (lambda xs, yy, ss: autograd_loglik_grad(obs, xs, yy, ss))
 
         def loglik_grad(z: torch.Tensor) -> torch.Tensor:
-            g = grad_fn(z[:, :d].reshape(shape), y, std).reshape(n, d)
+            xz = z[:, :d].reshape(shape)
+            if m is None:
+                g = grad_fn(xz, y, std).reshape(n, d)
+            else:  # chain rule: d/dz log p(y | m + s z) = s * grad_x
+                g = (grad_fn(xz * s + m, y, std) * s).reshape(n, d)
             if n_par:
                 g = torch.cat([g, torch.zeros(n, n_par, device=dev, dtype=dt)], dim=1)
             return g
@@ -138,6 +154,8 @@ class EnSF(Method):
             raise Diverged(f"{self.label}: the analysis ensemble is not finite; the explicit reverse-SDE step is "
                            "unstable for this observation error; raise n_steps (or eps_alpha), or set clip")
         x_a = post[:, :d].reshape(shape)
+        if m is not None:
+            x_a = x_a * s + m
         params = state.params
         if n_par:
             params = (lo + width * post[:, d:].to(lo.device, lo.dtype)).to(state.params.dtype)

@@ -194,6 +194,7 @@ class Kolmogorov(Problem):
     default_obs_fields: ClassVar[tuple[str, ...] | None] = ("u", "v")
     periodic: ClassVar[bool] = True
     sim_batch: ClassVar[int] = 20
+    conformance_params: ClassVar[dict] = {"n": 16, "n_cycles": 3, "n_traj": 5, "spinup_time": 0.4}
 
     n: int = 64
     dt_obs: float = 0.2

@@ -124,11 +124,11 @@ def test_bench_reverse_step(benchmark, form):
 
 
 def test_bench_ensf_update(benchmark):
-    """The sampler alone: N = 20, d = 1e5, K = 100, paired score, identity likelihood."""
+    """The sampler alone: N = 20, d = 1e5, K = 20, paired score, identity likelihood."""
     N, d = 20, 100_000
     prior = torch.randn(N, d, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(d)
-    cfg = ScoreConfig(n_steps=100, eps_alpha=0.5, eps_beta=0.025)
+    cfg = ScoreConfig(n_steps=20, eps_alpha=0.5, eps_beta=0.025)
     g = torch.Generator().manual_seed(1)
     benchmark.pedantic(lambda: ensf_update(prior, lambda q: (y - q).div_(0.25), cfg, g), rounds=3)
 
@@ -141,9 +141,16 @@ def test_bench_analysis_l96(benchmark):
 
 @pytest.mark.slow
 def test_analysis_time_is_linear_in_d_and_N():
+    """O(K N d): guards against anything quadratic (slope 2).
+
+    Measured on a shared 2-core CPU (load ~9), one thread, K = 10: slope 1.19 in d (1e4 .. 1e6, N = 20) and
+    1.23 in N (10 .. 100, d = 1e5); 21 ns per element-step at d = 1e4 (the working set fits in cache) vs 68 ns at
+    d = 1e6 (DRAM, plus page faults: each 80 MB temporary is a fresh mmap). With glibc's mmap disabled
+    (MALLOC_MMAP_MAX_ / large MALLOC_MMAP_THRESHOLD_) the d = 1e6 analysis took 7.2 s instead of 13.5 s.
+    """
     res = scaling()
-    assert 0.75 < res["slope_d"] < 1.25, res
-    assert 0.75 < res["slope_N"] < 1.25, res
+    assert 0.8 < res["slope_d"] < 1.4, res
+    assert 0.8 < res["slope_N"] < 1.4, res
 
 
 @pytest.mark.slow

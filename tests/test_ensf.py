@@ -8,7 +8,6 @@ ensemble-size-infinity moments of the sampler at any K, and K = 20000 gives its 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,7 +18,7 @@ import torch
 import methods
 import problems
 from bench.errors import ConfigError, Diverged
-from methods.ensf import EnSF, autograd_loglik_grad
+from methods.ensf import autograd_loglik_grad
 from methods.score import (ScoreConfig, ensf_update, gaussian_identity_grad, mixture_prior_score,
                            paired_prior_score, schedule)
 from problems.linear import LinearGauss

@@ -1,0 +1,256 @@
+"""Where the cells of a grid run: in this process, in a local process pool, or on a Dask cluster.
+
+Every executor runs the same task, :func:`run_task`, which runs one cell and writes its file atomically *in the
+process that ran it* (``bench.runner._run_and_write``); the client only gathers ``(cell_id, status)`` pairs and
+consolidates. A worker that dies mid-cell therefore leaves no cell file (at most a hidden ``.tmp`` file that the
+next run removes) and the cell is run again: by Dask on another worker, or by the next ``bench run``.
+
+========================  =============================================================================
+``SequentialExecutor``    one cell after another in this process (the default)
+``LocalPoolExecutor``     ``--executor local --jobs N``: N spawned processes on this machine
+``DaskExecutor``          ``--executor dask --workers N`` (a LocalCluster on 127.0.0.1) or
+                          ``--executor dask --scheduler ADDRESS`` (a running ``dask.distributed`` cluster)
+========================  =============================================================================
+
+On Dask, a cell whose ``device`` is ``cuda*`` is submitted with ``resources={"GPU": 1}``, so it only runs on a
+worker started with ``--resources GPU=1`` (one GPU cell at a time per such worker). The run folder and the
+dataset cache must be visible to the workers at the same paths (a shared filesystem on a multi-node cluster).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from bench.config import Cell
+from bench.errors import ConfigError
+
+#: seconds to wait for a Dask scheduler before giving up with a ConfigError
+CONNECT_TIMEOUT_S = 5.0
+DASK_INSTALL = "pip install 'assimbench[dask]'"
+
+
+def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool, plugins: Sequence[str] = (),
+             threads: int | None = None) -> tuple[str, str]:
+    """Run one cell in whichever process executes this and write its file atomically.
+
+    Parameters
+    ----------
+    cell : the cell to run.
+    run_dir : the run folder (must be the same path for the client and every worker).
+    cache_dir : the dataset/model cache (resolved by the client, so every worker uses the same one).
+    raise_errors : re-raise a failing cell's exception instead of recording it.
+    plugins : modules to import first, so methods/problems they register exist in a fresh worker process.
+    threads : torch intra-op threads for this process, or None to keep the process default.
+
+    Returns
+    -------
+    ``(cell_id, status)`` with status ``ok``, ``failed`` or ``skipped``.
+    """
+    from bench.registry import load_plugins
+    from bench.runner import _run_and_write
+
+    if threads:
+        import torch
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    load_plugins(list(plugins))
+    return _run_and_write(cell, Path(run_dir), Path(cache_dir) if cache_dir is not None else None, raise_errors)
+
+
+class Executor:
+    """Runs :func:`run_task` over cells; use as a context manager around :meth:`run`."""
+
+    name = "executor"
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.name
+
+    def run(self, cells: list[Cell], run_dir: Path, cache_dir: Path | None, raise_errors: bool,
+            plugins: Sequence[str]) -> Iterator[tuple[str, str]]:
+        """Yield ``(cell_id, status)`` as cells finish (in any order)."""
+        raise NotImplementedError
+
+
+class SequentialExecutor(Executor):
+    name = "sequential"
+
+    def run(self, cells, run_dir, cache_dir, raise_errors, plugins):
+        for c in cells:
+            yield run_task(c, run_dir, cache_dir, raise_errors, plugins)
+
+
+def _pool_init(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+class LocalPoolExecutor(Executor):
+    """``jobs`` spawned worker processes on this machine, each with ``cpu_count // jobs`` torch threads."""
+
+    name = "local"
+
+    def __init__(self, jobs: int):
+        if jobs < 1:
+            raise ConfigError(f"--jobs {jobs}: must be >= 1")
+        self.jobs = jobs
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def describe(self) -> str:
+        return f"local process pool ({self.jobs} processes x {self.threads} threads)"
+
+    def run(self, cells, run_dir, cache_dir, raise_errors, plugins):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init,
+                                 initargs=(self.threads,)) as pool:
+            futs = [pool.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins)) for c in cells]
+            try:
+                for f in as_completed(futs):
+                    yield f.result()
+            except BrokenProcessPool:
+                raise RuntimeError("a worker process of the local pool died (killed, or out of memory?); the "
+                                   "finished cells are saved, rerun the same command to run the rest") from None
+
+
+class DaskExecutor(Executor):
+    """Cells as tasks on a ``dask.distributed`` cluster.
+
+    Parameters
+    ----------
+    scheduler : address of a running scheduler (``tcp://host:8786``); None starts a LocalCluster.
+    workers : worker processes of the LocalCluster (default: one per CPU core); ignored with ``scheduler``.
+    timeout : seconds to wait for the scheduler before a ConfigError.
+    """
+
+    name = "dask"
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None,
+                 timeout: float = CONNECT_TIMEOUT_S):
+        if scheduler is not None and workers is not None:
+            raise ConfigError("give either --scheduler ADDRESS (a running cluster) or --workers N (a local "
+                              "cluster), not both")
+        if workers is not None and workers < 1:
+            raise ConfigError(f"--workers {workers}: must be >= 1")
+        if scheduler is not None and (not isinstance(scheduler, str) or not scheduler.strip()):
+            raise ConfigError(f"--scheduler {scheduler!r}: give an address such as tcp://10.0.0.5:8786")
+        self.distributed = import_distributed()
+        self.scheduler = scheduler.strip() if scheduler else None
+        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        self.timeout = timeout
+        self.cluster = None
+        self.client = None
+
+    def describe(self) -> str:
+        if self.scheduler:
+            return f"dask cluster at {self.scheduler}"
+        return f"dask LocalCluster ({self.workers} worker processes x 1 thread, 127.0.0.1)"
+
+    def __enter__(self) -> "DaskExecutor":
+        d = self.distributed
+        if self.scheduler is None:
+            self.cluster = d.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                          host="127.0.0.1", dashboard_address=None, silence_logs=40)
+            self.client = d.Client(self.cluster)
+        else:
+            try:
+                self.client = d.Client(self.scheduler, timeout=self.timeout)
+            except Exception as e:  # OSError / TimeoutError / ValueError for a malformed address
+                raise ConfigError(f"cannot connect to the Dask scheduler at {self.scheduler!r} within "
+                                  f"{self.timeout:g} s ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                                  f"); start one with `dask scheduler` and `dask worker ADDRESS`, or use "
+                                  f"--executor dask --workers N for a cluster on this machine") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+
+    def _threads(self) -> int | None:
+        # a LocalCluster shares this machine: split its cores between the worker processes; on a remote
+        # cluster the workers keep their own default (set OMP_NUM_THREADS when starting `dask worker`)
+        return max(1, (os.cpu_count() or 1) // self.workers) if self.scheduler is None else None
+
+    def run(self, cells, run_dir, cache_dir, raise_errors, plugins):
+        d = self.distributed
+        if self.client is None:
+            raise RuntimeError("use DaskExecutor as a context manager")
+        threads = self._threads()
+        futs = {}
+        for c in cells:
+            kw = {"resources": {"GPU": 1}} if c.device.startswith("cuda") else {}
+            f = self.client.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins), threads,
+                                   key=f"cell-{c.cell_id}", pure=False, **kw)
+            futs[f] = c
+        for f in d.as_completed(list(futs)):
+            c = futs[f]
+            try:
+                cell_id, status = f.result()
+            except d.KilledWorker:
+                # the cell killed every worker it ran on (segfault, out of memory): that is data, not a crash
+                cell_id, status = c.cell_id, _record_killed(c, run_dir)
+            if not (Path(run_dir) / "cells" / f"{cell_id}.json").exists():
+                raise ConfigError(f"a Dask worker finished cell {cell_id} but its file is not in "
+                                  f"{Path(run_dir) / 'cells'} as this machine sees it: the run folder (--out) "
+                                  f"must be on a filesystem shared by the client and every worker, at the same path")
+            yield cell_id, status
+
+
+def _record_killed(cell: Cell, run_dir: Path) -> str:
+    """Write a ``failed`` cell for a cell that killed its Dask workers (so the sweep goes on)."""
+    from bench import store
+    row = {"cell_id": cell.cell_id, "status": "failed", "n_cycles": 0,
+           "error": "KilledWorker: every Dask worker that ran this cell died (out of memory or a crash in native "
+                    "code); rerun with --retry-failed after fixing the cause",
+           "p_problem": cell.problem, "p_method": cell.method, "p_problem_name": cell.problem,
+           "p_method_name": cell.method, "p_n_ens": cell.n_ens, "p_seed": cell.seed, "p_device": cell.device,
+           "p_dtype": cell.dtype, "p_spinup": cell.spinup,
+           "p_coverage": float(cell.odict.get("coverage", 1.0)), "p_noise": float(cell.odict.get("noise", 0.1))}
+    store.write_cell(Path(run_dir), cell.cell_id, {"cell": cell.to_dict(), "row": row, "cycles": []})
+    return "failed"
+
+
+def import_distributed():
+    """``dask.distributed``, or a ConfigError naming the install command."""
+    try:
+        import distributed
+    except ImportError as e:
+        raise ConfigError(f"--executor dask needs the optional dependency dask.distributed ({e}); install it with "
+                          f"{DASK_INSTALL}") from None
+    return distributed
+
+
+def make_executor(kind: str | None = None, *, jobs: int = 1, workers: int | None = None,
+                  scheduler: str | None = None) -> Executor:
+    """The executor for the CLI flags ``--executor``, ``--jobs``, ``--workers``, ``--scheduler``.
+
+    ``kind`` None means ``dask`` when ``workers`` or ``scheduler`` is given, else ``local``. ``local`` with
+    ``jobs == 1`` is the sequential executor.
+    """
+    if kind is None:
+        kind = "dask" if (workers is not None or scheduler is not None) else "local"
+    if kind == "local":
+        if scheduler is not None or workers is not None:
+            raise ConfigError("--scheduler and --workers are for --executor dask; with --executor local use "
+                              "--jobs N")
+        if jobs < 1:
+            raise ConfigError(f"--jobs {jobs}: must be >= 1")
+        return SequentialExecutor() if jobs == 1 else LocalPoolExecutor(jobs)
+    if kind == "dask":
+        if jobs != 1:
+            raise ConfigError(f"--jobs {jobs} is for --executor local; with --executor dask give --workers N "
+                              f"(a local cluster) or --scheduler ADDRESS")
+        return DaskExecutor(scheduler=scheduler, workers=workers)
+    raise ConfigError(f"--executor {kind!r} is not supported; valid: local, dask")

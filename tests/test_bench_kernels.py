@@ -1,0 +1,128 @@
+"""Kernel micro-benchmarks (pytest-benchmark) not covered by the per-module files.
+
+Covered elsewhere: the shallow-water and Kolmogorov steps at 64 x 64 and 150 x 150 (tests/test_bench_shallow_water.py,
+tests/test_bench_kolmogorov.py) and the reverse-SDE step / EnSF sampler (tests/test_bench_ensf.py). Here: the
+Lorenz-96 RK4 step, the EnKF analysis, the LDNet forward pass and a whole Lorenz-96 smoke cell through the runner.
+
+Run every kernel benchmark with ``python -m pytest -m benchmark --benchmark-enable -p no:randomly`` (see
+docs/benchmarks.md); in a plain ``pytest`` run they are deselected. Each test also checks what it timed.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import methods
+import problems
+from bench.config import Cell, _freeze
+from bench.runner import run_cell
+from methods.base import Context, EnsembleState
+from problems.lorenz96 import l96_tendency, rk4_step
+
+pytestmark = pytest.mark.benchmark
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the numbers compare across runs on a shared machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lorenz-96 RK4 step
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("d", [40, 100_000])
+def test_bench_l96_rk4_step(benchmark, d):
+    """One RK4 step (dt = 0.05) of N = 40 members, float32; d = 40 (the classic test) and d = 1e5."""
+    N = 40
+    pb = problems.get("lorenz96", dim=d)
+    x = 8.0 + torch.randn(N, d, generator=torch.Generator().manual_seed(0))
+    params = torch.zeros(N, 0)
+    out = benchmark(pb.step, x, params)
+    assert out.shape == (N, d) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    # consistent with the tendency: one step moves x by dt * f(x) to first order
+    ref = x + pb.dt * l96_tendency(x, pb.forcing)
+    assert (out - ref).abs().max() < 0.5 * pb.dt * l96_tendency(x, pb.forcing).abs().max()
+    assert torch.equal(out, rk4_step(x, pb.dt, pb.forcing))
+    benchmark.extra_info.update(d=d, members=N, member_steps_per_s=None)
+    if getattr(benchmark, "stats", None) is not None:
+        benchmark.extra_info["member_steps_per_s"] = N / benchmark.stats.stats.mean
+
+
+# --------------------------------------------------------------------------------------------------------------
+# EnKF analysis
+# --------------------------------------------------------------------------------------------------------------
+def _enkf_case(d: int, N: int, **params):
+    pb = problems.get("lorenz96", dim=d)
+    obs = problems.bind_observer(pb, None, coverage=0.5, noise=1.0, noise_type="absolute")
+    g = torch.Generator().manual_seed(0)
+    truth = 8.0 + 3.0 * torch.randn(1, d, generator=g)
+    x = truth + torch.randn(N, d, generator=g)
+    y = obs.sample(truth.double(), g)[0].float()
+    m = methods.get("EnKF", **params)
+    m.bind(Context(pb, obs, None, dtype=torch.float32))
+    st = m.init(x, torch.zeros(N, 0), torch.Generator().manual_seed(1))
+    return m, st, y, obs, truth
+
+
+@pytest.mark.parametrize("d, variant, loc_radius", [(40, "sqrt", 0.0), (1000, "sqrt", 0.0),
+                                                    (1000, "stochastic", 4.0)])
+def test_bench_enkf_analysis(benchmark, d, variant, loc_radius):
+    """One EnKF analysis, N = 20, every second point observed (identity, std 1), float32."""
+    m, st, y, obs, truth = _enkf_case(d, 20, variant=variant, loc_radius=loc_radius, inflation=1.0)
+    out = benchmark(m.analysis, st, y)
+    assert isinstance(out, EnsembleState) and out.x.shape == st.x.shape and torch.isfinite(out.x).all()
+    # the analysis pulls the observed components towards the observations
+    before = (obs.select(st.x.mean(0, keepdim=True))[0] - y).pow(2).mean()
+    after = (obs.select(out.x.mean(0, keepdim=True))[0] - y).pow(2).mean()
+    assert after < before
+    benchmark.extra_info.update(d=d, members=20, n_obs=obs.n_obs, variant=variant, loc_radius=loc_radius)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LDNet forward (latent step + reconstruction on a 64 x 64 grid)
+# --------------------------------------------------------------------------------------------------------------
+def test_bench_ldnet_forward(benchmark):
+    """One latent Euler step and the decoding of N = 20 latents at 64 x 64 points (3 fields), float32."""
+    ldnet = pytest.importorskip("methods.ldnet", reason="methods.ldnet (the LDNet module) is not available")
+    N, n, d_s, d_u, C = 20, 64, 10, 2, 3
+    net = ldnet.LDNet(latent_dim=d_s, n_params=d_u, n_fields=C, coord_dim=2, dt_lat=0.1, coord_lo=[0.0, 0.0],
+                      coord_hi=[1.0, 1.0], dyn_width=64, dyn_depth=4, rec_width=64, rec_depth=4, seed=0).eval()
+    ax = torch.linspace(0.0, 1.0, n)
+    coords = torch.stack(torch.meshgrid(ax, ax, indexing="ij"), -1).reshape(-1, 2)
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(N, d_s, generator=g)
+    u = torch.rand(N, d_u, generator=g) * 2 - 1
+
+    @torch.no_grad()
+    def forward():
+        s1 = net.step(s, u)
+        return s1, net.decode(s1, coords)
+
+    s1, fields = benchmark(forward)
+    assert s1.shape == (N, d_s) and fields.shape == (N, n * n, C) and torch.isfinite(fields).all()
+    # the decoder is pointwise: decoding in chunks gives the same fields
+    with torch.no_grad():
+        assert torch.allclose(net.decode(s1, coords, chunk=1000), fields, atol=1e-5)
+    benchmark.extra_info.update(members=N, points=n * n, latent_dim=d_s)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a whole Lorenz-96 smoke cell through the runner
+# --------------------------------------------------------------------------------------------------------------
+def test_bench_l96_run_cell(benchmark, cache_dir):
+    """The smoke preset's first cell: Lorenz-96 d = 40, 30 cycles, EnKF (sqrt, inflation 1.04), N = 10."""
+    cell = Cell("lorenz96", _freeze({"dim": 40, "n_cycles": 30, "n_traj": 5}),
+                _freeze({"coverage": 1.0, "noise": 1.0, "noise_type": "absolute"}), "EnKF",
+                _freeze({"variant": "sqrt", "inflation": 1.04, "loc_radius": 0.0}), 10, 0, "cpu", "float32", 2)
+    run_cell(cell, cache_dir=cache_dir)  # builds the dataset once, outside the timing
+    out = benchmark.pedantic(run_cell, args=(cell,), kwargs={"cache_dir": cache_dir}, rounds=3, iterations=1)
+    row = out["row"]
+    assert row["status"] == "ok", row["error"]
+    assert row["n_cycles"] == 30
+    # assimilating every component with std 1 beats the free climatological spread by far
+    assert row["rrmse_a"] < row["rrmse_f"] and row["rrmse_a"] < 0.8
+    benchmark.extra_info.update(rrmse_a=row["rrmse_a"], time_per_cycle_s=row["time_per_cycle_s"])
