@@ -5,15 +5,16 @@ Parameters: every problem with a small configuration (Lorenz-96 at d = 40, plus 
 provides ``conformance_params``) x every name in the method registry (``methods.names()``). A combination is
 skipped (``NotImplementedError`` in ``setup``, asv's way) when the method does not import, when its
 ``skip(problem, observer)`` gives a reason, when a learned method has no tiny training configuration, or when
-its preparation failed in ``setup_cache``.
+its preparation (bind/fit) failed in ``setup_cache``; a smoke run that fails there (e.g. diverges) skips only
+``MethodRun`` (peak memory, RRMSE), a first analysis that fails skips only ``MethodTime``.
 
 ``setup_cache`` runs once per ``asv run``, in a temporary folder that lives as long as the benchmarks: it builds
 every dataset and trains every learned method there (``<tmp>/assimbench-cache``); later ``setup`` calls and the
 runner load the cached dataset and model artifacts.
 
-- ``time_forecast`` / ``time_analysis``: one ``method.forecast`` / ``method.analysis`` call on a prepared
+- ``MethodTime.time_forecast`` / ``.time_analysis``: one ``method.forecast`` / ``method.analysis`` call on a prepared
   ensemble (the runner's seeds: the same truth, observation and initial ensemble as ``bench run``).
-- ``peakmem_run`` / ``track_rrmse_a``: a whole cell through ``bench.runner.run_cell`` (fit loads the cached
+- ``MethodRun.peakmem_run`` / ``.track_rrmse_a``: a whole cell through ``bench.runner.run_cell`` (fit loads the cached
   artifact); ``track_rrmse_a`` is the time-averaged relative RMSE of the analysis mean (deterministic seeds).
 
 The configurations are fixed here (Lorenz-96 mirrors ``bench/presets/smoke.yaml``) so that a preset edit does
