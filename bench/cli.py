@@ -173,6 +173,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from bench.store import load_results
+    load_results(args.dir)  # clear error for a folder that is not a (current) results folder
     print(_summary_text(Path(args.dir)))
     return 0
 

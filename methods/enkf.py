@@ -91,6 +91,13 @@ class EnKF(Method):
         method's generator, the same rotation at every grid point).
     loc_radius : Gaspari-Cohn half-width ``c`` in grid units (support ``2c``); 0 = global analysis.
     joint : update the parameters (augmented state) with the global gain; False carries them unchanged.
+
+    Notes
+    -----
+    The state keeps its device and dtype; the ensemble-space algebra (``N x N`` or ``J x J`` systems, the
+    normalised observation anomalies) runs in float64 on the state's device. Randomness (observation
+    perturbations, rotations) comes from ``self.generator`` (set in ``init``), drawn on the CPU.
+    Tuned on Lorenz-96 (d = 40, F = 8, dt = 0.05, all variables observed, R = I, 1000 cycles): see the preset.
     """
 
     name: ClassVar[str] = "EnKF"
