@@ -95,7 +95,7 @@ class LDEnSF(Method):
     #: a tiny network and a few epochs: seconds of training for the conformance suite
     conformance_params: ClassVar[dict] = {"latent_dim": 4, "dyn_width": 16, "dyn_depth": 2, "rec_width": 16,
                                           "rec_depth": 2, "epochs": 3, "batch_traj": 2, "points": 64,
-                                          "lstm_hidden": 8, "lstm_epochs": 3, "n_steps": 20}
+                                          "lstm_hidden": 8, "lstm_epochs": 3}
 
     latent_dim: int = _train(default=10)
     dt_lat: float = _train(default=0.1)
