@@ -190,7 +190,8 @@ def run_cell(cell: Cell, cache_dir: Path | None = None, raise_errors: bool = Fal
     row.update(provenance(device, cell.dtype))
     pcols = {k: v for k, v in row.items() if k.startswith("p_")}
     cycles = [{"cell_id": cell.cell_id, **pcols, **c} for c in cycles]
-    return {"cell": cell.to_dict(), "row": row, "cycles": cycles, "snapshots": snaps}
+    extras = snaps.pop("_extras", {}) if isinstance(snaps, dict) else {}
+    return {"cell": cell.to_dict(), "row": row, "cycles": cycles, "snapshots": snaps, "extras": extras}
 
 
 def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, progress, snapshot_cycles):
@@ -222,6 +223,7 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
     scale = float(truth.double().abs().max()) + float(dataset.field_std.max())
     snap_at = sorted({max(1, T // 4), max(1, T // 2), T})[:max(snapshot_cycles, 0)] if len(problem.state_shape) == 3 else []
     snaps = {"cycles": [], "truth": [], "mean": []}
+    latents: list = []
     rows = []
     for t in range(1, T + 1):
         tc0 = timer.now()
@@ -252,6 +254,10 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
             r[f"param_mean_{name}"] = float(pe[:, i].double().mean()) if pe is not None and pe.numel() else float("nan")
             r[f"param_true_{name}"] = float(truth_params[i])
         rows.append(r)
+        with torch.no_grad():
+            lat = method.latent(state)
+        if lat is not None:
+            latents.append(lat.detach().float().cpu().numpy())
         if t in snap_at:
             snaps["cycles"].append(t)
             snaps["truth"].append(truth[t].float().cpu().numpy())
@@ -271,20 +277,48 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
                  "field_names": np.array(problem.field_names)}
     else:
         snaps = {}
+    extras = {"surrogate": _flat_numbers(getattr(method, "training_summary", None) or {})}
+    if latents:
+        extras["latent"] = {"cycles": np.arange(1, len(latents) + 1), "analysis": np.stack(latents)}
+    snaps["_extras"] = extras
     return rows, means, timings, snaps
 
 
+def _flat_numbers(d: dict, prefix: str = "") -> dict:
+    """Numeric leaves of a nested summary, keys joined with dots (for the report's surrogate table)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_numbers(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[key] = float(v)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
+def _write_npz(path: Path, arrays: dict) -> None:
+    import io
+    from bench import store
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    store.atomic_write_bytes(path, buf.getvalue())
+
+
 def _run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool) -> tuple[str, str]:
     """Run a cell and write its file atomically (in whichever process runs it)."""
     from bench import store
     out = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors)
+    extras = out.get("extras") or {}
     if out["snapshots"]:
-        import io
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **out["snapshots"])
-        store.atomic_write_bytes(run_dir / "snapshots" / f"{cell.cell_id}.npz", buf.getvalue())
-    store.write_cell(run_dir, cell.cell_id, out)
+        _write_npz(run_dir / "snapshots" / f"{cell.cell_id}.npz", out["snapshots"])
+    if extras.get("latent"):
+        _write_npz(run_dir / "extras" / f"{cell.cell_id}.latent.npz", extras["latent"])
+    if extras.get("surrogate"):
+        import json
+        store.atomic_write_bytes(run_dir / "extras" / f"{cell.cell_id}.json",
+                                 json.dumps({"surrogate": extras["surrogate"]}, indent=1).encode())
+    store.write_cell(run_dir, cell.cell_id, out)  # last: its presence marks the cell finished
     return cell.cell_id, out["row"]["status"]
 
 

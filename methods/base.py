@@ -95,6 +95,11 @@ class Method:
         """Physical-space ensemble ``(N, *state_shape)``."""
         return state.x
 
+    def latent(self, state: Any) -> torch.Tensor | None:
+        """Latent ensemble ``(N, d_latent)`` for diagnostics (latent trajectories in the report); None when the
+        method has no latent space. Called by the runner outside every timer."""
+        return None
+
     def estimate_params(self, state: Any) -> torch.Tensor | None:
         """Parameter ensemble ``(N, P)`` in physical units, or None when the method does not estimate them."""
         return state.params

@@ -368,6 +368,10 @@ class LatentEnSF(Method):
 
     # ---- the cycle -------------------------------------------------------------------------------------------
     @torch.no_grad()
+    def latent(self, state: EnsembleState) -> torch.Tensor:
+        """VAE latent means ``mu_x`` of the members, ``(N, d_lat)``."""
+        return self.encode_states(state.x)
+
     def analysis(self, state: EnsembleState, y: torch.Tensor) -> EnsembleState:
         """Encode the forecast members and ``y (m,)`` (physical), EnSF on ``scaling * z``, decode."""
         from methods.score import ensf_update, gaussian_identity_grad

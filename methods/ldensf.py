@@ -310,6 +310,10 @@ class LDEnSF(Method):
         z = self.net.decode(s.to(ctx.device, ctx.dtype), coords.to(ctx.device, ctx.dtype), self.decode_chunk)
         return z * self._field_std + self._field_mean
 
+    def latent(self, state: LatentState) -> torch.Tensor:
+        """The augmented latent ``(s, u)`` of every member, ``(N, d_s + d_u)``."""
+        return state.kappa
+
     @staticmethod
     def latent_at(before: LatentState, after: LatentState, frac: float) -> LatentState:
         """Linear interpolation of the latent state a fraction ``frac`` in [0, 1] of the way from ``before`` to
