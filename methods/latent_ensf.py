@@ -54,7 +54,7 @@ class VAETrainConfig:
     h_lat: int = 8
     width: int = 8
     obs_arch: str = "auto"
-    epochs: int = 8
+    epochs: int = 40
     batch: int = 64
     lr: float = 3e-3
     schedule: str = "cosine"
@@ -231,7 +231,7 @@ class LatentEnSF(Method):
     h_lat: int = _train(default=8)
     width: int = _train(default=8)
     obs_arch: Literal["auto", "conv", "mlp"] = _train(default="auto")
-    epochs: int = _train(default=8)
+    epochs: int = _train(default=40)
     batch: int = _train(default=64)
     lr: float = _train(default=3e-3)
     schedule: Literal["constant", "cosine", "onecycle", "step"] = _train(default="cosine")
