@@ -226,33 +226,14 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
     latents: list = []
     rows = []
     for t in range(1, T + 1):
-        tc0 = timer.now()
-        state = method.forecast(state)
-        tc1 = timer.now()
-        with torch.no_grad():
-            xf = method.estimate(state)  # untimed: only for the forecast metrics
-        tc2 = timer.now()
-        state = method.analysis(state, ys[t - 1])
-        tc3 = timer.now()
-        xa = method.estimate(state)
-        tc4 = timer.now()
-        # ---- metrics, outside the timers
-        if not bool(torch.isfinite(xa).all()) or float(xa.double().abs().max()) > DIVERGENCE_FACTOR * scale:
-            err = Diverged(f"diverged at cycle {t}: the analysis ensemble has "
-                           f"{'non-finite values' if not bool(torch.isfinite(xa).all()) else 'left the plausible range'}")
+        try:
+            state, r, xa = _one_cycle(t, method, state, ys, timer, truth, truth_params, dataset, problem, scale)
+        except Diverged as e:  # raised by the runner's check or by the method itself: keep what was computed
+            msg = str(e) if str(e).startswith("diverged at cycle") else f"diverged at cycle {t}: {e}"
+            err = Diverged(msg)
             err.cycles = rows
-            raise err
-        mf = ensemble_metrics(xf, truth[t])
-        ma = ensemble_metrics(xa, truth[t])
-        pe = method.estimate_params(state)
-        r = {"cycle": t, "time": float(dataset.times[t]), "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
-             "rmse_a": ma["rmse"], "rrmse_a": ma["rrmse"], "rrmse_member_a": ma["rrmse_member"],
-             "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params),
-             "t_forecast": tc1 - tc0, "t_analysis": tc3 - tc2, "t_reconstruct": tc4 - tc3,
-             "t_cycle": timer.now() - tc0, "spinup": t <= cell.spinup}
-        for i, name in enumerate(problem.param_names):
-            r[f"param_mean_{name}"] = float(pe[:, i].double().mean()) if pe is not None and pe.numel() else float("nan")
-            r[f"param_true_{name}"] = float(truth_params[i])
+            raise err from None
+        r["spinup"] = t <= cell.spinup
         rows.append(r)
         with torch.no_grad():
             lat = method.latent(state)
@@ -262,12 +243,47 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
             snaps["cycles"].append(t)
             snaps["truth"].append(truth[t].float().cpu().numpy())
             snaps["mean"].append(xa.float().mean(0).cpu().numpy())
+    return _summarise(rows, timings_fit=time_fit, snaps=snaps, latents=latents, observer=observer,
+                      problem=problem, method=method)
+
+
+def _one_cycle(t, method, state, ys, timer, truth, truth_params, dataset, problem, scale):
+    """Forecast, analysis, estimate (timed) and the cycle's metrics (untimed) -> (state, row, analysis ens)."""
+    tc0 = timer.now()
+    state = method.forecast(state)
+    tc1 = timer.now()
+    with torch.no_grad():
+        xf = method.estimate(state)  # untimed: only for the forecast metrics
+    tc2 = timer.now()
+    state = method.analysis(state, ys[t - 1])
+    tc3 = timer.now()
+    xa = method.estimate(state)
+    tc4 = timer.now()
+    # ---- metrics, outside the timers
+    if not bool(torch.isfinite(xa).all()) or float(xa.double().abs().max()) > DIVERGENCE_FACTOR * scale:
+        raise Diverged(f"diverged at cycle {t}: the analysis ensemble has "
+                       f"{'non-finite values' if not bool(torch.isfinite(xa).all()) else 'left the plausible range'}")
+    mf = ensemble_metrics(xf, truth[t])
+    ma = ensemble_metrics(xa, truth[t])
+    pe = method.estimate_params(state)
+    r = {"cycle": t, "time": float(dataset.times[t]), "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
+         "rmse_a": ma["rmse"], "rrmse_a": ma["rrmse"], "rrmse_member_a": ma["rrmse_member"],
+         "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params),
+         "t_forecast": tc1 - tc0, "t_analysis": tc3 - tc2, "t_reconstruct": tc4 - tc3,
+         "t_cycle": timer.now() - tc0}
+    for i, name in enumerate(problem.param_names):
+        r[f"param_mean_{name}"] = float(pe[:, i].double().mean()) if pe is not None and pe.numel() else float("nan")
+        r[f"param_true_{name}"] = float(truth_params[i])
+    return state, r, xa
+
+
+def _summarise(rows, timings_fit, snaps, latents, observer, problem, method):
     scored = [r for r in rows if not r["spinup"]]
     means = {m: float(np.nanmean([r[m] for r in scored])) if scored and not all(
         isinstance(r[m], float) and math.isnan(r[m]) for r in scored) else float("nan") for m in METRICS}
     timed = rows[1:] if len(rows) > 1 else rows  # cycle 1 is the warm-up
     mean_t = lambda key: float(np.mean([r[key] for r in timed]))  # noqa: E731
-    timings = {"time_fit_s": time_fit, "time_forecast_s": mean_t("t_forecast"),
+    timings = {"time_fit_s": timings_fit, "time_forecast_s": mean_t("t_forecast"),
                "time_analysis_s": mean_t("t_analysis"), "time_reconstruct_s": mean_t("t_reconstruct")}
     timings["time_online_s"] = timings["time_forecast_s"] + timings["time_analysis_s"] + timings["time_reconstruct_s"]
     timings["time_per_cycle_s"] = mean_t("t_cycle")

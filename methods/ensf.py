@@ -50,8 +50,8 @@ class EnSF(Method):
     joint : joint state-parameter filtering: the ``P`` parameters, mapped to the unit box by the problem's
         ``param_bounds``, are appended to the state vector. The likelihood gradient with respect to them is
         zero, so with the ``paired`` score each parameter only returns to its own forecast value plus the
-        sampler's jitter (variance ~ eps_beta + 1/K in unit-box units): **EnSF cannot learn unobserved
-        parameters** (nor unobserved state components); the ``mixture`` score couples them to the observed
+        sampler's jitter (variance ~ eps_beta + 1/K in unit-box units), clipped to the prior box: **EnSF cannot
+        learn unobserved parameters** (nor unobserved state components); the ``mixture`` score couples them to the observed
         components only through the weights. ``joint = False`` carries the parameters along untouched.
     inflation : multiplicative inflation of the forecast anomalies (state and parameters) before the analysis.
     normalize : run the sampler on the state z-scored per field with the training statistics (the diffusion
@@ -158,5 +158,8 @@ class EnSF(Method):
             x_a = x_a * s + m
         params = state.params
         if n_par:
-            params = (lo + width * post[:, d:].to(lo.device, lo.dtype)).to(state.params.dtype)
+            # the sampler's jitter random-walks unobserved parameters; keep them in the prior's support (e.g. a
+            # Reynolds number must stay positive for the forecast to exist)
+            u_a = post[:, d:].to(lo.device, lo.dtype).clamp(0.0, 1.0)
+            params = (lo + width * u_a).to(state.params.dtype)
         return EnsembleState(x_a, params, state.extra)
