@@ -147,24 +147,21 @@ def cmd_list(args) -> int:
             parts.append(f"{f.name}={d!r}")
         return ", ".join(parts) or "(no parameters)"
 
-    print("problems:")
-    for n in problems.names():
-        try:
-            cls = problems.cls(n)
+    def section(title: str, registry) -> None:
+        print(f"{title}:")
+        for n in registry.names():
+            try:
+                cls = registry.cls(n)
+            except ConfigError as e:
+                print(f"  {n}: unavailable ({e})")
+                continue
             print(f"  {n}: {(cls.__doc__ or '').strip().splitlines()[0]}")
             print(textwrap.indent(textwrap.fill(describe(cls), 100), "      "))
-        except ConfigError as e:
-            print(f"  {n}: unavailable ({e})")
+
+    section("problems", problems)
     print("observer parameters:")
     print(textwrap.indent(textwrap.fill(describe(Observer), 100), "      "))
-    print("methods:")
-    for n in methods.names():
-        try:
-            cls = methods.cls(n)
-            print(f"  {n}: {(cls.__doc__ or '').strip().splitlines()[0]}")
-            print(textwrap.indent(textwrap.fill(describe(cls), 100), "      "))
-        except ConfigError as e:
-            print(f"  {n}: unavailable ({e})")
+    section("methods", methods)
     print("presets:")
     for p in preset_names():
         desc = load_preset(p).get("description", "")
