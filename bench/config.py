@@ -83,11 +83,11 @@ class Cell:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
-        return cls(d["problem"], _freeze(d["problem_params"]), _freeze(d["observer"]), d["method"],
-                   _freeze(d["method_params"]), d["n_ens"], d["seed"], d["device"], d["dtype"], d["spinup"])
+        return cls(d["problem"], freeze(d["problem_params"]), freeze(d["observer"]), d["method"],
+                   freeze(d["method_params"]), d["n_ens"], d["seed"], d["device"], d["dtype"], d["spinup"])
 
 
-def _freeze(d: dict) -> tuple:
+def freeze(d: dict) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
 
 
@@ -254,14 +254,13 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                 ospec = obs_spec if p_obs is None else (
                     {**obs_spec, **p_obs} if isinstance(obs_spec, dict) and isinstance(p_obs, dict) else p_obs)
                 for op in expand_params(Observer, ospec, "observers"):
-                    # validate against the problem geometry (field std is a placeholder here)
-                    problems.bind_observer(prob, _FakeStats(prob.n_fields), **op)
+                    problems.bind_observer(prob, None, **op)  # validates against the problem geometry
                     for mname, mspec in exp["methods"].items():
                         mcls = methods.cls(mname)
                         for mp in expand_params(mcls, mspec, f"method {mname}"):
                             methods.get(mname, **mp)
                             for n, s in itertools.product(n_ens, seeds):
-                                cells.append(Cell(pname, _freeze(pp), _freeze(op), mname, _freeze(mp), n, s,
+                                cells.append(Cell(pname, freeze(pp), freeze(op), mname, freeze(mp), n, s,
                                                   dev, dtype, spinup))
     seen, unique = set(), []
     for c in cells:
@@ -269,12 +268,6 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
             seen.add(c.cell_id)
             unique.append(c)
     return Grid(name=config.get("name", name), cells=unique, plugins=plugins, raw=config)
-
-
-class _FakeStats:
-    def __init__(self, C: int):
-        import torch
-        self.field_std = torch.ones(C)
 
 
 def check_device(device: str) -> None:

@@ -119,8 +119,8 @@ class EnSF(Method):
         ds = self.ctx.dataset
         if self.normalize and ds is not None:
             nd = len(self.ctx.problem.state_shape)
-            m = ds._field_view(x, ds.field_mean, nd)
-            s = ds._field_view(x, ds.field_std, nd)
+            m = ds.field_view(x, ds.field_mean, nd)
+            s = ds.field_view(x, ds.field_std, nd)
         else:
             m = s = None
         prior = (x if m is None else (x - m) / s).reshape(n, d)

@@ -59,7 +59,8 @@ class Dataset:
         """(snapshots, params) of one split."""
         return getattr(self, name), getattr(self, f"params_{name}")
 
-    def _field_view(self, x: torch.Tensor, stat: torch.Tensor, n_state_dims: int) -> torch.Tensor:
+    def field_view(self, x: torch.Tensor, stat: torch.Tensor, n_state_dims: int) -> torch.Tensor:
+        """``stat (C,)`` reshaped to broadcast against ``x (..., *state_shape)`` with ``n_state_dims`` state axes."""
         C = stat.shape[0]
         shape = [1] * (x.dim() - n_state_dims) + [C] + [1] * (n_state_dims - 1)
         if n_state_dims == 1:  # Lorenz-96 style (d,) state with one field
@@ -68,13 +69,13 @@ class Dataset:
 
     def normalize(self, x: torch.Tensor, n_state_dims: int) -> torch.Tensor:
         """z-score per field with the training statistics."""
-        m = self._field_view(x, self.field_mean, n_state_dims)
-        s = self._field_view(x, self.field_std, n_state_dims)
+        m = self.field_view(x, self.field_mean, n_state_dims)
+        s = self.field_view(x, self.field_std, n_state_dims)
         return (x - m) / s
 
     def denormalize(self, z: torch.Tensor, n_state_dims: int) -> torch.Tensor:
-        m = self._field_view(z, self.field_mean, n_state_dims)
-        s = self._field_view(z, self.field_std, n_state_dims)
+        m = self.field_view(z, self.field_mean, n_state_dims)
+        s = self.field_view(z, self.field_std, n_state_dims)
         return z * s + m
 
 
@@ -363,9 +364,9 @@ class Observer:
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "channels", torch.tensor(chans))
         object.__setattr__(self, "index", index)
-        if self.noise_type == "additive":
-            if not self.field_std:
-                raise ConfigError("additive noise needs the training field std (bind the observer to a dataset)")
+        if self.noise_type == "additive" and not self.field_std:
+            std = None  # geometry only (validation without a dataset); noise_std() says what is missing
+        elif self.noise_type == "additive":
             std = torch.tensor([self.field_std[c] for c in chans], dtype=torch.float64)
             std = (self.noise * std).repeat(len(points))
         else:
@@ -410,7 +411,8 @@ class Observer:
     def _on(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (str(device), dtype)
         if key not in self._dev_cache:
-            self._dev_cache[key] = (self.index.to(device), self._std.to(device=device, dtype=dtype))
+            std = None if self._std is None else self._std.to(device=device, dtype=dtype)
+            self._dev_cache[key] = (self.index.to(device), std)
         return self._dev_cache[key]
 
     # ---- the operator ---------------------------------------------------------------------------------------
@@ -432,7 +434,11 @@ class Observer:
             return (self.noise * y.abs()).clamp_min(1e-8 * max(self.noise, 1e-30))
         dev = device if device is not None else (y.device if y is not None else "cpu")
         dt = dtype if dtype is not None else (y.dtype if y is not None else torch.float64)
-        return self._on(dev, dt)[1]
+        std = self._on(dev, dt)[1]
+        if std is None:
+            raise ConfigError("additive noise needs the training field std: bind the observer to a dataset "
+                              "(problems.bind_observer(problem, dataset, ...))")
+        return std
 
     def sample(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Noisy observation of ``x (n, *state_shape)`` -> ``(n, m)``; noise drawn on the CPU from ``generator``."""

@@ -14,7 +14,7 @@ import torch
 
 import methods
 import problems
-from bench.config import Cell, _freeze
+from bench.config import Cell, freeze
 from bench.runner import run_cell
 from methods.base import Context, EnsembleState
 from problems.lorenz96 import l96_tendency, rk4_step
@@ -115,9 +115,9 @@ def test_bench_ldnet_forward(benchmark):
 # --------------------------------------------------------------------------------------------------------------
 def test_bench_l96_run_cell(benchmark, cache_dir):
     """The smoke preset's first cell: Lorenz-96 d = 40, 30 cycles, EnKF (sqrt, inflation 1.04), N = 10."""
-    cell = Cell("lorenz96", _freeze({"dim": 40, "n_cycles": 30, "n_traj": 5}),
-                _freeze({"coverage": 1.0, "noise": 1.0, "noise_type": "absolute"}), "EnKF",
-                _freeze({"variant": "sqrt", "inflation": 1.04, "loc_radius": 0.0}), 10, 0, "cpu", "float32", 2)
+    cell = Cell("lorenz96", freeze({"dim": 40, "n_cycles": 30, "n_traj": 5}),
+                freeze({"coverage": 1.0, "noise": 1.0, "noise_type": "absolute"}), "EnKF",
+                freeze({"variant": "sqrt", "inflation": 1.04, "loc_radius": 0.0}), 10, 0, "cpu", "float32", 2)
     run_cell(cell, cache_dir=cache_dir)  # builds the dataset once, outside the timing
     out = benchmark.pedantic(run_cell, args=(cell,), kwargs={"cache_dir": cache_dir}, rounds=3, iterations=1)
     row = out["row"]

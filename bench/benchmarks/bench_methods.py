@@ -95,9 +95,9 @@ def method_params(name: str) -> dict:
 
 def make_cell(problem: str, method: str):
     """The :class:`bench.config.Cell` benchmarked for (problem, method)."""
-    from bench.config import Cell, _freeze
+    from bench.config import Cell, freeze
     pp, op = problem_config(problem)
-    return Cell(problem, _freeze(pp), _freeze(op), method, _freeze(method_params(method)), N_ENS, SEED, "cpu",
+    return Cell(problem, freeze(pp), freeze(op), method, freeze(method_params(method)), N_ENS, SEED, "cpu",
                 "float32", SPINUP)
 
 
@@ -181,9 +181,8 @@ def _skip_reason(problem: str, method: str) -> str | None:
         import methods
         import problems
         pb = problems.get(cell.problem, **cell.pdict)
-        # the skip check needs only the observer geometry; the dataset's std is a placeholder here
-        from bench.config import _FakeStats
-        obs = problems.bind_observer(pb, _FakeStats(pb.n_fields), **cell.odict)
+        # the skip check needs only the observer geometry, not the dataset
+        obs = problems.bind_observer(pb, None, **cell.odict)
         return methods.get(method, **cell.mdict).skip(pb, obs) or None
     except NotImplementedError as e:
         return str(e)
