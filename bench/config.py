@@ -13,6 +13,7 @@ A config file is a mapping::
     n_ens: [20, 40]
     seeds: 3                          # an int n means seeds 0..n-1, or a list
     spinup: 50                        # cycles excluded from time averages
+    score_between: 0                  # also score k equally spaced times inside each observation interval
     device: cpu
     dtype: float32
 
@@ -37,7 +38,8 @@ from bench.naming import content_hash, public_fields
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-EXPERIMENT_KEYS = {"problems", "observers", "methods", "n_ens", "seeds", "spinup", "device", "dtype"}
+EXPERIMENT_KEYS = {"problems", "observers", "methods", "n_ens", "seeds", "spinup", "device", "dtype",
+                   "score_between"}
 TOP_KEYS = EXPERIMENT_KEYS | {"name", "description", "plugins", "experiments", "expected"}
 DTYPES = ("float32", "float64")
 #: the largest ``seeds: n`` count (a guard against a typo such as ``seeds: 1e9``)
@@ -58,6 +60,7 @@ class Cell:
     device: str = "cpu"
     dtype: str = "float32"
     spinup: int = 0
+    score_between: int = 0
 
     @property
     def pdict(self) -> dict:
@@ -73,18 +76,21 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
+        extra = (self.score_between,) if self.score_between else ()  # ids of cells without it stay as they were
         return content_hash(self.problem, self.pdict, self.odict, self.method, self.mdict, self.n_ens,
-                            self.seed, self.device, self.dtype, self.spinup, n=16)
+                            self.seed, self.device, self.dtype, self.spinup, *extra, n=16)
 
     def to_dict(self) -> dict:
         return {"problem": self.problem, "problem_params": self.pdict, "observer": self.odict,
                 "method": self.method, "method_params": self.mdict, "n_ens": self.n_ens, "seed": self.seed,
-                "device": self.device, "dtype": self.dtype, "spinup": self.spinup}
+                "device": self.device, "dtype": self.dtype, "spinup": self.spinup,
+                "score_between": self.score_between}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         return cls(d["problem"], freeze(d["problem_params"]), freeze(d["observer"]), d["method"],
-                   freeze(d["method_params"]), d["n_ens"], d["seed"], d["device"], d["dtype"], d["spinup"])
+                   freeze(d["method_params"]), d["n_ens"], d["seed"], d["device"], d["dtype"], d["spinup"],
+                   d.get("score_between", 0))
 
 
 def freeze(d: dict) -> tuple:
@@ -235,6 +241,11 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
         if len(spinup) != 1:
             raise ConfigError(f"spinup={exp.get('spinup')!r}: give one integer >= 0 (cycles left out of the averages)")
         spinup = spinup[0]
+        between = _int_list(exp.get("score_between", 0), "score_between", 0)
+        if len(between) != 1:
+            raise ConfigError(f"score_between={exp.get('score_between')!r}: give one integer >= 0 (times scored "
+                              "inside each observation interval)")
+        between = between[0]
         dev = device or exp.get("device", "cpu")
         check_device(dev)
         dtype = exp.get("dtype", "float32")
@@ -251,6 +262,8 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
             p_obs = pspec.pop("observer", None)
             for pp in expand_params(pcls, pspec, f"problem {pname}"):
                 prob = problems.get(pname, **pp)
+                if between:
+                    prob.check_subdivision(between + 1)
                 ospec = obs_spec if p_obs is None else (
                     {**obs_spec, **p_obs} if isinstance(obs_spec, dict) and isinstance(p_obs, dict) else p_obs)
                 for op in expand_params(Observer, ospec, "observers"):
@@ -261,7 +274,7 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                             methods.get(mname, **mp)
                             for n, s in itertools.product(n_ens, seeds):
                                 cells.append(Cell(pname, freeze(pp), freeze(op), mname, freeze(mp), n, s,
-                                                  dev, dtype, spinup))
+                                                  dev, dtype, spinup, between))
     seen, unique = set(), []
     for c in cells:
         if c.cell_id not in seen:

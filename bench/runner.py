@@ -34,7 +34,8 @@ from bench.errors import Diverged
 from bench.metrics import ensemble_metrics, param_rmse
 from bench.naming import content_hash
 
-METRICS = ("rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a")
+METRICS = ("rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
+           "rmse_between", "rrmse_between")
 TIMINGS = ("time_fit_s", "time_forecast_s", "time_analysis_s", "time_reconstruct_s", "time_online_s",
            "time_per_cycle_s", "time_total_s", "peak_mem_mb")
 #: an estimate farther than this many truth scales from the truth is a divergence
@@ -128,7 +129,7 @@ def param_columns(cell: Cell, problem, observer, method) -> dict:
     cols = {"p_problem": problem.label, "p_method": method.label, "p_problem_name": cell.problem,
             "p_method_name": cell.method, "p_n_ens": cell.n_ens, "p_coverage": float(observer.coverage),
             "p_noise": float(observer.noise), "p_seed": cell.seed, "p_device": cell.device, "p_dtype": cell.dtype,
-            "p_spinup": cell.spinup, "p_observer": observer.label}
+            "p_spinup": cell.spinup, "p_score_between": cell.score_between, "p_observer": observer.label}
     for prefix, params in (("p_problem_", problem.params_dict()), ("p_obs_", observer.params_dict()),
                            ("p_method_", method.params_dict())):
         for k, v in params.items():
@@ -225,14 +226,20 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
     snaps = {"cycles": [], "truth": [], "mean": []}
     latents: list = []
     rows = []
+    fracs = [j / (cell.score_between + 1) for j in range(1, cell.score_between + 1)]
     for t in range(1, T + 1):
+        before = state
         try:
-            state, r, xa = _one_cycle(t, method, state, ys, timer, truth, truth_params, dataset, problem, scale)
+            state, r, xa, fstate = _one_cycle(t, method, state, ys, timer, truth, truth_params, dataset, problem,
+                                              scale)
         except Diverged as e:  # raised by the runner's check or by the method itself: keep what was computed
             msg = str(e) if str(e).startswith("diverged at cycle") else f"diverged at cycle {t}: {e}"
             err = Diverged(msg)
             err.cycles = rows
             raise err from None
+        r["rmse_between"] = r["rrmse_between"] = float("nan")
+        if fracs:  # untimed: the truth and the estimate inside the interval (t-1, t)
+            r.update(_score_between(method, before, fstate, fracs, truth[t - 1], truth_params, problem))
         r["spinup"] = t <= cell.spinup
         rows.append(r)
         with torch.no_grad():
@@ -247,15 +254,40 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
                       problem=problem, method=method)
 
 
+def _score_between(method, before, after, fracs, x_prev, truth_params, problem) -> dict:
+    """Mean RMSE / rRMSE of the ensemble mean at the fractions ``fracs`` of the interval after ``x_prev``."""
+    with torch.no_grad():
+        ests = method.estimate_between(before, after, fracs)
+        x, p, prev = x_prev[None].double(), truth_params[None], 0.0
+        rm, rr = [], []
+        for f, e in zip(fracs, ests):
+            x = problem.advance_fraction(x, p, f - prev)
+            prev = f
+            m = ensemble_metrics(e, x[0].to(e.dtype))
+            rm.append(m["rmse"])
+            rr.append(m["rrmse"])
+    return {"rmse_between": float(np.mean(rm)), "rrmse_between": float(np.mean(rr))}
+
+
 def _one_cycle(t, method, state, ys, timer, truth, truth_params, dataset, problem, scale):
-    """Forecast, analysis, estimate (timed) and the cycle's metrics (untimed) -> (state, row, analysis ens)."""
+    """Forecast, analysis, estimate (timed) and the cycle's metrics (untimed)
+    -> (state, row, analysis ensemble, forecast state)."""
     tc0 = timer.now()
     state = method.forecast(state)
+    fstate = state
     tc1 = timer.now()
     with torch.no_grad():
         xf = method.estimate(state)  # untimed: only for the forecast metrics
+        if not bool(torch.isfinite(xf).all()):
+            raise Diverged(f"diverged at cycle {t}: the forecast ensemble has non-finite values (the model blew up "
+                           "from the previous analysis)")
     tc2 = timer.now()
-    state = method.analysis(state, ys[t - 1])
+    try:
+        state = method.analysis(state, ys[t - 1])
+    except torch.linalg.LinAlgError as e:  # an ill-conditioned update is a divergence of this cell, not a crash
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Diverged(f"diverged at cycle {t}: the analysis failed numerically ({first}); the forecast ensemble "
+                       f"spread is {float(xf.double().std(0).mean()):.3g}") from None
     tc3 = timer.now()
     xa = method.estimate(state)
     tc4 = timer.now()
@@ -274,7 +306,7 @@ def _one_cycle(t, method, state, ys, timer, truth, truth_params, dataset, proble
     for i, name in enumerate(problem.param_names):
         r[f"param_mean_{name}"] = float(pe[:, i].double().mean()) if pe is not None and pe.numel() else float("nan")
         r[f"param_true_{name}"] = float(truth_params[i])
-    return state, r, xa
+    return state, r, xa, fstate
 
 
 def _summarise(rows, timings_fit, snaps, latents, observer, problem, method):

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from bench.errors import ConfigError
 from bench.naming import param_name, params_of
 from problems.base import Dataset, Observer, Problem
 
@@ -94,6 +95,25 @@ class Method:
     def estimate(self, state: Any) -> torch.Tensor:
         """Physical-space ensemble ``(N, *state_shape)``."""
         return state.x
+
+    @torch.no_grad()
+    def estimate_between(self, before: Any, after: Any, fracs: list[float]) -> list[torch.Tensor]:
+        """Physical ensembles ``(N, *state_shape)`` at fractions ``0 < f < 1`` of the interval from ``before``
+        (the analysis at the previous observation) to ``after`` (the forecast at the next one).
+
+        Default for ensembles in physical space: advance ``before`` with the model through the fractions (an
+        extra forecast, outside the timers). Methods with a cheaper route (interpolated latents) override it.
+        """
+        if not isinstance(before, EnsembleState):
+            raise ConfigError(f"{self.label} keeps no physical ensemble; it must implement estimate_between to be "
+                              "scored between observations (score_between)")
+        pb = self.ctx.problem
+        x, prev, out = before.x, 0.0, []
+        for f in fracs:
+            x = pb.advance_fraction(x, before.params, f - prev)
+            prev = f
+            out.append(self.estimate(EnsembleState(x, before.params, before.extra)))
+        return out
 
     def latent(self, state: Any) -> torch.Tensor | None:
         """Latent ensemble ``(N, d_latent)`` for diagnostics (latent trajectories in the report); None when the

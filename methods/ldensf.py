@@ -194,7 +194,7 @@ class LDEnSF(Method):
             return {"ldnet": net}, {"ldnet": net.config()}, summary
 
         art_ld = tr.load_or_train("ldnet", self.name, pb.label, {"dataset": pb.data_key()},
-                                  dataclasses.asdict(ld_cfg), train_ld, ctx.cache_dir, ctx.progress)
+                                  ld_cfg.identity(), train_ld, ctx.cache_dir, ctx.progress)
         net = LDNet.from_config(art_ld.config["networks"]["ldnet"])
         net.load_state_dict(art_ld.weights["ldnet"])
         net.eval()
@@ -331,3 +331,8 @@ class LDEnSF(Method):
     def estimate_at(self, before: LatentState, after: LatentState, frac: float) -> torch.Tensor:
         """Physical ensemble ``(N, *state_shape)`` at an intermediate time (linearly interpolated latent)."""
         return self.estimate(self.latent_at(before, after, frac))
+
+    def estimate_between(self, before: LatentState, after: LatentState, fracs: list[float]) -> list[torch.Tensor]:
+        """The runner's hook: :meth:`estimate_at` at each fraction (the latent Euler step is linear in time, so
+        this is exactly the latent trajectory between the two observations, decoded)."""
+        return [self.estimate_at(before, after, f) for f in fracs]

@@ -76,12 +76,15 @@ class ResMLP(nn.Module):
 
     Structure for depth ``D`` and width ``W`` (LD-EnSF's ResNN): an input layer + act; ``(D-1)//2`` residual
     blocks ``h <- act(L2(act(L1 h)) + h)``; one more Linear + act when ``D-1`` is odd; a linear output layer.
+    With ``film`` every hidden layer's pre-activation is also modulated by the latent state,
+    ``a <- a (1 + g_k(s)) + b_k(s)`` (FiLM; not in the paper: an option for faster training).
     The input layer acting on ``[s, gamma(xi)]`` is split into ``W_s s + W_x gamma(xi) + b`` (the same map), so
     the latent part is computed once per snapshot and broadcast over its points.
     """
 
     def __init__(self, latent_dim: int, coord_dim: int, out_dim: int, width: int, depth: int, act: Act,
-                 n_fourier: int, fourier_scale: float, train_fourier: bool, generator: torch.Generator):
+                 n_fourier: int, fourier_scale: float, train_fourier: bool, generator: torch.Generator,
+                 film: bool = False):
         super().__init__()
         self.fourier = FourierFeatures(coord_dim, n_fourier, fourier_scale, train_fourier, generator) \
             if n_fourier > 0 else None
@@ -101,6 +104,16 @@ class ResMLP(nn.Module):
             for _ in range(n_blocks))
         self.extra = glorot_(nn.Linear(width, width), generator) if (depth - 1) % 2 == 1 else None
         self.out = glorot_(nn.Linear(width, out_dim), generator)
+        # FiLM: per hidden layer a scale and shift from the latent state, zero at initialisation (so training
+        # starts from the plain network); computed once per snapshot and broadcast over its points
+        n_mod = n_blocks + (1 if self.extra is not None else 0)
+        self.film = nn.ModuleList(nn.Linear(latent_dim, 2 * width) for _ in range(n_mod)) \
+            if film and latent_dim > 0 else None
+        if self.film is not None:
+            with torch.no_grad():
+                for lin in self.film:
+                    lin.weight.zero_()
+                    lin.bias.zero_()
 
     def features(self, xi: torch.Tensor) -> torch.Tensor:
         return self.fourier(xi) if self.fourier is not None else xi
@@ -108,10 +121,17 @@ class ResMLP(nn.Module):
     def forward(self, s: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """``s (..., d_s)`` and ``xi (..., n, k)`` (broadcastable batch dims) -> ``(..., n, out_dim)``."""
         h = self.act(self.in_s(s).unsqueeze(-2) + self.in_x(self.features(xi)))
-        for l1, l2 in self.blocks:
-            h = self.act(l2(self.act(l1(h))) + h)
+        mods = [m(s).unsqueeze(-2).chunk(2, dim=-1) for m in self.film] if self.film is not None else None
+        for k, (l1, l2) in enumerate(self.blocks):
+            a = l1(h)
+            if mods is not None:
+                a = a * (1 + mods[k][0]) + mods[k][1]
+            h = self.act(l2(self.act(a)) + h)
         if self.extra is not None:
-            h = self.act(self.extra(h))
+            a = self.extra(h)
+            if mods is not None:
+                a = a * (1 + mods[-1][0]) + mods[-1][1]
+            h = self.act(a)
         return self.out(h)
 
 
@@ -161,7 +181,7 @@ class LDNet(nn.Module):
                  coord_lo: list[float], coord_hi: list[float], dyn_width: int = 64, dyn_depth: int = 4,
                  rec_arch: Literal["resmlp", "separable"] = "resmlp", rec_width: int = 64, rec_depth: int = 4,
                  n_fourier: int = 0, fourier_scale: float = 1.0, train_fourier: bool = True, n_basis: int = 64,
-                 act: Act = "relu", seed: int = 0):
+                 act: Act = "relu", seed: int = 0, film: bool = False):
         super().__init__()
         self._config = dict(latent_dim=latent_dim, n_params=n_params, n_fields=n_fields, coord_dim=coord_dim,
                             dt_lat=float(dt_lat), coord_lo=[float(v) for v in coord_lo],
@@ -169,12 +189,14 @@ class LDNet(nn.Module):
                             rec_arch=rec_arch, rec_width=rec_width, rec_depth=rec_depth, n_fourier=n_fourier,
                             fourier_scale=float(fourier_scale), train_fourier=train_fourier, n_basis=n_basis,
                             act=act, seed=seed)
+        if film:  # only when on: configs of networks without it stay as they were
+            self._config["film"] = True
         g = torch.Generator().manual_seed(seed)
         self.latent_dim, self.n_params, self.dt_lat = latent_dim, n_params, float(dt_lat)
         self.dyn = MLP(latent_dim + n_params, latent_dim, dyn_width, dyn_depth, act, g)
         if rec_arch == "resmlp":
             self.rec: nn.Module = ResMLP(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
-                                         fourier_scale, train_fourier, g)
+                                         fourier_scale, train_fourier, g, film=film)
         else:
             self.rec = SeparableDecoder(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
                                         fourier_scale, train_fourier, n_basis, g)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -374,7 +374,10 @@ class LDNetTrainConfig:
     (the latent rollout runs over all times of each); ``rec_epochs``: stage-2 epochs retraining ``R`` with ``F``
     frozen; ``lbfgs_iters``: L-BFGS iterations on ``R`` and ``F`` after Adam (full batch of fixed points);
     ``amp``: bfloat16 autocast in the training steps (2-3x faster on CPUs with AMX/AVX512-BF16; evaluation and
-    the stored weights stay float32).
+    the stored weights stay float32); ``film``: latent FiLM modulation of every hidden layer of ``R`` (see
+    :class:`methods.ldnet.ResMLP`); ``point_sampling``: ``uniform`` points per snapshot, or ``signal``: half
+    uniform, half drawn with probability proportional to the point's deviation from the field's spatial median
+    in that snapshot (follows the wave fronts; the loss is the plain mean over the drawn points).
     """
 
     latent_dim: int = 10
@@ -402,6 +405,19 @@ class LDNetTrainConfig:
     eval_every: int = 5
     eval_points: int = 256
     seed: int = 0
+    film: bool = False
+    point_sampling: str = "uniform"
+
+    #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling")
+
+    def identity(self) -> dict:
+        """The dict hashed into the artifact key (later-added fields only when they differ from the default)."""
+        d = dataclasses.asdict(self)
+        for k in self.LATER_FIELDS:
+            if d[k] == getattr(type(self), k):
+                d.pop(k)
+        return d
 
 
 def _gather_points(Z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -424,7 +440,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     net = LDNet(cfg.latent_dim, problem.n_params, problem.n_fields, coords.shape[1], cfg.dt_lat,
                 lo_c.tolist(), hi_c.tolist(), cfg.dyn_width, cfg.dyn_depth, cfg.rec_arch, cfg.rec_width,
                 cfg.rec_depth, cfg.n_fourier, cfg.fourier_scale, cfg.train_fourier, cfg.n_basis, cfg.act,
-                cfg.seed).to(device)
+                cfg.seed, film=cfg.film).to(device)
     xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
     plo, phi = param_normalizer(problem)
     splits = {}
@@ -435,6 +451,13 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     Ztr, Utr = splits["train"]
     n_tr, T1, P, C = Ztr.shape
     n_pts = P if cfg.points <= 0 or cfg.points >= P else cfg.points
+    if cfg.point_sampling not in ("uniform", "signal"):
+        from bench.errors import ConfigError
+        raise ConfigError(f"point_sampling={cfg.point_sampling!r}; valid: uniform, signal")
+    signal_w = None
+    if cfg.point_sampling == "signal" and n_pts < P:  # (n_tr, T1, P) sampling weights, fixed for the run
+        dev_ = (Ztr - Ztr.median(dim=2, keepdim=True).values).abs().sum(-1)
+        signal_w = dev_ / dev_.sum(-1, keepdim=True).clamp_min(1e-30)
     mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
     tlog.info(f"LDNet: {sum(p.numel() for p in net.parameters())} parameters; data {n_tr} x {T1} snapshots x "
               f"{P} points x {C} fields; {n_pts} points per snapshot, {cfg.batch_traj} trajectories per step")
@@ -477,6 +500,11 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
                     pred, true = net.reconstruct(s, xi), Ztr[b]
                 else:
                     idx = torch.randint(P, (len(b), T1, n_pts), generator=g).to(device)
+                    if signal_w is not None:  # replace the second half by signal-following draws
+                        k = n_pts // 2
+                        w = signal_w[b].reshape(-1, P).float().cpu()
+                        drawn = torch.multinomial(w, k, replacement=True, generator=g)
+                        idx[..., n_pts - k:] = drawn.reshape(len(b), T1, k).to(device)
                     pred, true = net.reconstruct(s, xi[idx]), _gather_points(Ztr[b], idx)
             yield (pred.float() - true).pow(2).mean()
 

@@ -294,6 +294,16 @@ class Kolmogorov(Problem):
         w_hat, mean = integrate(w_hat, mean, nu, self.drag, T, n_sub, ops)
         return vorticity_to_velocity(w_hat, mean, ops)
 
+    def check_subdivision(self, n: int) -> None:
+        if n < 1:
+            raise ConfigError(f"kolmogorov: cannot split an interval into {n} parts")
+
+    def advance_fraction(self, x: torch.Tensor, params: torch.Tensor, frac: float) -> torch.Tensor:
+        """Advance by ``frac * dt_obs`` (sub-steps from the CFL rule)."""
+        if not 0.0 < frac <= 1.0:
+            raise ConfigError(f"kolmogorov: frac={frac} must lie in (0, 1]")
+        return self.step(x, params) if frac == 1.0 else self.advance(x, params, frac * self.dt_obs)
+
     def step(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Advance ``x (N, 2, n, n)`` by ``dt_obs``; each member with its own ``Re = params[:, 0]``."""
         return self.advance(x, params, self.dt_obs)

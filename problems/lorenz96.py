@@ -15,16 +15,21 @@ from problems.base import Problem
 
 
 def l96_tendency(x: torch.Tensor, forcing: float | torch.Tensor) -> torch.Tensor:
-    """Tendency of ``x (..., d)``."""
-    return (torch.roll(x, -1, -1) - torch.roll(x, 2, -1)) * torch.roll(x, 1, -1) - x + forcing
+    """Tendency of ``x (..., d)``: one circular pad, then views (no ``torch.roll`` copies; memory-bound at large d)."""
+    xp = torch.cat([x[..., -2:], x, x[..., :1]], dim=-1)    # xp[k + 2] = x[k]
+    out = torch.sub(xp[..., 3:], xp[..., :-3])               # x_{i+1} - x_{i-2}
+    return out.mul_(xp[..., 1:-2]).sub_(x).add_(forcing)     # * x_{i-1} - x_i + F
 
 
 def rk4_step(x: torch.Tensor, dt: float, forcing: float | torch.Tensor) -> torch.Tensor:
     k1 = l96_tendency(x, forcing)
-    k2 = l96_tendency(x + 0.5 * dt * k1, forcing)
-    k3 = l96_tendency(x + 0.5 * dt * k2, forcing)
-    k4 = l96_tendency(x + dt * k3, forcing)
-    return x + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+    acc = k1.clone()
+    k = l96_tendency(torch.add(x, k1, alpha=0.5 * dt), forcing)
+    acc.add_(k, alpha=2.0)
+    k = l96_tendency(torch.add(x, k, alpha=0.5 * dt), forcing)
+    acc.add_(k, alpha=2.0)
+    k = l96_tendency(torch.add(x, k, alpha=dt), forcing)
+    return torch.add(x, acc.add_(k), alpha=dt / 6.0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,24 @@ class Lorenz96(Problem):
         n = params.shape[0]
         x = self.forcing + torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         for _ in range(int(round(self.spinup_time / self.dt))):
+            x = rk4_step(x, self.dt, self.forcing)
+        return x
+
+    def check_subdivision(self, n: int) -> None:
+        from bench.errors import ConfigError
+        if n < 1 or self.steps_per_obs % n:
+            valid = [k for k in range(1, self.steps_per_obs + 1) if self.steps_per_obs % k == 0]
+            raise ConfigError(f"lorenz96 with steps_per_obs={self.steps_per_obs} cannot be split into {n} equal "
+                              f"parts (score_between + 1 must divide steps_per_obs; valid parts: {valid})")
+
+    def advance_fraction(self, x: torch.Tensor, params: torch.Tensor, frac: float) -> torch.Tensor:
+        """``round(frac * steps_per_obs)`` RK4 steps (``frac`` must be a whole number of steps)."""
+        from bench.errors import ConfigError
+        k = round(frac * self.steps_per_obs)
+        if k < 1 or abs(k - frac * self.steps_per_obs) > 1e-9:
+            raise ConfigError(f"lorenz96: {frac} of an interval is not a whole number of its "
+                              f"{self.steps_per_obs} RK4 steps")
+        for _ in range(k):
             x = rk4_step(x, self.dt, self.forcing)
         return x
 

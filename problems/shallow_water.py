@@ -244,13 +244,15 @@ class ShallowWater(Problem):
         f = (self.f0 + self.beta * yf).to(device=device, dtype=dtype)[:, None]
         return f, f[1:-1]
 
-    def integrate(self, U: torch.Tensor, V: torch.Tensor, eta: torch.Tensor, n_steps: int) -> None:
+    def integrate(self, U: torch.Tensor, V: torch.Tensor, eta: torch.Tensor, n_steps: int,
+                  dt: float | None = None) -> None:
         """Advance the staggered state in place by ``n_steps`` sub-steps of :attr:`dt`.
 
         Stormer-Verlet order: half a continuity step, then ``n_steps`` times (momentum with the current eta, a
         continuity step), the last continuity step being a half one. Interior continuity half-steps are merged.
         """
-        dt, dx, g, H = self.dt, self.dx, self.gravity, self.depth
+        dt = self.dt if dt is None else float(dt)
+        dx, g, H = self.dx, self.gravity, self.depth
         f_all, f_int = self._coriolis_v(eta.device, eta.dtype)
         rotating = self.f0 != 0.0 or self.beta != 0.0
         N, n = eta.shape[0], self.n
@@ -308,6 +310,22 @@ class ShallowWater(Problem):
         with torch.no_grad():
             U, V, eta = self.to_staggered(x)
             self.integrate(U, V, eta, self.n_substeps)
+            return self.to_collocated(U, V, eta)
+
+    def check_subdivision(self, n: int) -> None:
+        if n < 1:
+            raise ConfigError(f"shallow_water: cannot split an interval into {n} parts")
+
+    def advance_fraction(self, x: torch.Tensor, params: torch.Tensor | None, frac: float) -> torch.Tensor:
+        """Advance by ``frac * dt_obs`` with the smallest count of equal sub-steps within the CFL bound."""
+        if not 0.0 < frac <= 1.0:
+            raise ConfigError(f"shallow_water: frac={frac} must lie in (0, 1]")
+        if frac == 1.0:
+            return self.step(x, params)
+        n = max(1, math.ceil(frac * self.n_substeps - 1e-9))
+        with torch.no_grad():
+            U, V, eta = self.to_staggered(x)
+            self.integrate(U, V, eta, n, dt=frac * self.obs_interval / n)
             return self.to_collocated(U, V, eta)
 
     # ---- diagnostics ------------------------------------------------------------------------------------------

@@ -187,6 +187,9 @@ def test_interpolation_at_observation_times(setup):
     mid = m.latent_at(st0, st1, 0.5)
     torch.testing.assert_close(mid.s, 0.5 * (st0.s + st1.s))
     assert mid.t == 0.5
+    # the runner's hook decodes the interpolated latents
+    b = m.estimate_between(st0, st1, [0.25, 0.5])
+    assert torch.equal(b[1], m.estimate(mid)) and torch.equal(b[0], m.estimate_at(st0, st1, 0.25))
     # decoding at arbitrary points agrees with the grid decode at the grid points
     x = m.estimate(st1)
     pts = m.decode(st1.s, pb.coords()[[0, 10, 63]])

@@ -1,0 +1,64 @@
+"""Time-to-accuracy of one LDNet training recipe (no encoder, no artifact): the ablation behind issue 5's curve.
+
+Usage::
+
+    python scripts/ldnet_ablation.py shallow_water TAG [key=value ...] [--threads 1] [--out results/ablation]
+
+Trains :func:`methods.training.train_ldnet` with the LD-EnSF default recipe overridden by ``key=value``
+(fields of :class:`methods.training.LDNetTrainConfig`), and writes ``<out>/<problem>_<TAG>.csv`` (training
+seconds vs validation/test rRMSE) and ``<out>/<problem>_<TAG>.json`` (the summary and the recipe).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _value(v: str):
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def main(argv=None) -> int:
+    import problems
+    import methods
+    from methods.training import TrainLog, train_ldnet, write_curve
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("problem")
+    ap.add_argument("tag")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="results/ablation")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    pb = problems.get(args.problem)
+    ds = pb.dataset()
+    cfg = methods.get("LD-EnSF").ldnet_config()
+    kw = {k: _value(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    cfg = dataclasses.replace(cfg, **kw)
+    tlog = TrainLog(progress=False)
+    net, summary = train_ldnet(pb, ds, cfg, tlog)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_curve(tlog.rows, out / f"{args.problem}_{args.tag}.csv")
+    summary = dict(summary, train_s=tlog.train_s, threads=args.threads, recipe=dataclasses.asdict(cfg))
+    (out / f"{args.problem}_{args.tag}.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps({k: v for k, v in summary.items() if k != "recipe"}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
