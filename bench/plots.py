@@ -98,7 +98,8 @@ def _save(fig: MplFigure, img_dir: Path, name: str) -> str:
 
 
 def _method_legend(fig: MplFigure, palette: dict, methods: Sequence[str], extra: Sequence = ()) -> None:
-    handles = [Line2D([], [], color=palette[m], lw=2, label=m) for m in methods] + list(extra)
+    # long parametrized names are wrapped, so the legend never squeezes the panels to nothing
+    handles = [Line2D([], [], color=palette[m], lw=2, label=_wrap_name(m, 40)) for m in methods] + list(extra)
     fig.legend(handles=handles, loc="outside right upper", frameon=False)
 
 

@@ -45,7 +45,7 @@ SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise"
 #: Metrics summarised as mean and std over seeds (ok cells only).
 SUMMARY_METRICS: tuple[str, ...] = (
     "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a", "rmse_a", "rmse_f",
-    "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s", "time_reconstruct_s",
+    "rrmse_between", "rmse_between", "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s", "time_reconstruct_s",
     "time_fit_s", "peak_mem_mb", "obs_coverage",
 )
 PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "torch_version", "device_name", "dtype", "threads", "host",
@@ -202,6 +202,7 @@ def format_summary(summary: pd.DataFrame) -> str:
         return "(no cells)"
     rows = []
     has_param = "param_rmse_a_mean" in summary.columns and summary["param_rmse_a_mean"].notna().any()
+    has_between = "rrmse_between_mean" in summary.columns and summary["rrmse_between_mean"].notna().any()
     show_device = "device" in summary.columns and summary["device"].nunique() > 1
     for _, r in summary.iterrows():
         row = {"problem": r["problem"], "N": _val(r.get("n_ens")), "coverage": _val(r.get("coverage")),
@@ -215,6 +216,8 @@ def format_summary(summary: pd.DataFrame) -> str:
             "spread_a": _fmt_num(r.get("spread_a_mean")),
             "CRPS_a": _fmt_num(r.get("crps_a_mean")),
         })
+        if has_between:
+            row["rRMSE_between"] = _fmt_num(r.get("rrmse_between_mean"))
         if has_param:
             row["param_RMSE"] = _fmt_num(r.get("param_rmse_a_mean"))
         row["online/cycle"] = _fmt_time(r.get("time_online_s_mean"))
@@ -293,7 +296,8 @@ def _summary_columns(summ: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Se
         cols.append(("device", "device", lambda r: _val(r["device"])))
     cols.append(("method", "method", lambda r: str(r["method"])))
     cols.append(("cells", "ok / failed / skipped", lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
-    for m, h in (("rrmse_a", "rRMSE analysis"), ("rrmse_f", "rRMSE forecast"), ("rrmse_member_a", "member rRMSE"),
+    for m, h in (("rrmse_a", "rRMSE analysis"), ("rrmse_f", "rRMSE forecast"),
+                 ("rrmse_between", "rRMSE between observations"), ("rrmse_member_a", "member rRMSE"),
                  ("spread_a", "spread"), ("crps_a", "CRPS"), ("param_rmse_a", "param RMSE")):
         if has(f"{m}_mean"):
             cols.append((m, h, lambda r, m=m: _pm(r[f"{m}_mean"], r.get(f"{m}_std"))))

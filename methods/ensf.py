@@ -72,7 +72,7 @@ class EnSF(Method):
     eps_beta: float = 0.0
     prior_score: Literal["paired", "mixture"] = "paired"
     mixture_batch: int = 0
-    damping: Literal["linear", "none"] = "linear"
+    damping: Literal["linear", "none", "reweight"] = "linear"
     clip: float = 0.0
     restandardize: bool = False
     obs_std_scale: float = 1.0
@@ -149,7 +149,11 @@ class EnSF(Method):
         gen = getattr(self, "generator", None)
         if gen is None:
             raise RuntimeError("EnSF.analysis called before init(): no generator")
-        post = ensf_update(prior, loglik_grad, self.score_config(), gen)
+        member_ll = None
+        if self.damping == "reweight":  # log p(y | x_j) of the forecast members weights the mixture score
+            r = (obs.observe(x) - y) / std
+            member_ll = -0.5 * r.double().pow(2).sum(1)
+        post = ensf_update(prior, loglik_grad, self.score_config(), gen, member_loglik=member_ll)
         if not torch.isfinite(post).all():
             raise Diverged(f"{self.label}: the analysis ensemble is not finite; the explicit reverse-SDE step is "
                            "unstable for this observation error; raise n_steps (or eps_alpha), or set clip")

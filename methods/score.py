@@ -31,6 +31,9 @@ Known limitations (measured in ``tests/test_ensf.py`` on a linear-Gaussian probl
 - the ``paired`` form ignores the ensemble spread: near ``tau = 0`` each particle solves a Kalman-like update with
   prior variance ``~ eps_beta + 1/K`` around its own member, so the observation is under-weighted whenever the
   forecast variance exceeds ``eps_beta`` (mean corrected too little, variance too large);
+- ``damping='reweight'`` (mixture only) replaces the heuristic by the exact score of the diffused empirical
+  posterior (members weighted by their likelihood): it recovers the posterior as N grows, smoothed by an
+  ``N(0, eps_beta)`` kernel, at the price of a particle filter's weight degeneracy in high dimension;
 - the explicit Euler-Maruyama step is stable only while ``dtau * sigma^2 * (h / sigma_obs^2 + 1 / beta2) < 2``
   roughly: a small observation error (``sigma_obs = 0.05``) needs ``n_steps`` of several hundred, or ``clip``.
 """
@@ -62,7 +65,12 @@ class ScoreConfig:
     mixture_batch : J, members used by the mixture score per step (0 = all N; else a fresh random subset of J
         members, shared by all particles, is drawn at every pseudo-time step).
     chunk : particles per block of the mixture score (0 = automatic, about 2^23 elements per temporary).
-    damping : ``linear`` (``h(tau) = 1 - tau``, EnSF) or ``none`` (``h = 0``: sample the prior only).
+    damping : ``linear`` (``h(tau) = 1 - tau``, EnSF), ``none`` (``h = 0``: sample the prior only) or
+        ``reweight`` (``mixture`` only; no likelihood gradient: each member ``x_j`` of the mixture score is
+        weighted by ``p(y | x_j)``, which makes the score the *exact* score of the diffused empirical posterior
+        ``sum_j p(y | x_j) delta(x - x_j)``. The sampler then draws from that weighted ensemble smoothed by an
+        ``N(0, eps_beta)`` kernel: consistent as N grows, like a particle filter, and like one it degenerates
+        when the likelihood is sharp compared with the spread of the members, i.e. in high dimension).
     clip : clip every component of the posterior score to ``[-clip, clip]`` (0 = off; the EnSF repo uses 1000).
     restandardize : re-standardise the initial noise ``Z_1`` to mean 0 and std 1 per component across the
         ensemble (the EnSF repo does this).
@@ -87,8 +95,11 @@ class ScoreConfig:
             raise ConfigError(f"EnSF eps_beta={self.eps_beta} must lie in [0, 1) (noise variance at tau = 0)")
         if self.prior_score not in ("paired", "mixture"):
             raise ConfigError(f"EnSF prior_score={self.prior_score!r}; valid: paired, mixture")
-        if self.damping not in ("linear", "none"):
-            raise ConfigError(f"EnSF damping={self.damping!r}; valid: linear, none")
+        if self.damping not in ("linear", "none", "reweight"):
+            raise ConfigError(f"EnSF damping={self.damping!r}; valid: linear, none, reweight")
+        if self.damping == "reweight" and self.prior_score != "mixture":
+            raise ConfigError("EnSF damping='reweight' weights the members of the mixture score; it needs "
+                              "prior_score='mixture' (valid with paired: linear, none)")
         if self.mixture_batch < 0:
             raise ConfigError(f"EnSF mixture_batch={self.mixture_batch} must be >= 0 (0 = all members)")
         if self.chunk < 0:
@@ -129,7 +140,7 @@ def _auto_chunk(n: int, d: int, j: int) -> int:
 
 
 def mixture_prior_score(z: torch.Tensor, members: torch.Tensor, alpha: float, beta2: float,
-                        chunk: int = 0) -> torch.Tensor:
+                        chunk: int = 0, log_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Score of the diffused empirical distribution ``(1/J) sum_j N(alpha x_j, beta2 I)`` at ``z (N, d)``.
 
     ``members (J, d)``. The weights are ``w_ij = softmax_j(-|z_i - alpha x_j|^2 / (2 beta2))``; the term
@@ -137,7 +148,8 @@ def mixture_prior_score(z: torch.Tensor, members: torch.Tensor, alpha: float, be
     ``(alpha z'_i . x'_j - alpha^2 |x'_j|^2 / 2) / beta2`` with ``z' = z - alpha c``, ``x' = x - c`` centred on
     the members' mean ``c``, formed in float64 (no cancellation trouble in float32 at d ~ 1e6) by one
     ``addmm``; softmax subtracts the row maximum (logsumexp-stable). The score is
-    ``-(z_i - alpha sum_j w_ij x_j) / beta2``. Memory: the ``(N, d)`` output, ``(J, d)`` float64 members and
+    ``-(z_i - alpha sum_j w_ij x_j) / beta2``. ``log_weight (J,)`` adds unnormalised log mixture weights (the
+    score of ``sum_j exp(log_weight_j) N(alpha x_j, beta2 I)``). Memory: the ``(N, d)`` output, ``(J, d)`` float64 members and
     per-chunk ``(c, d)`` / ``(c, J)`` temporaries.
     """
     n, d = z.shape
@@ -146,6 +158,8 @@ def mixture_prior_score(z: torch.Tensor, members: torch.Tensor, alpha: float, be
     center = members.mean(0)
     xc = (members - center).to(wide)                      # (J, d)
     bias = xc.pow(2).sum(1).mul_(-0.5 * alpha * alpha / beta2)   # (J,)
+    if log_weight is not None:
+        bias = bias + log_weight.to(bias.device, wide)
     center_w = center.to(wide)
     c = chunk or _auto_chunk(n, d, j)
     out = torch.empty_like(z)
@@ -191,7 +205,8 @@ def working_generator(generator: torch.Generator, device: torch.device) -> torch
 
 
 def reverse_step(z: torch.Tensor, prior: torch.Tensor, tau: float, dtau: float, loglik_grad: LoglikGrad | None,
-                 config: ScoreConfig, noise: torch.Tensor, work: torch.Tensor | None = None) -> torch.Tensor:
+                 config: ScoreConfig, noise: torch.Tensor, work: torch.Tensor | None = None,
+                 log_weight: torch.Tensor | None = None) -> torch.Tensor:
     """One Euler-Maruyama step of the reverse SDE from ``tau`` to ``tau - dtau``, in place on ``z``.
 
     ``z <- z - dtau (b z - sigma^2 S(z, tau)) + sqrt(dtau) sigma noise`` with ``S = S_prior + h(tau) grad log p``.
@@ -203,12 +218,14 @@ def reverse_step(z: torch.Tensor, prior: torch.Tensor, tau: float, dtau: float, 
     loglik_grad : ``z (N, d) -> (N, d)`` likelihood score; not called when ``h(tau) = 0``.
     noise : ``(N, d)`` standard normal draws.
     work : optional ``(N, d)`` buffer for the paired score (saves one allocation per step).
+    log_weight : ``(J,)`` log-likelihoods of the members (``damping='reweight'``).
     """
     alpha, beta2, b, sigma2 = schedule(tau, config.eps_alpha, config.eps_beta)
     if config.prior_score == "paired":
         score = paired_prior_score(z, prior, alpha, beta2, out=work)
     else:
-        score = mixture_prior_score(z, prior, alpha, beta2, config.chunk)
+        score = mixture_prior_score(z, prior, alpha, beta2, config.chunk,
+                                    log_weight if config.damping == "reweight" else None)
     h = (1.0 - tau) if config.damping == "linear" else 0.0
     if h != 0.0 and loglik_grad is not None:
         score.add_(loglik_grad(z), alpha=h)
@@ -219,7 +236,7 @@ def reverse_step(z: torch.Tensor, prior: torch.Tensor, tau: float, dtau: float, 
 
 
 def ensf_update(prior: torch.Tensor, loglik_grad: LoglikGrad | None, config: ScoreConfig,
-                generator: torch.Generator) -> torch.Tensor:
+                generator: torch.Generator, member_loglik: torch.Tensor | None = None) -> torch.Tensor:
     """Sample the analysis ensemble with the EnSF reverse SDE.
 
     Parameters
@@ -229,6 +246,7 @@ def ensf_update(prior: torch.Tensor, loglik_grad: LoglikGrad | None, config: Sco
     config : the sampler's hyperparameters.
     generator : source of all randomness (``Z_1``, per-step noise, mixture subsets); a CPU generator used for a
         GPU ensemble seeds a device generator (see :func:`working_generator`).
+    member_loglik : ``(N,)`` ``log p(y | x_j)`` of the forecast members; required by ``damping='reweight'``.
 
     Returns
     -------
@@ -239,6 +257,8 @@ def ensf_update(prior: torch.Tensor, loglik_grad: LoglikGrad | None, config: Sco
     if prior.dim() != 2:
         raise ValueError(f"ensf_update expects a flat (N, d) ensemble, got shape {tuple(prior.shape)}")
     n, d = prior.shape
+    if config.damping == "reweight" and (member_loglik is None or member_loglik.shape != (n,)):
+        raise ValueError(f"damping='reweight' needs member_loglik of shape ({n},), the members' log-likelihoods")
     g = working_generator(generator, prior.device)
     z = torch.randn(n, d, generator=g, device=prior.device, dtype=prior.dtype)
     if config.restandardize and n > 1:
@@ -250,10 +270,11 @@ def ensf_update(prior: torch.Tensor, loglik_grad: LoglikGrad | None, config: Sco
     dtau = 1.0 / K
     for k in range(K):
         tau = 1.0 - k * dtau
-        members = prior
+        members, lw = prior, member_loglik
         if use_subset:
             idx = torch.randperm(n, generator=g, device=g.device)[:config.mixture_batch].to(prior.device)
             members = prior[idx]
+            lw = member_loglik[idx] if member_loglik is not None else None
         noise.normal_(generator=g)
-        reverse_step(z, members, tau, dtau, loglik_grad, config, noise, work)
+        reverse_step(z, members, tau, dtau, loglik_grad, config, noise, work, lw)
     return z
