@@ -30,23 +30,29 @@ def main(argv=None) -> int:
     for c in curves:
         problem = "kolmogorov" if c.stem.startswith("kolmogorov") else "shallow_water"
         by_problem.setdefault(problem, []).append(c)
-    fig, axes = plt.subplots(1, len(by_problem), figsize=(5.5 * len(by_problem), 4), squeeze=False,
+    fig, axes = plt.subplots(2, len(by_problem), figsize=(5.5 * len(by_problem), 7), squeeze=False,
                              layout="constrained")
     rows = []
-    for ax, (problem, files) in zip(axes[0], sorted(by_problem.items())):
+    for col, (problem, files) in enumerate(sorted(by_problem.items())):
         for f in files:
             tag = f.stem[len(problem) + 1:]
             df = pd.read_csv(f)
-            ax.plot(df["train_s"] / 60, df["test_rrmse_phys"], marker=".", label=tag)
+            if "stage" in df:
+                df = df[df["stage"].astype(str).str.startswith("ldnet")]
+            axes[0, col].plot(df["epoch"], df["test_rrmse_phys"], marker=".", label=tag)
+            axes[1, col].plot(df["train_s"] / 60, df["test_rrmse_phys"], marker=".", label=tag)
             summ = json.loads(f.with_suffix(".json").read_text()) if f.with_suffix(".json").exists() else {}
-            rows.append({"problem": problem, "recipe": tag, "minutes": round(df["train_s"].iloc[-1] / 60, 1),
+            rows.append({"problem": problem, "recipe": tag, "epochs": int(df["epoch"].iloc[-1]),
+                         "minutes": round(df["train_s"].iloc[-1] / 60, 1),
                          "test_rrmse_phys (full grid)": round(summ.get("test_rrmse_phys", float("nan")), 4)})
-        ax.set_yscale("log")
-        ax.set_xlabel("optimisation time [min], 1 thread")
-        ax.set_ylabel("test rRMSE (physical)")
-        ax.set_title(problem)
-        ax.axhline(0.05, color="0.5", ls=":", lw=1)
-        ax.legend(fontsize=8)
+        for row, xl in enumerate(("epoch", "optimisation time [min], 1 thread (shared machine: noisy)")):
+            ax = axes[row, col]
+            ax.set_yscale("log")
+            ax.set_xlabel(xl)
+            ax.set_ylabel("test rRMSE (physical)")
+            ax.set_title(problem)
+            ax.axhline(0.05, color="0.5", ls=":", lw=1)
+            ax.legend(fontsize=8)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(dest, dpi=110)
     print(pd.DataFrame(rows).to_string(index=False))
