@@ -260,3 +260,26 @@ def test_shipped_default_networks(name):
             errs.append(float((est - x[i, t]).norm() / x[i, t].norm()))
             st = m.forecast(st)
     assert abs(sum(errs) / len(errs) - documented) < 0.25 * documented + 0.01
+
+
+def test_film_decoder_starts_as_the_plain_network_and_round_trips():
+    """FiLM modulation is zero at initialisation (training starts from the plain LDNet), changes the output once
+    its weights move, and survives the config round trip the artifact cache relies on."""
+    kw = dict(latent_dim=5, n_params=2, n_fields=3, coord_dim=2, dt_lat=0.1, coord_lo=[0.0, 0.0],
+              coord_hi=[1.0, 1.0], rec_width=16, rec_depth=4, n_fourier=8, fourier_scale=2.0, seed=3)
+    plain, film = LDNet(**kw), LDNet(**kw, film=True)
+    s, xi = torch.randn(4, 5), torch.rand(30, 2) * 2 - 1
+    assert torch.equal(plain.reconstruct(s, xi), film.reconstruct(s, xi))
+    assert "film" not in plain.config() and film.config()["film"] is True
+    with torch.no_grad():
+        for lin in film.rec.film:
+            lin.weight.normal_()
+    out = film.reconstruct(s, xi)
+    assert not torch.allclose(out, plain.reconstruct(s, xi))
+    again = LDNet.from_config(film.config())
+    again.load_state_dict(film.state_dict())
+    assert torch.equal(again.reconstruct(s, xi), out)
+    # the artifact identity ignores the later-added fields at their defaults (shipped hashes stay valid)
+    cfg = tr.LDNetTrainConfig()
+    assert "film" not in cfg.identity() and "point_sampling" not in cfg.identity()
+    assert tr.LDNetTrainConfig(film=True).identity()["film"] is True
