@@ -186,6 +186,14 @@ def _int_list(v: Any, key: str, minimum: int) -> list[int]:
     return vals
 
 
+def _one_int(exp: dict, key: str, meaning: str) -> int:
+    """The single integer >= 0 under ``key`` (default 0)."""
+    v = _int_list(exp.get(key, 0), key, 0)
+    if len(v) != 1:
+        raise ConfigError(f"{key}={exp.get(key)!r}: give one integer >= 0 ({meaning})")
+    return v[0]
+
+
 @dataclass
 class Grid:
     """The expanded, validated grid."""
@@ -237,15 +245,8 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
             seeds = list(range(seeds))
         else:
             seeds = _int_list(seeds, "seeds", 0)
-        spinup = _int_list(exp.get("spinup", 0), "spinup", 0)
-        if len(spinup) != 1:
-            raise ConfigError(f"spinup={exp.get('spinup')!r}: give one integer >= 0 (cycles left out of the averages)")
-        spinup = spinup[0]
-        between = _int_list(exp.get("score_between", 0), "score_between", 0)
-        if len(between) != 1:
-            raise ConfigError(f"score_between={exp.get('score_between')!r}: give one integer >= 0 (times scored "
-                              "inside each observation interval)")
-        between = between[0]
+        spinup = _one_int(exp, "spinup", "cycles left out of the averages")
+        between = _one_int(exp, "score_between", "times scored inside each observation interval")
         dev = device or exp.get("device", "cpu")
         check_device(dev)
         dtype = exp.get("dtype", "float32")

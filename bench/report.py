@@ -45,8 +45,8 @@ SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise"
 #: Metrics summarised as mean and std over seeds (ok cells only).
 SUMMARY_METRICS: tuple[str, ...] = (
     "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a", "rmse_a", "rmse_f",
-    "rrmse_between", "rmse_between", "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s", "time_reconstruct_s",
-    "time_fit_s", "peak_mem_mb", "obs_coverage",
+    "rrmse_between", "rmse_between", "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s",
+    "time_reconstruct_s", "time_fit_s", "peak_mem_mb", "obs_coverage",
 )
 PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "torch_version", "device_name", "dtype", "threads", "host",
                                        "date")

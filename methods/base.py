@@ -107,13 +107,8 @@ class Method:
         if not isinstance(before, EnsembleState):
             raise ConfigError(f"{self.label} keeps no physical ensemble; it must implement estimate_between to be "
                               "scored between observations (score_between)")
-        pb = self.ctx.problem
-        x, prev, out = before.x, 0.0, []
-        for f in fracs:
-            x = pb.advance_fraction(x, before.params, f - prev)
-            prev = f
-            out.append(self.estimate(EnsembleState(x, before.params, before.extra)))
-        return out
+        xs = self.ctx.problem.advance_through(before.x, before.params, fracs)
+        return [self.estimate(EnsembleState(x, before.params, before.extra)) for x in xs]
 
     def latent(self, state: Any) -> torch.Tensor | None:
         """Latent ensemble ``(N, d_latent)`` for diagnostics (latent trajectories in the report); None when the

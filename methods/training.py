@@ -457,7 +457,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     signal_w = None
     if cfg.point_sampling == "signal" and n_pts < P:  # (n_tr, T1, P) sampling weights, fixed for the run
         dev_ = (Ztr - Ztr.median(dim=2, keepdim=True).values).abs().sum(-1)
-        signal_w = dev_ / dev_.sum(-1, keepdim=True).clamp_min(1e-30)
+        signal_w = (dev_ / dev_.sum(-1, keepdim=True).clamp_min(1e-30)).float().cpu()
     mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
     tlog.info(f"LDNet: {sum(p.numel() for p in net.parameters())} parameters; data {n_tr} x {T1} snapshots x "
               f"{P} points x {C} fields; {n_pts} points per snapshot, {cfg.batch_traj} trajectories per step")
@@ -502,7 +502,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
                     idx = torch.randint(P, (len(b), T1, n_pts), generator=g).to(device)
                     if signal_w is not None:  # replace the second half by signal-following draws
                         k = n_pts // 2
-                        w = signal_w[b].reshape(-1, P).float().cpu()
+                        w = signal_w[b.cpu()].reshape(-1, P)
                         drawn = torch.multinomial(w, k, replacement=True, generator=g)
                         idx[..., n_pts - k:] = drawn.reshape(len(b), T1, k).to(device)
                     pred, true = net.reconstruct(s, xi[idx]), _gather_points(Ztr[b], idx)

@@ -191,8 +191,18 @@ class Problem:
         The default supports only ``frac = 1`` (:meth:`step`); problems with a time step override it.
         """
         if abs(frac - 1.0) > 1e-12:
-            self.check_subdivision(0)
+            self.check_subdivision(round(1 / frac))  # raises: the default cannot split an interval
         return self.step(x, params)
+
+    def advance_through(self, x: torch.Tensor, params: torch.Tensor, fracs: list[float]) -> list[torch.Tensor]:
+        """States at the increasing fractions ``fracs`` (in (0, 1]) of the interval after ``x``, one
+        :meth:`advance_fraction` from each to the next."""
+        out, prev = [], 0.0
+        for f in fracs:
+            x = self.advance_fraction(x, params, f - prev)
+            prev = f
+            out.append(x)
+        return out
 
     @property
     def dt_obs(self) -> float:

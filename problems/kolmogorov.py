@@ -302,7 +302,7 @@ class Kolmogorov(Problem):
         """Advance by ``frac * dt_obs`` (sub-steps from the CFL rule)."""
         if not 0.0 < frac <= 1.0:
             raise ConfigError(f"kolmogorov: frac={frac} must lie in (0, 1]")
-        return self.step(x, params) if frac == 1.0 else self.advance(x, params, frac * self.dt_obs)
+        return self.advance(x, params, frac * self.dt_obs)
 
     def step(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Advance ``x (N, 2, n, n)`` by ``dt_obs``; each member with its own ``Re = params[:, 0]``."""

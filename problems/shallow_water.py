@@ -304,24 +304,20 @@ class ShallowWater(Problem):
 
         ``params`` (the bump location) only set the initial state; they are accepted for the common interface.
         """
-        if tuple(x.shape[1:]) != self.state_shape:
-            raise ValueError(f"shallow_water state must be (N, {', '.join(map(str, self.state_shape))}), "
-                             f"got {tuple(x.shape)}")
-        with torch.no_grad():
-            U, V, eta = self.to_staggered(x)
-            self.integrate(U, V, eta, self.n_substeps)
-            return self.to_collocated(U, V, eta)
+        return self.advance_fraction(x, params, 1.0)
 
     def check_subdivision(self, n: int) -> None:
         if n < 1:
             raise ConfigError(f"shallow_water: cannot split an interval into {n} parts")
 
     def advance_fraction(self, x: torch.Tensor, params: torch.Tensor | None, frac: float) -> torch.Tensor:
-        """Advance by ``frac * dt_obs`` with the smallest count of equal sub-steps within the CFL bound."""
+        """Advance by ``frac * dt_obs`` with the smallest count of equal sub-steps within the CFL bound (for
+        ``frac = 1``: ``n_substeps`` sub-steps of :attr:`dt`, i.e. :meth:`step`)."""
         if not 0.0 < frac <= 1.0:
             raise ConfigError(f"shallow_water: frac={frac} must lie in (0, 1]")
-        if frac == 1.0:
-            return self.step(x, params)
+        if tuple(x.shape[1:]) != self.state_shape:
+            raise ValueError(f"shallow_water state must be (N, {', '.join(map(str, self.state_shape))}), "
+                             f"got {tuple(x.shape)}")
         n = max(1, math.ceil(frac * self.n_substeps - 1e-9))
         with torch.no_grad():
             U, V, eta = self.to_staggered(x)

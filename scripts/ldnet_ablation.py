@@ -21,14 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _value(v: str):
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(v.lower(), v)
+from train_curve import _value  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 
 def main(argv=None) -> int:

@@ -78,16 +78,17 @@ def kalman(m0, s0, y, so):
 M0, S0, Y, SO, EA, EB = 0.0, 1.0, 1.0, 0.3, 0.5, 0.025
 
 
-def run_linear(form, N, K, reps, seed=0, damping="linear"):
+def run_linear(form, N, K, reps, seed=0, damping="linear", eps_alpha=EA, eps_beta=EB):
     """Mean over ``reps`` runs of the output ensemble's mean and variance (d = 1, prior standardised)."""
-    cfg = ScoreConfig(n_steps=K, eps_alpha=EA, eps_beta=EB, prior_score=form, damping=damping)
+    cfg = ScoreConfig(n_steps=K, eps_alpha=eps_alpha, eps_beta=eps_beta, prior_score=form, damping=damping)
     g = torch.Generator().manual_seed(seed)
     grad = gaussian_identity_grad(torch.tensor([Y], dtype=torch.float64), SO)
     ms, vs = [], []
     for _ in range(reps):
         x = torch.randn(N, 1, generator=g, dtype=torch.float64)
         x = (x - x.mean()) / x.std(unbiased=False) * S0 + M0  # exact prior moments: less MC noise
-        z = ensf_update(x, grad, cfg, g)
+        ll = -0.5 * ((x[:, 0] - Y) / SO) ** 2 if damping == "reweight" else None
+        z = ensf_update(x, grad, cfg, g, member_loglik=ll)
         ms.append(z.mean().item())
         vs.append(z.var().item())
     return sum(ms) / reps, sum(vs) / reps
@@ -240,19 +241,8 @@ def test_mixture_converges_to_its_limit_large():
         assert abs(m - lim[0]) < 0.015 and abs(v - lim[1]) < 0.005
 
 
-def _run_reweight(N, K, reps, seed, eps_alpha=0.05, eps_beta=EB):
-    cfg = ScoreConfig(n_steps=K, eps_alpha=eps_alpha, eps_beta=eps_beta, prior_score="mixture",
-                      damping="reweight")
-    g = torch.Generator().manual_seed(seed)
-    ms, vs = [], []
-    for _ in range(reps):
-        x = torch.randn(N, 1, generator=g, dtype=torch.float64)
-        x = (x - x.mean()) / x.std(unbiased=False) * S0 + M0
-        ll = -0.5 * ((x[:, 0] - Y) / SO) ** 2
-        z = ensf_update(x, None, cfg, g, member_loglik=ll)
-        ms.append(z.mean().item())
-        vs.append(z.var().item())
-    return sum(ms) / reps, sum(vs) / reps
+def _run_reweight(N, K, reps, seed, eps_beta=EB):
+    return run_linear("mixture", N, K, reps, seed, damping="reweight", eps_alpha=0.05, eps_beta=eps_beta)
 
 
 def test_reweighted_mixture_recovers_the_posterior():
