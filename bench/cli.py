@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,7 +74,7 @@ def _load_config(args) -> tuple[dict, str]:
 
 def cmd_run(args) -> int:
     from bench.config import expand
-    from bench.runner import run_grid
+    from bench.sweep import run_grid
     import yaml
 
     from bench.executors import make_executor
@@ -137,7 +137,7 @@ def cmd_list(args) -> int:
     import methods
     import problems
     from bench.config import preset_names, load_preset
-    from bench.naming import public_fields
+    from assimbench.naming import public_fields
     from problems.base import Observer
 
     def describe(cls) -> str:

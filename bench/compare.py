@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from bench.report import load_results
 
 TIME_COLUMNS: tuple[str, ...] = ("time_online_s", "time_per_cycle_s")

@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from bench.errors import ConfigError, unknown
-from bench.naming import content_hash, public_fields
+from assimbench.errors import ConfigError, unknown
+from assimbench.naming import content_hash, public_fields
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -208,7 +208,7 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
     """Validate a config mapping and expand it into cells; every bad input raises ConfigError."""
     import methods
     import problems
-    from bench.registry import load_plugins
+    from assimbench.registry import load_plugins
     from problems.base import Observer
 
     _check_keys(config, TOP_KEYS, "the config's top level")

@@ -61,6 +61,6 @@ def check(method_name: str, problem_name: str, *, n_ens: int = 4, n_cycles: int 
 
 
 def load_env_plugins() -> None:
-    from bench.registry import load_plugins
+    from assimbench.registry import load_plugins
     mods = [m for m in os.environ.get("ASSIMBENCH_PLUGINS", "").split(",") if m.strip()]
     load_plugins([m.strip() for m in mods])

@@ -1,7 +1,7 @@
 """Where the cells of a grid run: in this process, in a local process pool, or on a Dask cluster.
 
 Every executor runs the same task, :func:`run_task`, which runs one cell and writes its file atomically *in the
-process that ran it* (``bench.runner._run_and_write``); the client only gathers ``(cell_id, status)`` pairs and
+process that ran it* (``bench.executors.run_and_write``); the client only gathers ``(cell_id, status)`` pairs and
 consolidates. A worker that dies mid-cell therefore leaves no cell file (at most a hidden ``.tmp`` file that the
 next run removes) and the cell is run again: by Dask on another worker, or by the next ``bench run``.
 
@@ -18,16 +18,43 @@ dataset cache must be visible to the workers at the same paths (a shared filesys
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from bench import store
 from bench.config import Cell
-from bench.errors import ConfigError
+from bench.runner import run_cell
+from assimbench.errors import ConfigError
 
 #: seconds to wait for a Dask scheduler before giving up with a ConfigError
 CONNECT_TIMEOUT_S = 5.0
 DASK_INSTALL = "pip install 'assimbench[dask]'"
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    store.atomic_write_bytes(path, buf.getvalue())
+
+
+def run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool) -> tuple[str, str]:
+    """Run a cell and write its file atomically (in whichever process runs it)."""
+    out = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors)
+    extras = out.get("extras") or {}
+    if out["snapshots"]:
+        _write_npz(run_dir / "snapshots" / f"{cell.cell_id}.npz", out["snapshots"])
+    if extras.get("latent"):
+        _write_npz(run_dir / "extras" / f"{cell.cell_id}.latent.npz", extras["latent"])
+    if extras.get("surrogate"):
+        store.atomic_write_bytes(run_dir / "extras" / f"{cell.cell_id}.json",
+                                 json.dumps({"surrogate": extras["surrogate"]}, indent=1).encode())
+    store.write_cell(run_dir, cell.cell_id, out)  # last: its presence marks the cell finished
+    return cell.cell_id, out["row"]["status"]
 
 
 def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool, plugins: Sequence[str] = (),
@@ -47,15 +74,14 @@ def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bo
     -------
     ``(cell_id, status)`` with status ``ok``, ``failed`` or ``skipped``.
     """
-    from bench.registry import load_plugins
-    from bench.runner import _run_and_write
+    from assimbench.registry import load_plugins
 
     if threads:
         import torch
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     load_plugins(list(plugins))
-    return _run_and_write(cell, Path(run_dir), Path(cache_dir) if cache_dir is not None else None, raise_errors)
+    return run_and_write(cell, Path(run_dir), Path(cache_dir) if cache_dir is not None else None, raise_errors)
 
 
 class Executor:
@@ -210,7 +236,6 @@ class DaskExecutor(Executor):
 
 def _record_killed(cell: Cell, run_dir: Path) -> str:
     """Write a ``failed`` cell for a cell that killed its Dask workers (so the sweep goes on)."""
-    from bench import store
     row = {"cell_id": cell.cell_id, "status": "failed", "n_cycles": 0,
            "error": "KilledWorker: every Dask worker that ran this cell died (out of memory or a crash in native "
                     "code); rerun with --retry-failed after fixing the cause",

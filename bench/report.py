@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 
 RESULTS_FILE = "results.parquet"
 CYCLES_FILE = "cycles.parquet"
@@ -590,7 +590,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     Parameters
     ----------
     run_dir : path
-        A run directory (see module docstring). Raises :class:`~bench.errors.ConfigError` when it has no
+        A run directory (see module docstring). Raises :class:`~assimbench.errors.ConfigError` when it has no
         ``results.parquet``.
     strict : bool
         Raise when a figure cannot be drawn (tests). By default the failure is noted on the page and in a

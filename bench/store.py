@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 
 FORMAT_VERSION = 1
 

@@ -6,7 +6,7 @@ or :func:`register`.
 """
 from __future__ import annotations
 
-from bench.registry import Registry
+from assimbench.registry import Registry
 from methods.base import Context, EnsembleState, Method
 
 _REGISTRY = Registry("method", "assimbench.methods", "methods", {

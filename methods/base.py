@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.errors import ConfigError
-from bench.naming import param_name, params_of
+from assimbench.errors import ConfigError
+from assimbench.naming import param_name, params_of
 from problems.base import Dataset, Observer, Problem
 
 

@@ -38,7 +38,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from methods.base import EnsembleState, Method
 
 

@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from bench.errors import ConfigError, Diverged
+from assimbench.errors import ConfigError, Diverged
 from methods.base import EnsembleState, Method
 from methods.score import ScoreConfig, ensf_update
 from problems.base import Observer

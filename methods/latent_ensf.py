@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from methods.base import EnsembleState, Method
 from problems.base import Dataset, Observer, Problem, lattice_stride
 
@@ -351,7 +351,7 @@ class LatentEnSF(Method):
     @torch.no_grad()
     def _calibrate(self, ds: Dataset, key: str) -> tuple[torch.Tensor, dict]:
         """``sigma_lat`` from the validation split at the observer's noise (or the user's fixed value)."""
-        from bench.naming import content_hash
+        from assimbench.naming import content_hash
         ctx = self.ctx
         obs = ctx.observer
         g = torch.Generator().manual_seed(int(content_hash(key, obs.noise, obs.noise_type), 16) % (2**62))
@@ -382,7 +382,7 @@ class LatentEnSF(Method):
         grad = gaussian_identity_grad(z_obs * k, self._sigma * k)
         post = ensf_update(z * k, grad, self._score, self.generator) / k
         if not torch.isfinite(post).all():
-            from bench.errors import Diverged
+            from assimbench.errors import Diverged
             raise Diverged("Latent-EnSF analysis produced non-finite latents")
         xa = self.decode(post).to(x.device, x.dtype)
         return EnsembleState(xa, state.params, state.extra)

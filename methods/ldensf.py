@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from methods.base import Method
 from problems.base import Observer, Problem
 
@@ -234,7 +234,7 @@ class LDEnSF(Method):
     @torch.no_grad()
     def _calibrate(self, ds, key: str) -> tuple[torch.Tensor, dict]:
         """``sigma_lat`` from the validation split at the observer's noise (or the user's fixed value)."""
-        from bench.naming import content_hash
+        from assimbench.naming import content_hash
         from methods.training import encoder_targets
         ctx = self.ctx
         pb, obs = ctx.problem, ctx.observer
@@ -288,7 +288,7 @@ class LDEnSF(Method):
         post = ensf_update(prior, grad, self._score, self.generator) / k
         d_s = self.latent_dim
         if not torch.isfinite(post).all():
-            from bench.errors import Diverged
+            from assimbench.errors import Diverged
             raise Diverged("LD-EnSF analysis produced non-finite latents")
         return LatentState(post[:, :d_s].contiguous(), post[:, d_s:].contiguous(), state.t, hc)
 

@@ -46,7 +46,7 @@ from typing import Literal
 
 import torch
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 
 LoglikGrad = Callable[[torch.Tensor], torch.Tensor]
 

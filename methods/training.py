@@ -12,7 +12,7 @@ A trained network set is an *artifact*: a folder ``<hash>/`` holding
   and test errors);
 - ``log.txt``: the training log.
 
-``<hash>`` is :func:`bench.naming.content_hash` of ``(kind, method, data config, training config)``; the data
+``<hash>`` is :func:`assimbench.naming.content_hash` of ``(kind, method, data config, training config)``; the data
 config is ``problem.data_key()`` plus, for encoders of observations, the observer layout and fields (never the
 noise). Lookup order (:func:`load_or_train`): the artifacts shipped with the package (``methods/artifacts/<hash>``),
 then ``<cache_dir>/models/<hash>``, else train and save to the cache. When a shipped artifact exists for the same
@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from bench.naming import content_hash
+from assimbench.naming import content_hash
 from problems.base import Dataset, Observer, Problem, default_cache_dir
 
 log = logging.getLogger("assimbench.training")
@@ -452,7 +452,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     n_tr, T1, P, C = Ztr.shape
     n_pts = P if cfg.points <= 0 or cfg.points >= P else cfg.points
     if cfg.point_sampling not in ("uniform", "signal"):
-        from bench.errors import ConfigError
+        from assimbench.errors import ConfigError
         raise ConfigError(f"point_sampling={cfg.point_sampling!r}; valid: uniform, signal")
     signal_w = None
     if cfg.point_sampling == "signal" and n_pts < P:  # (n_tr, T1, P) sampling weights, fixed for the run

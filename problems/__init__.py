@@ -6,7 +6,7 @@ or :func:`register`.
 """
 from __future__ import annotations
 
-from bench.registry import Registry
+from assimbench.registry import Registry
 from problems.base import Dataset, Observer, Problem, bind_observer
 
 _REGISTRY = Registry("problem", "assimbench.problems", "problems", {

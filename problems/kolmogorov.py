@@ -43,7 +43,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from problems.base import Problem
 
 

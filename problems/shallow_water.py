@@ -72,7 +72,7 @@ from typing import ClassVar
 
 import torch
 
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from problems.base import Problem
 
 _MATRIX_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -47,7 +47,7 @@ def estimate_sequential_s(config: dict, cache: Path, work: Path, n_probe: int = 
     writes (fsync) as well as the cycle itself.
     """
     from bench.config import expand
-    from bench.runner import _prepare_datasets, run_grid
+    from bench.sweep import _prepare_datasets, run_grid
 
     cells = expand(copy.deepcopy(config)).cells
     _prepare_datasets(cells, cache, progress=True)

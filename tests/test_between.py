@@ -10,7 +10,7 @@ import torch
 import methods
 import problems
 from bench.config import Cell, expand
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from bench.runner import _score_between, run_cell
 from methods.base import Context, EnsembleState
 

@@ -56,7 +56,7 @@ def test_a_plugin_method_joins_without_editing_the_registry(tmp_path, monkeypatc
         "        return EnsembleState(x.reshape(state.x.shape), state.params)\n"
         "methods.register(Nudging)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    from bench.registry import load_plugins
+    from assimbench.registry import load_plugins
     load_plugins(["my_filter"])
     assert "Nudging" in methods.names()
     assert methods.get("Nudging", weight=0.3).label == "Nudging[weight=0.3]"
@@ -64,7 +64,7 @@ def test_a_plugin_method_joins_without_editing_the_registry(tmp_path, monkeypatc
 
 
 def test_unknown_names_and_keys_list_the_valid_ones():
-    from bench.errors import ConfigError
+    from assimbench.errors import ConfigError
     with pytest.raises(ConfigError, match="valid: .*EnKF.*FreeRun"):
         methods.get("EnFK")
     with pytest.raises(ConfigError, match="did you mean 'lorenz96'"):

@@ -21,9 +21,9 @@ import yaml
 
 from bench import cli, store
 from bench.config import expand
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from bench.executors import DaskExecutor, LocalPoolExecutor, SequentialExecutor, make_executor
-from bench.runner import run_grid
+from bench.sweep import run_grid
 
 distributed = pytest.importorskip("distributed")
 

@@ -9,7 +9,7 @@ import torch
 
 import methods
 import problems
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from methods.base import Context, EnsembleState
 from methods.enkf import EnKF, gaspari_cohn
 from problems.base import Problem

@@ -17,7 +17,7 @@ import torch
 
 import methods
 import problems
-from bench.errors import ConfigError, Diverged
+from assimbench.errors import ConfigError, Diverged
 from methods.ensf import autograd_loglik_grad
 from methods.score import (ScoreConfig, ensf_update, gaussian_identity_grad, mixture_prior_score,
                            paired_prior_score, schedule)

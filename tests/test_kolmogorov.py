@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import problems
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from problems.kolmogorov import Kolmogorov, spectral_ops, velocity_to_vorticity
 
 N_GRID = 32

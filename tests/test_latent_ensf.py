@@ -146,7 +146,7 @@ def test_conformance_and_skip():
 
 
 def test_bad_parameters_raise():
-    from bench.errors import ConfigError
+    from assimbench.errors import ConfigError
     with pytest.raises(ConfigError):
         LatentEnSF(c_lat=0)
     with pytest.raises(ConfigError):

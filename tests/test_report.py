@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from bench.compare import compare, format_compare
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from bench.report import build_report, format_summary, summary_table
 
 # rRMSE of method m at seed s, N, coverage c: BASE[m] * (1 + 0.1 s) * (20 / N)**0.5 * (0.2 / c)**0.25
@@ -60,7 +60,7 @@ def make_run(root: Path, n_ens=(20, 40), coverages=(0.2, 0.5), noise=(0.05,), pr
                             if (problem, method, N, cov, seed) == FAILED:
                                 status = "failed"
                                 error = ("Traceback (most recent call last):\n  File \"runner.py\", line 1\n"
-                                         "bench.errors.Diverged: diverged at cycle 3")
+                                         "assimbench.errors.Diverged: diverged at cycle 3")
                             if (problem, method) == (SKIPPED_PROBLEM, SKIPPED_METHOD):
                                 status, error = "skipped", "LD-EnSF needs a gridded problem"
                             r = expected_rrmse(method, seed, N, cov)

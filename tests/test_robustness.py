@@ -29,12 +29,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bench.registry
+import assimbench.registry
 import methods
 from bench import store
 from bench.config import Cell, Grid, expand
-from bench.errors import ConfigError
-from bench.runner import run_cell, run_grid
+from assimbench.errors import ConfigError
+from bench.runner import run_cell
+from bench.sweep import run_grid
 from methods.base import EnsembleState, Method
 
 TINY = {
@@ -109,8 +110,8 @@ def test_worker_killed_before_rename_leaves_no_cell_file(tmp_path, tiny_cells, c
 
     monkeypatch.setattr(store.os, "replace", dying_replace)
     with pytest.raises(SystemExit):
-        from bench.runner import _run_and_write
-        _run_and_write(cell, out, cache_dir, False)
+        from bench.executors import run_and_write
+        run_and_write(cell, out, cache_dir, False)
     monkeypatch.undo()
     assert store.finished_cells(out) == {}
     assert list((out / "cells").glob(".*.tmp*"))  # only the hidden tmp file is left
@@ -304,7 +305,7 @@ def _safe_import(name, package=None):
 @settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cfg=mutated_configs())
 def test_expand_raises_only_config_error_on_mutated_configs(cfg):
-    with mock.patch.object(bench.registry, "importlib", SimpleNamespace(import_module=_safe_import)):
+    with mock.patch.object(assimbench.registry, "importlib", SimpleNamespace(import_module=_safe_import)):
         try:
             grid = expand(cfg)
         except ConfigError as e:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import problems
-from bench.errors import ConfigError
+from assimbench.errors import ConfigError
 from problems.base import lattice_stride
 from problems.shallow_water import ShallowWater, sine_transfer_matrices
 

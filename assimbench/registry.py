@@ -13,8 +13,8 @@ import importlib
 from importlib import metadata
 from typing import Any
 
-from bench.errors import ConfigError, unknown
-from bench.naming import build
+from assimbench.errors import ConfigError, unknown
+from assimbench.naming import build
 
 
 class Registry:

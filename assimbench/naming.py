@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any
 
-from bench.errors import ConfigError, unknown
+from assimbench.errors import ConfigError, unknown
 
 
 def public_fields(obj_or_cls) -> list[dataclasses.Field]:
