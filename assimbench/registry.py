@@ -52,6 +52,8 @@ class Registry:
                 entry = getattr(importlib.import_module(mod), attr)
             except ImportError as e:
                 raise ConfigError(f"{self.kind} {name!r} cannot be imported ({e}); install what it needs") from None
+            except (Exception, SystemExit) as e:  # a broken plugin module (syntax error, any raise at import)
+                raise ConfigError(f"{self.kind} {name!r} ({entry}) fails on import: {_one_line(e)}") from None
             self._entries[name] = entry
         return entry
 
@@ -67,3 +69,20 @@ def load_plugins(modules: list[str]) -> None:
             importlib.import_module(mod)
         except ImportError as e:
             raise ConfigError(f"plugin module {mod!r} cannot be imported: {e}") from None
+        except (Exception, SystemExit) as e:  # a syntax error or anything the module raises while importing
+            raise ConfigError(f"plugin module {mod!r} fails on import: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: message (file, line n)`` of an import failure, on one line."""
+    where = ""
+    if isinstance(e, SyntaxError):
+        where = f" ({e.filename}, line {e.lineno})"
+    else:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            where = f" ({tb.tb_frame.f_code.co_filename}, line {tb.tb_lineno})"
+    msg = " ".join(str(e).split()) if not isinstance(e, SyntaxError) else (e.msg or "")
+    return f"{type(e).__name__}: {msg}{where}"

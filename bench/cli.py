@@ -2,13 +2,21 @@
 
 Every bad input (unknown name, misspelled key, wrong type, impossible value, unreadable YAML, a missing GPU)
 ends with exit code 2 and a one-paragraph message, never a traceback.
+
+Exit codes of ``bench run``: 0 the grid ran (some cells may be ``failed`` or ``skipped``: that is data); 1 every
+cell of the grid failed; 2 bad input, found before anything is computed; 130 / 143 interrupted by Ctrl-C /
+SIGTERM (finished cells are kept; rerunning the same command resumes).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cache", help="dataset/model cache folder (default $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
     r.add_argument("--raise", dest="raise_errors", action="store_true", help="stop at the first failing cell")
     r.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
+    r.add_argument("--force", action="store_true",
+                   help="run into an --out folder that holds another grid's cells, deleting those cells")
     r.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -75,8 +85,6 @@ def _load_config(args) -> tuple[dict, str]:
 def cmd_run(args) -> int:
     from bench.config import expand
     from bench.sweep import run_grid
-    import yaml
-
     from bench.executors import make_executor
 
     if args.jobs < 1:
@@ -86,18 +94,16 @@ def cmd_run(args) -> int:
     config, name = _load_config(args)
     grid = expand(config, device=args.device, name=name)
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    cache = Path(args.cache) if args.cache else None
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cache = _cache_arg(args.cache)
+    _writable_dir(out, "--out")
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
     print(f"executor: {executor.describe()}", file=sys.stderr)
+    # grid.yaml is written by run_grid once it holds the folder's lock and the folder policy passed
     counts = run_grid(grid.cells, out, cache_dir=cache, raise_errors=args.raise_errors,
                       retry_failed=args.retry_failed, progress=not args.quiet, executor=executor,
-                      plugins=grid.plugins)
+                      plugins=grid.plugins, force=args.force, grid_config=config)
     (out / "run.json").write_text(json.dumps({
         "config": config, "name": grid.name, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": time.perf_counter() - t0,
@@ -113,7 +119,34 @@ def cmd_run(args) -> int:
         except ImportError:
             pass
     print(f"results: {out / 'results.parquet'}")
+    from bench.store import load_results
+    status = load_results(out).status
+    if len(status) and (status == "failed").all():
+        print(f"bench run: every cell failed (exit 1); the error column says why: bench show {out}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _writable_dir(path: Path, flag: str) -> None:
+    """Create ``path`` (a folder the command writes into) or stop with a ConfigError naming ``flag``."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} exists and is not a folder; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path} cannot be created ({e.strerror or e}); give a folder you can write") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path} is not writable; give a folder you can write")
+
+
+def _cache_arg(cache: str | None) -> Path | None:
+    """The ``--cache`` folder, created, or a ConfigError (a file, an unwritable place)."""
+    if not cache:
+        return None
+    path = Path(cache).expanduser()
+    _writable_dir(path, "--cache")
+    return path
 
 
 def _summary_text(run_dir: Path) -> str:
@@ -171,8 +204,12 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     from bench.store import load_results
-    load_results(args.dir)  # clear error for a folder that is not a (current) results folder
-    print(_summary_text(Path(args.dir)))
+    df = load_results(args.dir)  # clear error for a folder that is not a (current) results folder; writes nothing
+    try:
+        from bench.report import format_summary, summary_table
+        print(format_summary(summary_table(df)))
+    except ImportError:
+        print(_summary_text(Path(args.dir)))
     return 0
 
 
@@ -196,7 +233,7 @@ def cmd_train(args) -> int:
     from bench.train import train_grid
     config, name = _load_config(args)
     grid = expand(config, name=name)
-    train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve)
+    train_grid(grid, cache_dir=_cache_arg(args.cache), ship=args.ship, curve=args.curve)
     return 0
 
 
@@ -204,16 +241,48 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "report": cmd_re
             "train": cmd_train}
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) turned into an interrupt, so a terminated run stops its workers as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM/SIGHUP raise :class:`Interrupted` in the main thread while the block runs."""
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _raise_interrupted) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.cmd](args)
+        with _terminate_as_interrupt():
+            return COMMANDS[args.cmd](args)
     except ConfigError as e:
         print(f"bench {args.cmd}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished cells are saved, rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        what = "run" if args.cmd == "run" else args.cmd
+        tail = ("finished cells are saved, rerun the same command to resume" if args.cmd == "run"
+                else "rerun the same command to continue")
+        print(f"bench {what}: interrupted ({signal.Signals(signum).name}); {tail}", file=sys.stderr)
+        return 128 + int(signum)
 
 
 if __name__ == "__main__":

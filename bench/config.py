@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,18 +101,57 @@ def freeze(d: dict) -> tuple:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (naming both lines) and reads
+    ``1e-1`` / ``5E3`` as floats (YAML 1.1 wants a dot in a float; a user writing 1e-1 means the number)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: let the base class report it
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise ConfigError(f"key {key!r} is given twice in one mapping (lines {first} and {line}); "
+                                      f"merge the two, the second one would silently replace the first")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"""),
+    list("-+0123456789"))
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """YAML text -> Python data with :class:`StrictLoader` (duplicate keys are a ConfigError)."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {source!r} is not valid YAML: {str(e).splitlines()[0]} "
+                          f"({' '.join(str(e).split())[:200]})") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {source!r}: {e}") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist; give a YAML file or --preset NAME "
                           f"(presets: {', '.join(preset_names())})")
+    if not path.is_file():
+        raise ConfigError(f"config {str(path)!r} is not a file; give a YAML file or --preset NAME")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]} "
-                          f"({' '.join(str(e).split())[:200]})") from None
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {e}") from None
+    data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must be a YAML mapping with keys such as "
                           f"problems, methods, observers, n_ens, seeds; got {type(data).__name__}")
@@ -163,6 +205,9 @@ def expand_params(cls, spec: Any, where: str) -> list[dict]:
         for k in keys:
             if k not in valid:
                 raise unknown("key", k, valid, where=f"{where} (its parameters)")
+        if isinstance(value, list) and not value and not (len(keys) == 1 and _is_tuple_field(cls, keys[0])):
+            raise ConfigError(f"{where}: {key}: [] sweeps over no value, so the grid would have no cell; give "
+                              f"at least one value (or leave the key out for the default)")
         if len(keys) == 1:
             axes.append([{keys[0]: v} for v in _as_choices(cls, keys[0], value)])
         else:
@@ -226,6 +271,7 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
     if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
         raise ConfigError("experiments must be a list of mappings")
     cells: list[Cell] = []
+    checked: set = set()
     for bi, block in enumerate(blocks):
         where = f"experiments[{bi}]" if config.get("experiments") else "config"
         _check_keys(block, EXPERIMENT_KEYS, where)
@@ -238,13 +284,20 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
             if not isinstance(exp[req], dict):
                 raise ConfigError(f"{where}: '{req}' must be a mapping of name -> parameters")
         n_ens = _int_list(exp.get("n_ens", 20), "n_ens", 1)
+        if not n_ens:
+            raise ConfigError(f"{where}: n_ens=[] gives no ensemble size, so the grid would have no cell; give "
+                              f"one or more sizes, e.g. n_ens: [20, 40]")
         seeds = exp.get("seeds", 1)
         if isinstance(seeds, int) and not isinstance(seeds, bool):
-            if not 0 <= seeds <= MAX_SEEDS:
-                raise ConfigError(f"seeds={seeds!r}: a count must lie in [0, {MAX_SEEDS}] (or give a list of seeds)")
+            if not 1 <= seeds <= MAX_SEEDS:
+                raise ConfigError(f"seeds={seeds!r}: a count must lie in [1, {MAX_SEEDS}] (seeds: 0 would give a grid "
+                                  f"without cells), or give a list of seeds")
             seeds = list(range(seeds))
         else:
             seeds = _int_list(seeds, "seeds", 0)
+            if not seeds:
+                raise ConfigError(f"{where}: seeds=[] gives no seed, so the grid would have no cell; give a count "
+                                  f"(seeds: 3 means 0, 1, 2) or a list of seeds")
         spinup = _one_int(exp, "spinup", "cycles left out of the averages")
         between = _one_int(exp, "score_between", "times scored inside each observation interval")
         dev = device or exp.get("device", "cpu")
@@ -263,6 +316,13 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
             p_obs = pspec.pop("observer", None)
             for pp in expand_params(pcls, pspec, f"problem {pname}"):
                 prob = problems.get(pname, **pp)
+                prob.validate()
+                if spinup >= prob.n_cycles:
+                    raise ConfigError(f"spinup={spinup} leaves no cycle to average: {prob.label} has n_cycles="
+                                      f"{prob.n_cycles}; give spinup < n_cycles")
+                check_memory(prob.dataset_nbytes(), "cpu", f"building the dataset of {prob.label} "
+                             f"({prob.n_traj} trajectories x {prob.n_cycles + 1} snapshots x {prob.dim} values)",
+                             "lower n_traj, n_cycles or the resolution")
                 if between:
                     prob.check_subdivision(between + 1)
                 ospec = obs_spec if p_obs is None else (
@@ -272,7 +332,17 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                     for mname, mspec in exp["methods"].items():
                         mcls = methods.cls(mname)
                         for mp in expand_params(mcls, mspec, f"method {mname}"):
-                            methods.get(mname, **mp)
+                            meth = methods.get(mname, **mp)
+                            for n in n_ens:
+                                key = (mname, freeze(mp), pname, freeze(pp), freeze(op), n, dev, dtype)
+                                if key in checked:
+                                    continue
+                                checked.add(key)
+                                obs = problems.bind_observer(prob, None, **op)
+                                meth.validate(prob, obs, n)
+                                check_memory(meth.memory_nbytes(prob, obs, n, ITEMSIZE[dtype]), dev,
+                                             f"{meth.label} with n_ens={n} on {prob.label} ({dtype})",
+                                             "lower n_ens or the problem size")
                             for n, s in itertools.product(n_ens, seeds):
                                 cells.append(Cell(pname, freeze(pp), freeze(op), mname, freeze(mp), n, s,
                                                   dev, dtype, spinup, between))
@@ -281,7 +351,51 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
         if c.cell_id not in seen:
             seen.add(c.cell_id)
             unique.append(c)
+    if not unique:
+        raise ConfigError("the grid has no cell; give at least one problem, method, n_ens and seed")
     return Grid(name=config.get("name", name), cells=unique, plugins=plugins, raw=config)
+
+
+ITEMSIZE = {"float32": 4, "float64": 8}
+
+
+def memory_limit_bytes(device: str) -> int | None:
+    """Total memory of ``device`` in bytes (physical RAM for ``cpu``, the GPU's memory for ``cuda*``), or None
+    when unknown. ``ASSIMBENCH_MEMORY_LIMIT`` (bytes, or a number with a K/M/G/T suffix) overrides it."""
+    env = os.environ.get("ASSIMBENCH_MEMORY_LIMIT", "").strip()
+    if env:
+        units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+        try:
+            return int(float(env[:-1]) * units[env[-1].upper()]) if env[-1].upper() in units else int(float(env))
+        except ValueError:
+            raise ConfigError(f"ASSIMBENCH_MEMORY_LIMIT={env!r} is not a size (e.g. 16G or 17179869184)") from None
+    if device.startswith("cuda"):
+        import torch
+        try:
+            index = int(device.split(":")[1]) if ":" in device else 0
+            return int(torch.cuda.get_device_properties(index).total_memory)
+        except Exception:  # no such device: check_device reports it
+            return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: int, device: str, what: str, fix: str) -> None:
+    """Refuse (ConfigError) a configuration whose estimated memory exceeds the device's total memory."""
+    limit = memory_limit_bytes(device)
+    if limit is not None and nbytes > limit:
+        raise ConfigError(f"{what} needs about {_size(nbytes)} of memory, more than the {_size(limit)} of {device} "
+                          f"here; {fix}")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} PiB"
 
 
 def check_device(device: str) -> None:

@@ -18,9 +18,13 @@ dataset cache must be visible to the workers at the same paths (a shared filesys
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -112,13 +116,89 @@ class SequentialExecutor(Executor):
             yield run_task(c, run_dir, cache_dir, raise_errors, plugins)
 
 
-def _pool_init(threads: int) -> None:
+#: seconds between two checks of a pool worker's watchdog that its parent is still alive
+WATCHDOG_INTERVAL_S = 0.5
+#: seconds a terminated pool worker gets to exit before it is killed
+TERMINATE_GRACE_S = 3.0
+
+
+def die_with_parent(parent_pid: int, interval: float = WATCHDOG_INTERVAL_S) -> None:
+    """Make this (worker) process exit when ``parent_pid`` dies, however it dies (SIGKILL included).
+
+    On Linux the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``); everywhere a daemon
+    thread polls ``os.getppid()`` (a re-parented process has another parent) and ends the process. A worker
+    left alive would go on writing cells outside the run lock.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the watchdog below still holds
+    if os.getppid() != parent_pid:  # the parent died before the line above ran
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            threading.Event().wait(interval)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="assimbench-parent-watchdog", daemon=True).start()
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in this process while it starts child processes, which inherit the ignored disposition.
+
+    A Ctrl-C at the terminal reaches the whole process group; workers born ignoring it leave the interrupt to
+    this process, which stops them (no tracebacks of their own, no cell computed after the interrupt). A Ctrl-C
+    during the start itself (milliseconds for a pool, a few seconds for a Dask LocalCluster) is ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _pool_init(threads: int, parent_pid: int | None = None) -> None:
     import torch
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     torch.set_num_threads(threads)
 
 
+def stop_pool(pool) -> None:
+    """Cancel a process pool's queued cells and end its workers now (Ctrl-C, SIGTERM, an error).
+
+    A cell that a worker was running leaves no cell file (at most a hidden ``.tmp`` file that the next run
+    removes), so the next `bench run` reruns it.
+    """
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(TERMINATE_GRACE_S)
+            if p.is_alive():
+                p.kill()
+                p.join(TERMINATE_GRACE_S)
+
+
 class LocalPoolExecutor(Executor):
-    """``jobs`` spawned worker processes on this machine, each with ``cpu_count // jobs`` torch threads."""
+    """``jobs`` spawned worker processes on this machine, each with ``cpu_count // jobs`` torch threads.
+
+    The workers ignore SIGINT and die with this process (:func:`die_with_parent`); on Ctrl-C, SIGTERM or an
+    error the queued cells are cancelled and the workers terminated (:func:`stop_pool`).
+    """
 
     name = "local"
 
@@ -136,15 +216,24 @@ class LocalPoolExecutor(Executor):
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
 
-        with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init,
-                                 initargs=(self.threads,)) as pool:
-            futs = [pool.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins)) for c in cells]
+        pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init,
+                                   initargs=(self.threads, os.getpid()))
+        finished = False
+        try:
+            with sigint_ignored():  # submit starts the worker processes
+                futs = [pool.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins)) for c in cells]
             try:
                 for f in as_completed(futs):
                     yield f.result()
             except BrokenProcessPool:
                 raise RuntimeError("a worker process of the local pool died (killed, or out of memory?); the "
                                    "finished cells are saved, rerun the same command to run the rest") from None
+            finished = True
+        finally:
+            if finished:
+                pool.shutdown(wait=True)
+            else:  # interrupted (KeyboardInterrupt, SIGTERM, the generator closed) or failed: stop now
+                stop_pool(pool)
 
 
 class DaskExecutor(Executor):
@@ -174,6 +263,7 @@ class DaskExecutor(Executor):
         self.timeout = timeout
         self.cluster = None
         self.client = None
+        self._worker_pids: set[int] = set()
 
     def describe(self) -> str:
         if self.scheduler:
@@ -183,9 +273,14 @@ class DaskExecutor(Executor):
     def __enter__(self) -> "DaskExecutor":
         d = self.distributed
         if self.scheduler is None:
-            self.cluster = d.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                          host="127.0.0.1", dashboard_address=None, silence_logs=40)
-            self.client = d.Client(self.cluster)
+            # worker processes born ignoring SIGINT (and told again by a plugin, for restarted ones): a Ctrl-C at
+            # the terminal interrupts only this process, and __exit__ closes the workers without tracebacks
+            with sigint_ignored():
+                self.cluster = d.LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                              host="127.0.0.1", dashboard_address=":0", silence_logs=40)
+                self.client = d.Client(self.cluster)
+                self.client.register_plugin(ignore_sigint_plugin(d), name="assimbench-ignore-sigint")
+                self._worker_pids = set(self.client.run(os.getpid).values())
         else:
             try:
                 self.client = d.Client(self.scheduler, timeout=self.timeout)
@@ -196,7 +291,15 @@ class DaskExecutor(Executor):
                                   f"--executor dask --workers N for a cluster on this machine") from None
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type=None, *exc) -> None:
+        if exc_type is not None and self.cluster is not None:
+            # interrupted or failed: the local workers' running cells are abandoned (no cell file is written
+            # for them; the next run reruns them), so end those processes now rather than wait for the cells
+            for nanny in getattr(self.cluster, "workers", {}).values():
+                nanny.auto_restart = False  # the nannies would start new workers (and warnings) in their place
+            for pid in self._worker_pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -220,6 +323,17 @@ class DaskExecutor(Executor):
             f = self.client.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins), threads,
                                    key=f"cell-{c.cell_id}", pure=False, **kw)
             futs[f] = c
+        finished = False
+        try:
+            yield from self._gather(futs, run_dir)
+            finished = True
+        finally:
+            if not finished:  # interrupted or failed: drop the queued cells now (__exit__ then closes the cluster)
+                with contextlib.suppress(Exception):
+                    self.client.cancel(list(futs), force=True)
+
+    def _gather(self, futs: dict, run_dir: Path) -> Iterator[tuple[str, str]]:
+        d = self.distributed
         for f in d.as_completed(list(futs)):
             c = futs[f]
             try:
@@ -232,6 +346,21 @@ class DaskExecutor(Executor):
                                   f"{Path(run_dir) / 'cells'} as this machine sees it: the run folder (--out) "
                                   f"must be on a filesystem shared by the client and every worker, at the same path")
             yield cell_id, status
+
+
+def _ignore_sigint(worker=None) -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def ignore_sigint_plugin(distributed):
+    """A Dask worker plugin: the worker process ignores SIGINT (its LocalCluster client handles Ctrl-C)."""
+
+    class IgnoreSigint(distributed.WorkerPlugin):
+        def setup(self, worker) -> None:
+            _ignore_sigint(worker)
+
+    return IgnoreSigint()
 
 
 def _record_killed(cell: Cell, run_dir: Path) -> str:

@@ -2,7 +2,7 @@
 
 Layout of a run folder ``DIR``::
 
-    DIR/grid.yaml              the config as given (for provenance and `bench show`)
+    DIR/grid.yaml              the config as given (written under the lock; the folder holds this grid's cells)
     DIR/cells/<cell_id>.json   one finished cell: {"cell", "row", "cycles"}, written atomically
     DIR/snapshots/<id>.npz     field snapshots (gridded problems)
     DIR/results.parquet        one row per cell (consolidated from cells/)
@@ -81,13 +81,15 @@ def read_cell(path: Path) -> dict | None:
         return None
 
 
-def finished_cells(run_dir: Path) -> dict[str, dict]:
-    """cell_id -> payload of every valid cell file; corrupt ones are removed (they will be rerun)."""
+def finished_cells(run_dir: Path, remove_corrupt: bool = True) -> dict[str, dict]:
+    """cell_id -> payload of every valid cell file; corrupt ones are removed (they will be rerun) unless
+    ``remove_corrupt`` is False (readers that do not hold the run lock)."""
     out = {}
     for p in sorted((run_dir / "cells").glob("*.json")):
         payload = read_cell(p)
         if payload is None:
-            p.unlink(missing_ok=True)
+            if remove_corrupt:
+                p.unlink(missing_ok=True)
             continue
         out[p.stem] = payload
     return out
@@ -101,8 +103,12 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise ConfigError(f"cannot write to the results folder {self.path.parent} ({e.strerror or e}); choose "
+                              f"a folder you can write with --out") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -120,6 +126,39 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+GRID_FILE = "grid.yaml"
+
+
+def check_grid(run_dir: Path, cell_ids: list[str], done: dict[str, dict], force: bool = False) -> dict[str, dict]:
+    """The folder policy: a run folder holds the cells of one grid.
+
+    Finished cells of ``run_dir`` that are not in ``cell_ids`` belong to another grid. Without ``force`` that is
+    a ConfigError (rerun the folder's own grid to resume it, use a fresh folder, or ``--force``); with
+    ``force`` those cells are deleted (cell files, snapshots, extras) so the tables never mix two grids. A grid
+    that adds cells to the folder's (more seeds, another method) is the same folder growing and is allowed.
+    Returns the finished cells that belong to this grid. Call it holding the :class:`RunLock`.
+    """
+    ids = set(cell_ids)
+    foreign = sorted(set(done) - ids)
+    if foreign and not force:
+        names = sorted({str(done[c].get("row", {}).get("p_method", "?")) for c in foreign})[:3]
+        raise ConfigError(f"{run_dir} already holds {len(foreign)} finished cell(s) of another grid (e.g. "
+                          f"{', '.join(names)}) that this grid does not contain; running it there would mix the two "
+                          f"grids. Rerun that folder's own grid ({run_dir / GRID_FILE}) to resume it, choose a fresh "
+                          f"--out folder, or pass --force to replace the folder's grid (deletes those cells)")
+    for cid in foreign:
+        for path in (run_dir / "cells" / f"{cid}.json", run_dir / "snapshots" / f"{cid}.npz",
+                     run_dir / "extras" / f"{cid}.json", run_dir / "extras" / f"{cid}.latent.npz"):
+            path.unlink(missing_ok=True)
+    return {k: v for k, v in done.items() if k in ids}
+
+
+def write_grid(run_dir: Path, config: dict) -> None:
+    """Record the folder's grid (the config as given), atomically; call it holding the :class:`RunLock`."""
+    import yaml
+    atomic_write_bytes(run_dir / GRID_FILE, yaml.safe_dump(config, sort_keys=False).encode())
 
 
 def _normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -156,15 +195,23 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     """The results table of a run folder, with a clear error for a folder that is not one."""
     run_dir = Path(run_dir)
     path = run_dir / "results.parquet"
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a folder; give the --out folder of a `bench run`")
     if not path.exists():
-        if (run_dir / "cells").is_dir():
-            return consolidate(run_dir)[0]
-        raise ConfigError(f"{run_dir} is not a results folder (no results.parquet and no cells/); "
-                          f"give the --out folder of a `bench run`")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:
-        raise ConfigError(f"{path} cannot be read as Parquet ({e}); rerun `bench run` into that folder") from None
+        if not (run_dir / "cells").is_dir():
+            raise ConfigError(f"{run_dir} is not a results folder (no results.parquet and no cells/); "
+                              f"give the --out folder of a `bench run`")
+        # an interrupted run: read the finished cells without writing into a folder a run may hold
+        cells = finished_cells(run_dir, remove_corrupt=False)
+        df = _normalise_columns(pd.DataFrame([cells[c]["row"] for c in sorted(cells)]))
+    else:
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:
+            raise ConfigError(f"{path} cannot be read as Parquet ({e}); rerun `bench run` into that folder") from None
+    if len(df) == 0:
+        raise ConfigError(f"{run_dir} has no finished cell yet; run (or resume) its grid with "
+                          f"`bench run {run_dir / GRID_FILE} --out {run_dir}`")
     need = {"p_problem", "p_method", "status"}
     if not need <= set(df.columns):
         raise ConfigError(f"{path} is from an older or foreign version (missing columns "

@@ -5,6 +5,7 @@ drives a whole grid through an executor and consolidates the results table.
 """
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -18,22 +19,28 @@ from problems.base import default_cache_dir
 
 def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path | None = None,
              raise_errors: bool = False, retry_failed: bool = False, progress: bool = True,
-             executor=None, plugins: list[str] | tuple = ()) -> dict:
+             executor=None, plugins: list[str] | tuple = (), force: bool = False,
+             grid_config: dict | None = None) -> dict:
     """Run every cell not already finished in ``run_dir``; returns counts. Resumable and lock-protected.
 
     ``executor`` is a :class:`bench.executors.Executor` (default: sequential for ``jobs == 1``, else a local
     process pool of ``jobs``); ``plugins`` are imported in every worker process before its cells run. The
     datasets are built once into the cache before the sweep, and the cache folder is resolved here, so every
     worker loads them rather than racing to rebuild them.
+
+    A run folder holds one grid (:func:`bench.store.check_grid`): finished cells of another grid stop the run
+    with a ConfigError unless ``force`` (which deletes them). ``grid_config`` is recorded as ``grid.yaml`` once
+    the lock is held and the policy passed (a refused run never touches the folder's files).
     """
     if executor is None:
         executor = make_executor("local", jobs=jobs)
     run_dir = Path(run_dir).resolve()
     cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     with store.RunLock(run_dir):
         _remove_stale_tmp(run_dir)
-        done = store.finished_cells(run_dir)
+        done = store.check_grid(run_dir, [c.cell_id for c in cells], store.finished_cells(run_dir), force=force)
+        if grid_config is not None:
+            store.write_grid(run_dir, grid_config)
         if retry_failed:
             done = {k: v for k, v in done.items() if v["row"]["status"] != "failed"}
         todo = [c for c in cells if c.cell_id not in done]
@@ -43,17 +50,24 @@ def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path
                 # build each dataset once, before the sweep, so parallel workers load rather than race to build it
                 _prepare_datasets(todo, cache_dir, progress)
                 bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
-                for _, status in executor.run(todo, run_dir, cache_dir, raise_errors, tuple(plugins)):
-                    counts[status] += 1
-                    bar.update()
-                bar.close()
-        store.consolidate(run_dir, [c.cell_id for c in cells])
+                try:
+                    # closing(): an interrupt raised here, outside the generator, still stops its workers now
+                    with closing(executor.run(todo, run_dir, cache_dir, raise_errors, tuple(plugins))) as it:
+                        for _, status in it:
+                            counts[status] += 1
+                            bar.update()
+                finally:
+                    bar.close()
+                    # interrupted or not, the tables hold every cell finished so far (resumable state)
+                    store.consolidate(run_dir, [c.cell_id for c in cells])
+        else:
+            store.consolidate(run_dir, [c.cell_id for c in cells])
     return counts
 
 
 def _remove_stale_tmp(run_dir: Path) -> None:
     """Remove the ``.tmp`` files a killed writer left behind (we hold the lock, so no writer is alive)."""
-    for sub in ("cells", "snapshots"):
+    for sub in ("cells", "snapshots", "extras"):
         for p in (run_dir / sub).glob(".*.tmp*"):
             p.unlink(missing_ok=True)
     for p in run_dir.glob(".*.parquet.tmp*"):

@@ -57,6 +57,8 @@ class Method:
     name: ClassVar[str] = "method"
     #: hyperparameters for the conformance suite's tiny run (e.g. few training epochs)
     conformance_params: ClassVar[dict] = {}
+    #: the smallest ensemble the method can run (checked by :meth:`validate`)
+    min_ens: ClassVar[int] = 1
     ctx: Context | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- configuration ---------------------------------------------------------------------------------------
@@ -67,6 +69,20 @@ class Method:
 
     def params_dict(self) -> dict:
         return params_of(self)
+
+    def validate(self, problem: Problem, observer: Observer, n_ens: int) -> None:
+        """Raise :class:`ConfigError` when this method cannot run ``n_ens`` members on ``problem`` with
+        ``observer``: checked at grid expansion, before anything is computed. Default: ``n_ens >= min_ens``.
+        (An unsupported but valid combination is a :meth:`skip` reason instead.)"""
+        if n_ens < self.min_ens:
+            raise ConfigError(f"{self.label} needs an ensemble of at least {self.min_ens} members (n_ens={n_ens}); "
+                              f"give n_ens >= {self.min_ens}")
+
+    def memory_nbytes(self, problem: Problem, observer: Observer, n_ens: int, itemsize: int) -> int:
+        """Estimated peak working memory (bytes) of the online cycle with ``n_ens`` members of ``itemsize``
+        bytes: a few ensemble-sized buffers (the solver's stages, forecast, analysis) and the ensemble in
+        observation space. Used to refuse a grid that cannot fit before anything is allocated."""
+        return 8 * n_ens * (problem.dim + problem.n_params) * itemsize + 4 * n_ens * observer.n_obs * 8
 
     def skip(self, problem: Problem, observer: Observer) -> str | None:
         """Reason this method cannot run this combination, or None."""

@@ -101,6 +101,8 @@ class EnKF(Method):
     """
 
     name: ClassVar[str] = "EnKF"
+    #: anomalies are scaled by 1/sqrt(N - 1)
+    min_ens: ClassVar[int] = 2
     #: working-set size of one chunk of grid points, in float64 elements (memory vs Python overhead)
     chunk_elems: ClassVar[int] = 1 << 23
 

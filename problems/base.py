@@ -221,6 +221,28 @@ class Problem:
             out.append(x)
         return torch.stack(out, dim=1)
 
+    # ---- validation ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for a configuration that cannot run, before anything is computed.
+
+        Called at grid expansion (so a bad value stops `bench run` with exit 2 instead of becoming failed rows).
+        The base checks every number is finite, ``n_cycles >= 1`` and that ``n_traj`` fills the three splits;
+        subclasses add their own constraints and call ``super().validate()``. It must be cheap: no allocation
+        proportional to the state size (a huge ``dim`` is refused by the memory estimate, not by trying).
+        """
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{self.name} {f.name}={v} must be a finite number")
+        if self.n_cycles < 1:
+            raise ConfigError(f"{self.name} n_cycles={self.n_cycles} must be >= 1 (observation cycles after t = 0)")
+        _split_sizes(self.n_traj, self.split_fractions)
+
+    def dataset_nbytes(self) -> int:
+        """Peak memory (bytes) of building the dataset: the float32 snapshots, the training copy and its
+        float64 statistics pass (about 3x the snapshots)."""
+        return 3 * self.n_traj * (self.n_cycles + 1) * self.dim * 4
+
     # ---- naming, data -----------------------------------------------------------------------------------------
     @property
     def label(self) -> str:
@@ -252,7 +274,8 @@ def _split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, in
     n_valid = int(round(fractions[1] * n))
     n_test = n - n_train - n_valid
     if min(n_train, n_valid, n_test) < 1:
-        raise ConfigError(f"n_traj={n} is too small to split train/valid/test by {fractions}; use n_traj >= 5")
+        raise ConfigError(f"n_traj={n} is too small to split train/valid/test by {fractions} (each split needs a "
+                          f"trajectory); use n_traj >= 5")
     return n_train, n_valid, n_test
 
 
@@ -506,13 +529,38 @@ class Observer:
 
 
 def lattice_stride(shape: tuple[int, ...], coverage: float) -> int:
-    """Stride whose lattice point count on ``shape`` is nearest ``coverage * prod(shape)`` (ties: smaller)."""
+    """Stride whose lattice point count on ``shape`` is nearest ``coverage * prod(shape)`` (ties: smaller).
+
+    The point count ``prod(ceil(n / s))`` does not increase with the stride ``s``, so two binary searches find
+    the answer in ``O(log max(shape))`` steps (a huge 1-D state costs no loop over its length).
+    """
     P = math.prod(shape)
     target = coverage * P
+    hi_s = max(shape)
+
+    def count(s: int) -> int:
+        return math.prod(-(-n // s) for n in shape)
+
+    def first_at_most(c: float) -> int:
+        """Smallest stride in [1, hi_s] whose count is <= c (hi_s + 1 when none)."""
+        lo, hi = 1, hi_s + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if count(mid) <= c:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    below = first_at_most(target)  # the largest count <= target starts here
+    cands = []
+    if below <= hi_s:
+        cands.append(below)
+    if below > 1:  # the smallest count > target: its first stride
+        cands.append(first_at_most(count(below - 1)))
     best, best_err = 1, float("inf")
-    for s in range(1, max(shape) + 1):
-        count = math.prod(math.ceil(n / s) for n in shape)
-        err = abs(count - target)
+    for s in sorted(cands):
+        err = abs(count(s) - target)
         if err < best_err - 1e-9:
             best, best_err = s, err
     return best

@@ -28,6 +28,13 @@ class LinearGauss(Problem):
     n_cycles: int = 10
     n_traj: int = 10
 
+    def validate(self) -> None:
+        from assimbench.errors import ConfigError
+        super().validate()  # finite decay and prior_std, n_cycles, n_traj
+        if self.dim < 1 or self.prior_std <= 0:
+            raise ConfigError(f"linear_gauss needs dim >= 1 and prior_std > 0 (got dim={self.dim}, "
+                              f"prior_std={self.prior_std})")
+
     @property
     def state_shape(self) -> tuple[int, ...]:
         return (self.dim,)
