@@ -96,6 +96,7 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     cache = _cache_arg(args.cache)
     _writable_dir(out, "--out")
+    _preflight(out, grid.cells, args.force)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -120,12 +121,22 @@ def cmd_run(args) -> int:
             pass
     print(f"results: {out / 'results.parquet'}")
     from bench.store import load_results
-    status = load_results(out).status
+    df = load_results(out)
+    status = df[df.cell_id.isin({c.cell_id for c in grid.cells})].status if "cell_id" in df else df.status
     if len(status) and (status == "failed").all():
         print(f"bench run: every cell failed (exit 1); the error column says why: bench show {out}",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _preflight(out: Path, cells: list, force: bool) -> None:
+    """A busy folder or one holding another grid stops the run before its first message (run_grid checks
+    both again under the lock it keeps)."""
+    from bench import store
+    with store.RunLock(out):
+        if not force:
+            store.check_grid(out, cells, store.finished_cells(out, remove_corrupt=False))
 
 
 def _writable_dir(path: Path, flag: str) -> None:

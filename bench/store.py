@@ -131,17 +131,27 @@ class RunLock:
 GRID_FILE = "grid.yaml"
 
 
-def check_grid(run_dir: Path, cell_ids: list[str], done: dict[str, dict], force: bool = False) -> dict[str, dict]:
-    """The folder policy: a run folder holds the cells of one grid.
+def _device_free(cell: dict) -> str | None:
+    """The identity of a cell apart from its device (CPU and GPU runs of one grid share a folder)."""
+    from bench.config import Cell
+    try:
+        return Cell.from_dict({**cell, "device": "*"}).cell_id
+    except (KeyError, TypeError, AttributeError):
+        return None
 
-    Finished cells of ``run_dir`` that are not in ``cell_ids`` belong to another grid. Without ``force`` that is
-    a ConfigError (rerun the folder's own grid to resume it, use a fresh folder, or ``--force``); with
+
+def check_grid(run_dir: Path, cells: list, done: dict[str, dict], force: bool = False) -> dict[str, dict]:
+    """The folder policy: a run folder holds the cells of one grid (on any devices).
+
+    A finished cell of ``run_dir`` that is not one of ``cells`` (compared without the device, so the same grid
+    run with ``--device cuda`` joins the CPU run, side by side) belongs to another grid. Without ``force`` that
+    is a ConfigError (rerun the folder's own grid to resume it, use a fresh folder, or ``--force``); with
     ``force`` those cells are deleted (cell files, snapshots, extras) so the tables never mix two grids. A grid
     that adds cells to the folder's (more seeds, another method) is the same folder growing and is allowed.
-    Returns the finished cells that belong to this grid. Call it holding the :class:`RunLock`.
+    Returns the finished cells that the folder keeps. Call it holding the :class:`RunLock`.
     """
-    ids = set(cell_ids)
-    foreign = sorted(set(done) - ids)
+    keys = {_device_free(c.to_dict()) for c in cells}
+    foreign = sorted(cid for cid, payload in done.items() if _device_free(payload.get("cell", {})) not in keys)
     if foreign and not force:
         names = sorted({str(done[c].get("row", {}).get("p_method", "?")) for c in foreign})[:3]
         raise ConfigError(f"{run_dir} already holds {len(foreign)} finished cell(s) of another grid (e.g. "
@@ -152,7 +162,7 @@ def check_grid(run_dir: Path, cell_ids: list[str], done: dict[str, dict], force:
         for path in (run_dir / "cells" / f"{cid}.json", run_dir / "snapshots" / f"{cid}.npz",
                      run_dir / "extras" / f"{cid}.json", run_dir / "extras" / f"{cid}.latent.npz"):
             path.unlink(missing_ok=True)
-    return {k: v for k, v in done.items() if k in ids}
+    return {k: v for k, v in done.items() if k not in set(foreign)}
 
 
 def write_grid(run_dir: Path, config: dict) -> None:

@@ -38,7 +38,10 @@ def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path
     cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
     with store.RunLock(run_dir):
         _remove_stale_tmp(run_dir)
-        done = store.check_grid(run_dir, [c.cell_id for c in cells], store.finished_cells(run_dir), force=force)
+        done = store.check_grid(run_dir, cells, store.finished_cells(run_dir), force=force)
+        # the tables: this grid's cells in grid order, then the folder's cells of the same grid on other devices
+        ids = [c.cell_id for c in cells]
+        ids += sorted(set(done) - set(ids))
         if grid_config is not None:
             store.write_grid(run_dir, grid_config)
         if retry_failed:
@@ -59,9 +62,9 @@ def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path
                 finally:
                     bar.close()
                     # interrupted or not, the tables hold every cell finished so far (resumable state)
-                    store.consolidate(run_dir, [c.cell_id for c in cells])
+                    store.consolidate(run_dir, ids)
         else:
-            store.consolidate(run_dir, [c.cell_id for c in cells])
+            store.consolidate(run_dir, ids)
     return counts
 
 
