@@ -176,6 +176,10 @@ def cmd_list(args) -> int:
                 continue
             print(f"  {n}: {(cls.__doc__ or '').strip().splitlines()[0]}")
             print(textwrap.indent(textwrap.fill(describe(cls), 100), "      "))
+            tun = getattr(cls, "tunable", None) or {}
+            if tun:
+                print(textwrap.indent(textwrap.fill("bench tune searches: " + ", ".join(
+                    f"{k} [{t.low:g}, {t.high:g}]{' log' if t.log else ''}" for k, t in tun.items()), 100), "      "))
 
     section("problems", problems)
     print("observer parameters:")

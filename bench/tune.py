@@ -387,19 +387,21 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
             continue
         k = dataclasses.replace(c, seed=0).cell_id
         rest.setdefault(k, (c, []))[1].append(c.seed)
-    for c, seeds in rest.values():
-        add(c, c.mdict, seeds, tuned=False)
+    for c, seeds in rest.values():  # a config that is itself a tuned preset keeps its marks: tuning chains
+        add(c, c.mdict, seeds, tuned=c.tuned)
     for e in experiments:
         if not e["tuned"]:
             del e["tuned"]
     doc = {
-        "name": f"{p.name}-tuned",
+        "name": p.name if p.name.endswith("-tuned") else f"{p.name}-tuned",
         "description": f"{p.name} with {', '.join(sorted(tuned_methods))} tuned by bench tune (budget {p.budget} "
-                       f"cells per setting on {len(p.tune_seeds)} validation truths, metric {p.metric})",
+                       f"cells per setting on {len(p.tune_seeds)} validation truths, metric {p.metric})"
+                       + (f"; earlier: {p.config['description']}" if p.config.get("tuning") else ""),
         "tuning": {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "budget_cells_per_setting": p.budget, "tuning_truths": "validation split, seeds "
                    f"{p.tune_seeds} (test truths are never used)", "metric": p.metric,
-                   "failed_score": FAILED_SCORE, "settings": records},
+                   "failed_score": FAILED_SCORE, "settings": records,
+                   **({"earlier": p.config["tuning"]} if p.config.get("tuning") else {})},
         "experiments": experiments,
     }
     if p.config.get("plugins"):
