@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -141,7 +142,7 @@ def die_with_parent(parent_pid: int, interval: float = WATCHDOG_INTERVAL_S) -> N
 
     def watch() -> None:
         while True:
-            threading.Event().wait(interval)
+            time.sleep(interval)
             if os.getppid() != parent_pid:
                 os._exit(1)
 
