@@ -293,3 +293,15 @@ def test_exit_code_1_when_every_cell_failed(tmp_path, grid_yaml, capsys, cache_d
     rc, err = _run(capsys, ["run", str(grid_yaml(_with(GRID, methods={"TestAlwaysFails": {}, "FreeRun": {}}),
                                                  "mixed.yaml")), "--out", str(tmp_path / "mixed"), *run])
     assert rc == 0, err[-2000:]
+
+
+def test_memory_limit_override(monkeypatch):
+    """The estimate is compared with the device's memory (here overridden), before anything is allocated."""
+    monkeypatch.setenv("ASSIMBENCH_MEMORY_LIMIT", "1K")
+    with pytest.raises(ConfigError, match=r"needs about .* more than the 1 KiB of cpu"):
+        expand(copy.deepcopy(GRID))
+    monkeypatch.setenv("ASSIMBENCH_MEMORY_LIMIT", "lots")
+    with pytest.raises(ConfigError, match="ASSIMBENCH_MEMORY_LIMIT='lots' is not a size"):
+        expand(copy.deepcopy(GRID))
+    monkeypatch.setenv("ASSIMBENCH_MEMORY_LIMIT", "1G")
+    assert len(expand(copy.deepcopy(GRID)).cells) == 4
