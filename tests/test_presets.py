@@ -27,6 +27,6 @@ def test_l96_twin_reaches_the_expected_rmse(cache_dir):
     for exp in cfg["expected"]:
         match = [c for c in cells if c.n_ens == exp["n_ens"] and methods.get(c.method, **c.mdict).label == exp["method"]]
         assert len(match) == 1, exp
-        row = run_cell(match[0], cache_dir=cache_dir)["row"]
+        row = run_cell(match[0], cache_dir=cache_dir).row
         assert row["status"] == "ok", row["error"]
         assert abs(row["rmse_a"] - exp["rmse_a"]) < exp["tol"], (exp, row["rmse_a"])
