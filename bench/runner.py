@@ -2,10 +2,12 @@
 
 For one cell (problem, observer, method, N, seed, device) it
 
-1. builds the problem's cached dataset; the truth is a trajectory of the *test* split (``seed % n_test``);
+1. builds the problem's cached dataset; the truth is a trajectory of the *test* split (``seed % n_test``; the
+   *valid* split for ``bench tune``'s tuning truths, so tuning never sees a test truth);
 2. draws the observations ``y_1..y_T`` from a seed that depends on (problem, observer, seed) only, and the
-   initial ensemble (parameters from the prior, states from ``problem.sample_initial``) from a seed that depends
-   on (problem, seed, N) only, so every method assimilates identical data from an identical start;
+   initial ensemble (:func:`initial_ensemble`: parameters from the prior; states from the climatology
+   ``problem.sample_initial``, or around the truth's first state for ``init: {perturbed: s}``) from a seed that
+   depends on (problem, seed, N) only, so every method assimilates identical data from an identical start;
 3. times ``fit`` (offline), then per cycle ``forecast`` (T_d), ``analysis`` (T_a) and ``estimate`` (T_r), each
    synchronised on GPU; metrics are computed outside the timers; cycle 1 is the timing warm-up and the first
    ``spinup`` cycles are excluded from the time averages of the metrics;
@@ -35,7 +37,7 @@ import methods
 import problems
 from assimbench.errors import Diverged
 from assimbench.naming import content_hash
-from bench.config import Cell
+from bench.config import Cell, init_std
 from bench.metrics import ensemble_metrics, param_rmse
 from methods.base import Context
 from problems.base import Observer
@@ -142,7 +144,9 @@ def param_columns(cell: Cell, problem=None, observer=None, method=None) -> dict:
             "p_problem_name": cell.problem, "p_method_name": cell.method, "p_n_ens": cell.n_ens,
             "p_coverage": float(observer.coverage if observer is not None else _observer_value(cell, "coverage")),
             "p_noise": float(observer.noise if observer is not None else _observer_value(cell, "noise")),
-            "p_seed": cell.seed, "p_device": cell.device, "p_dtype": cell.dtype, "p_spinup": cell.spinup}
+            "p_seed": cell.seed, "p_device": cell.device, "p_dtype": cell.dtype, "p_spinup": cell.spinup,
+            "p_init": cell.init, "p_init_std": init_std(cell.init), "p_truth_split": cell.truth_split,
+            "p_tuned": cell.tuned}
     if observer is None or problem is None or method is None:
         return cols
     cols.update({"p_score_between": cell.score_between, "p_observer": observer.label})
@@ -200,9 +204,10 @@ class PreparedCell:
     ``problem`` and ``method`` are built on construction (a bad name or parameter raises
     :class:`~assimbench.errors.ConfigError` there); the rest is built on first access, in this order of
     dependence: ``dataset`` (cached on disk) -> ``observer`` (bound to the dataset's statistics) ->
-    ``skip_reason``; ``truth`` (test trajectory ``seed % n_test``, ``(T+1, *state_shape)``) and
+    ``skip_reason``; ``truth`` (trajectory ``seed % n`` of the cell's ``truth_split``, ``(T+1, *state_shape)``) and
     ``truth_params``; ``observations`` ``(T, m)`` from a seed of (problem, observer, seed) only; ``initial``
-    (``x0 (N, *state_shape)``, ``params0 (N, P)``) from a seed of (problem, seed, N) only. ``fit_generator`` and
+    (``x0 (N, *state_shape)``, ``params0 (N, P)``, :func:`initial_ensemble`) from a seed of (problem, seed, N)
+    only. ``fit_generator`` and
     ``method_generator`` give the method's seeds. All tensors are on the cell's device and dtype.
     """
 
@@ -227,14 +232,19 @@ class PreparedCell:
         return self.method.skip(self.problem, self.observer) or None
 
     @cached_property
+    def _truth_cpu(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The truth trajectory ``(T+1, *shape)`` and its parameters ``(P,)`` as stored in the dataset."""
+        trajs, traj_params = self.dataset.split(self.cell.truth_split)
+        k = self.cell.seed % trajs.shape[0]
+        return trajs[k], traj_params[k]
+
+    @cached_property
     def truth(self) -> torch.Tensor:
-        k = self.cell.seed % self.dataset.test.shape[0]
-        return self.dataset.test[k].to(device=self.device, dtype=self.dtype)  # (T+1, *shape)
+        return self._truth_cpu[0].to(device=self.device, dtype=self.dtype)  # (T+1, *shape)
 
     @cached_property
     def truth_params(self) -> torch.Tensor:
-        k = self.cell.seed % self.dataset.test.shape[0]
-        return self.dataset.params_test[k].to(device=self.device, dtype=torch.float64)
+        return self._truth_cpu[1].to(device=self.device, dtype=torch.float64)
 
     @property
     def n_cycles(self) -> int:
@@ -242,16 +252,14 @@ class PreparedCell:
 
     @cached_property
     def observations(self) -> torch.Tensor:
-        g_obs = generator("obs", self.problem.label, self.observer.label, self.cell.seed)
+        g_obs = generator("obs", self.problem.label, self.observer.label, self.cell.seed, *_tuning(self.cell))
         return self.observer.sample(self.truth[1:].double().cpu(), g_obs).to(device=self.device,
                                                                             dtype=self.dtype)  # (T, m)
 
     @cached_property
     def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
-        g_init = generator("init", self.problem.label, self.cell.seed, self.cell.n_ens)
-        params0 = self.problem.sample_params(self.cell.n_ens, g_init)
-        x0 = self.problem.sample_initial(params0, g_init).to(device=self.device, dtype=self.dtype)
-        return x0, params0.to(device=self.device, dtype=self.dtype)
+        x0, params0 = initial_ensemble(self.cell, self.problem, self._truth_cpu[0][0])
+        return x0.to(device=self.device, dtype=self.dtype), params0.to(device=self.device, dtype=self.dtype)
 
     def fit_generator(self) -> torch.Generator:
         return generator("fit", self.problem.label, self.observer.label, self.method.label)
@@ -368,6 +376,32 @@ class PreparedCell:
         latent = {"cycles": np.arange(1, len(latents) + 1), "analysis": np.stack(latents)} if latents else {}
         surrogate = _flat_numbers(getattr(method, "training_summary", None) or {})
         return Assimilation(means, timings, snapshots, latent, surrogate)
+
+
+def _tuning(cell: Cell) -> tuple:
+    """The extra seed part of a tuning truth (none for the test truths, whose seeds stay as they were)."""
+    return () if cell.truth_split == "test" else (cell.truth_split,)
+
+
+def initial_ensemble(cell: Cell, problem, truth0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The initial ensemble of a cell: ``(x0 (N, *state_shape), params (N, P))`` on the CPU.
+
+    Parameters come from the prior. States: ``climatology`` draws them from ``problem.sample_initial``
+    independently of the truth; ``perturbed(std=s)`` centres them on the truth's first state ``truth0`` the way a
+    twin experiment that draws truth and members from ``N(x0, s^2 I)`` does: ``truth0 + s (c + e_i)``, with the
+    offset ``c ~ N(0, I)`` shared by the members (seeded by problem and seed only) and ``e_i ~ N(0, I)``.
+    """
+    tuning = _tuning(cell)
+    g_init = generator("init", problem.label, cell.seed, cell.n_ens, *tuning)
+    params0 = problem.sample_params(cell.n_ens, g_init)
+    if cell.init == "climatology":
+        return problem.sample_initial(params0, g_init), params0
+    s = init_std(cell.init)
+    x = truth0.double()
+    c = torch.randn(x.shape, generator=generator("init-centre", problem.label, cell.seed, *tuning),
+                    dtype=torch.float64)
+    e = torch.randn((cell.n_ens, *x.shape), generator=g_init, dtype=torch.float64)
+    return x + s * (c + e), params0
 
 
 def prepare(cell: Cell, cache_dir: Path | None = None, progress: bool = False) -> PreparedCell:
