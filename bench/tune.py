@@ -349,8 +349,7 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
     records: list[dict] = []
     tuned_blocks: list[tuple[Cell, dict, list[int]]] = []
     with store.RunLock(out):
-        for p_ in (out / "cells").glob(".*.tmp*"):
-            p_.unlink(missing_ok=True)
+        store.remove_stale_tmp(out)
         _prepare_datasets([c for ss in p.settings.values() for s in ss for c in [s.template]], cache_dir, progress)
         storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
         for method, settings in p.settings.items():
