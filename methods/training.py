@@ -572,7 +572,9 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     # fixed evaluation points per snapshot (validation selects, test is the curve)
     ge = torch.Generator().manual_seed(cfg.seed + 7919)
     eval_sets = {}
-    for name in ("valid", "test"):
+    n_tr_eval = min(n_tr, max(splits["valid"][0].shape[0], 1))  # a fixed training subset: the train error
+    splits["train_eval"] = (Ztr[:n_tr_eval], Utr[:n_tr_eval])
+    for name in ("valid", "test", "train_eval"):
         Z, U = splits[name]
         if cfg.eval_points <= 0 or cfg.eval_points >= P:
             eval_sets[name] = (Z, U, None)
@@ -592,9 +594,10 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
         out = {}
         for name, (Z, U, idx) in eval_sets.items():
             pred = predict(U, idx)
-            out[f"{name}_rrmse"] = float(rel_l2(pred, Z).mean())
-            if name == "test":
-                out["test_rrmse_phys"] = float(rel_l2(pred, Z, mean, std).mean())
+            key = "train" if name == "train_eval" else name
+            out[f"{key}_rrmse"] = float(rel_l2(pred, Z).mean())
+            if name != "valid":
+                out[f"{key}_rrmse_phys"] = float(rel_l2(pred, Z, mean, std).mean())
         return out
 
     def batches(ep: int) -> Iterable[torch.Tensor]:
