@@ -91,6 +91,8 @@ class LDEnSF(Method):
         (``sum_k b_k(s) t_k(xi)``, much cheaper to train on full grids) or ``registered`` (a sum over
         ``n_shifts`` moving frames whose origins the latent state predicts, :class:`methods.ldnet.RegisteredDecoder`).
     n_shifts : frames of the ``registered`` decoder.
+    rec_params : the reconstruction network decodes ``(s, u)`` (the whole augmented latent the filter updates)
+        instead of ``s`` alone (the paper).
     extra_traj : training trajectories simulated in addition to the dataset's training split (another data
         seed; validation and test are unchanged).
     recipe : named training recipe (:data:`RECIPES`: ``cpu``, ``paper``): fields left at their class default take
@@ -151,6 +153,7 @@ class LDEnSF(Method):
     lstm_lr: float = _train(default=3e-3)
     train_seed: int = _train(default=0)
     n_shifts: int = _train(default=0)
+    rec_params: bool = _train(default=False)
     extra_traj: int = _train(default=0)
     recipe: str = _train(default="cpu")
 
@@ -336,7 +339,7 @@ class LDEnSF(Method):
     def estimate(self, state: LatentState) -> torch.Tensor:
         """Decode every member on the full grid: ``(N, *state_shape)`` in physical units."""
         from methods.training import from_points
-        z = self.net.reconstruct(state.s, self._grid, self.decode_chunk)        # (N, P, C) normalised
+        z = self.net.reconstruct(state.s, self._grid, self.decode_chunk, u=state.u)  # (N, P, C) normalised
         x = z * self._field_std + self._field_mean
         return from_points(self.ctx.problem, x)
 
@@ -347,10 +350,12 @@ class LDEnSF(Method):
 
     # ---- continuous time and space ---------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, s: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """Fields at arbitrary physical points: ``s (N, d_s)``, ``coords (n, k)`` -> ``(N, n, C)`` physical."""
+    def decode(self, s: torch.Tensor, coords: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """Fields at arbitrary physical points: ``s (N, d_s)``, ``coords (n, k)`` -> ``(N, n, C)`` physical
+        (``u (N, d_u)``, normalised parameters, for networks that decode ``(s, u)``)."""
         ctx = self.ctx
-        z = self.net.decode(s.to(ctx.device, ctx.dtype), coords.to(ctx.device, ctx.dtype), self.decode_chunk)
+        u = u.to(ctx.device, ctx.dtype) if u is not None else None
+        z = self.net.decode(s.to(ctx.device, ctx.dtype), coords.to(ctx.device, ctx.dtype), self.decode_chunk, u)
         return z * self._field_std + self._field_mean
 
     def latent(self, state: LatentState) -> torch.Tensor:

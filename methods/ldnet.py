@@ -240,7 +240,8 @@ class LDNet(nn.Module):
                  rec_arch: Literal["resmlp", "separable", "registered"] = "resmlp", rec_width: int = 64,
                  rec_depth: int = 4, n_fourier: int = 0, fourier_scale: float = 1.0, train_fourier: bool = True,
                  n_basis: int = 64, act: Act = "relu", seed: int = 0, film: bool = False, n_shifts: int = 0,
-                 out_scale: list[float] | None = None, out_shift: list[float] | None = None):
+                 out_scale: list[float] | None = None, out_shift: list[float] | None = None,
+                 rec_params: bool = False):
         super().__init__()
         self._config = dict(latent_dim=latent_dim, n_params=n_params, n_fields=n_fields, coord_dim=coord_dim,
                             dt_lat=float(dt_lat), coord_lo=[float(v) for v in coord_lo],
@@ -252,17 +253,21 @@ class LDNet(nn.Module):
             self._config["film"] = True
         if rec_arch == "registered":
             self._config["n_shifts"] = n_shifts
+        if rec_params:
+            self._config["rec_params"] = True
+        self.rec_params = bool(rec_params)
+        rec_in = latent_dim + (n_params if rec_params else 0)  # R sees (s, u) when rec_params
         g = torch.Generator().manual_seed(seed)
         self.latent_dim, self.n_params, self.dt_lat = latent_dim, n_params, float(dt_lat)
         self.dyn = MLP(latent_dim + n_params, latent_dim, dyn_width, dyn_depth, act, g)
         if rec_arch == "resmlp":
-            self.rec: nn.Module = ResMLP(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
+            self.rec: nn.Module = ResMLP(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
                                          fourier_scale, train_fourier, g, film=film)
         elif rec_arch == "registered":
-            self.rec = RegisteredDecoder(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
+            self.rec = RegisteredDecoder(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
                                          fourier_scale, train_fourier, max(1, n_shifts), g)
         else:
-            self.rec = SeparableDecoder(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
+            self.rec = SeparableDecoder(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
                                         fourier_scale, train_fourier, n_basis, g)
         # output map (z-score units = raw * out_scale + out_shift); not in the state dict, the config holds it
         self.register_buffer("out_scale", torch.ones(n_fields), persistent=False)
@@ -319,11 +324,21 @@ class LDNet(nn.Module):
         hi = self.coord_hi.to(coords.device, coords.dtype)
         return 2 * (coords - lo) / (hi - lo).clamp_min(1e-30) - 1
 
-    def reconstruct(self, s: torch.Tensor, xi: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    def reconstruct(self, s: torch.Tensor, xi: torch.Tensor, chunk: int = 0, u: torch.Tensor | None = None
+                    ) -> torch.Tensor:
         """``R(s, xi)`` in normalised units: ``s (B, d_s)``, normalised ``xi (n, k)`` -> ``(B, n, C)``.
 
-        ``chunk > 0`` decodes at most ``chunk`` points per call (bounded memory).
+        ``chunk > 0`` decodes at most ``chunk`` points per call (bounded memory). A network built with
+        ``rec_params`` decodes ``(s, u)``: ``u (B, d_u)`` (normalised parameters, broadcast over any extra
+        leading dimension of ``s``, e.g. time) is then required.
         """
+        if self.rec_params:
+            if u is None:
+                raise ValueError("this LDNet decodes (s, u): pass the normalised parameters u")
+            u = u.to(s.dtype)
+            while u.dim() < s.dim():
+                u = u.unsqueeze(-2)
+            s = torch.cat([s, u.expand(*s.shape[:-1], u.shape[-1])], dim=-1)
         if chunk <= 0 or xi.shape[-2] <= chunk:
             z = self.rec(s, xi)
         else:
@@ -332,9 +347,10 @@ class LDNet(nn.Module):
             z = z * self.out_scale.to(z.dtype) + self.out_shift.to(z.dtype)
         return z
 
-    def decode(self, s: torch.Tensor, coords: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    def decode(self, s: torch.Tensor, coords: torch.Tensor, chunk: int = 0, u: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """``R`` at physical points: ``s (B, d_s)``, ``coords (n, k)`` -> normalised fields ``(B, n, C)``."""
-        return self.reconstruct(s, self.normalize_coords(coords), chunk)
+        return self.reconstruct(s, self.normalize_coords(coords), chunk, u)
 
 
 class ObsEncoder(nn.Module):

@@ -192,7 +192,8 @@ def load_or_train(kind: str, method: str, problem_label: str, data: dict, train:
     tlog.info(f"training {kind} for {method} on {problem_label} (artifact {key})")
     t0 = time.perf_counter()
     nets, net_cfgs, summary = trainer(tlog)
-    summary = dict(summary, train_wall_s=time.perf_counter() - t0, train_opt_s=tlog.train_s)
+    summary = dict(summary, train_wall_s=time.perf_counter() - t0, train_opt_s=tlog.train_s,
+                   train_cpu_s=tlog.train_cpu_s)
     cfg = dict(hash=key, kind=kind, method=method, problem=problem_label, data=data, train=train,
                networks=net_cfgs, summary=summary, format=ARTIFACT_FORMAT, torch=torch.__version__,
                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -241,6 +242,7 @@ class TrainLog:
         self.rows: list[dict] = []
         self.lines: list[str] = []
         self.train_s = 0.0
+        self.train_cpu_s = 0.0  # CPU seconds of this process in the optimisation steps (robust to a shared machine)
         self.t0 = time.perf_counter()
 
     def info(self, msg: str) -> None:
@@ -252,7 +254,8 @@ class TrainLog:
             tqdm.write(line, file=sys.stderr)
 
     def record(self, **row: Any) -> None:
-        row = dict(train_s=round(self.train_s, 3), wall_s=round(time.perf_counter() - self.t0, 3), **row)
+        row = dict(train_s=round(self.train_s, 3), train_cpu_s=round(self.train_cpu_s, 3),
+                   wall_s=round(time.perf_counter() - self.t0, 3), **row)
         self.rows.append(row)
 
 
@@ -324,6 +327,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
         if rng is not None:
             rng.set_state(st["rng"])
         tlog.rows, tlog.lines, tlog.train_s = st["rows"], st["lines"], st["train_s"]
+        tlog.train_cpu_s = st.get("train_cpu_s", 0.0)
         tlog.info(f"{name}: resumed from {ckpt} at epoch {start} ({tlog.train_s:.0f} s of optimisation)")
     bar = None
     if tlog.progress:
@@ -332,7 +336,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
                    dynamic_ncols=True)
     ev: dict[str, float] = {}
     for ep in range(start, epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         tot, n = 0.0, 0
         for loss in batches(ep):
             opt.zero_grad(set_to_none=True)
@@ -344,6 +348,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
             tot += float(loss.detach())
             n += 1
         tlog.train_s += time.perf_counter() - t0
+        tlog.train_cpu_s += time.process_time() - c0
         train_loss = tot / max(n, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"{name}: training loss became {train_loss} at epoch {ep}; lower the lr")
@@ -362,7 +367,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
                     modules={k: m.state_dict() for k, m in modules.items()}, opt=opt.state_dict(),
                     sched=sched.state_dict(), best=best, best_state=best_state, epoch=ep + 1,
                     rng=rng.get_state() if rng is not None else None, rows=tlog.rows, lines=tlog.lines,
-                    train_s=tlog.train_s))
+                    train_s=tlog.train_s, train_cpu_s=tlog.train_cpu_s))
         if bar is not None:
             bar.set_postfix_str(f"loss {train_loss:.2e} {select} {ev.get(select, float('nan')):.4f}")
             bar.update(1)
@@ -447,7 +452,8 @@ class LDNetTrainConfig:
     step (the LD-EnSF authors' recipe); ``norm``: the units the loss is measured in, ``zscore`` (per field, the
     dataset's normalisation) or ``minmax`` (per field mapped to [-1, 1] by the training split's range; the
     network stores the map, its outputs stay in z-score units); ``step_gamma``: the decay factor of the ``step``
-    schedule; ``n_shifts``: frames of the ``registered`` decoder; ``extra_traj``: training trajectories added to
+    schedule; ``n_shifts``: frames of the ``registered`` decoder; ``rec_params``: the reconstruction network decodes
+    ``(s, u)`` instead of ``s`` (LD-EnSF's analysis state holds both); ``extra_traj``: training trajectories added to
     the dataset's training split (simulated with another data seed); ``recipe``: the name of the recipe these
     values came from (see ``methods.ldensf.RECIPES``), recorded in the identity.
     """
@@ -480,14 +486,15 @@ class LDNetTrainConfig:
     film: bool = False
     point_sampling: str = "uniform"
     n_shifts: int = 0
+    rec_params: bool = False
     extra_traj: int = 0
     norm: str = "zscore"
     step_gamma: float = 0.6
     recipe: str = "cpu"
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "extra_traj", "norm",
-                                               "step_gamma", "recipe")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
+                                               "norm", "step_gamma", "recipe")
 
     def identity(self) -> dict:
         """The dict hashed into the artifact key (later-added fields only when they differ from the default)."""
@@ -531,7 +538,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     net = LDNet(cfg.latent_dim, problem.n_params, problem.n_fields, coords.shape[1], cfg.dt_lat,
                 lo_c.tolist(), hi_c.tolist(), cfg.dyn_width, cfg.dyn_depth, cfg.rec_arch, cfg.rec_width,
                 cfg.rec_depth, cfg.n_fourier, cfg.fourier_scale, cfg.train_fourier, cfg.n_basis, cfg.act,
-                cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts).to(device)
+                cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts, rec_params=cfg.rec_params).to(device)
     xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
     plo, phi = param_normalizer(problem)
     splits = {}
@@ -587,7 +594,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
         for i in range(0, U.shape[0], bs):
             s = net.rollout(U[i:i + bs], T1 - 1)                                    # (b, T1, d_s)
             x = xi if idx is None else xi[idx[i:i + bs]]
-            outs.append(net.reconstruct(s, x))
+            outs.append(net.reconstruct(s, x, u=U[i:i + bs]))
         return torch.cat(outs)
 
     def evaluate() -> dict[str, float]:
@@ -607,9 +614,9 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.amp):
                 s = net.rollout(Utr[b], T1 - 1)
                 if n_pts == P:
-                    pred, true = net.reconstruct(s, xi), Ztr[b]
+                    pred, true = net.reconstruct(s, xi, u=Utr[b]), Ztr[b]
                 elif fixed_idx is not None:
-                    pred, true = net.reconstruct(s, xi[fixed_idx]), Ztr[b][:, :, fixed_idx]
+                    pred, true = net.reconstruct(s, xi[fixed_idx], u=Utr[b]), Ztr[b][:, :, fixed_idx]
                 else:
                     idx = torch.randint(P, (len(b), T1, n_pts), generator=g).to(device)
                     if signal_w is not None:  # replace the second half by signal-following draws
@@ -617,7 +624,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
                         w = signal_w[b.cpu()].reshape(-1, P)
                         drawn = torch.multinomial(w, k, replacement=True, generator=g)
                         idx[..., n_pts - k:] = drawn.reshape(len(b), T1, k).to(device)
-                    pred, true = net.reconstruct(s, xi[idx]), _gather_points(Ztr[b], idx)
+                    pred, true = net.reconstruct(s, xi[idx], u=Utr[b]), _gather_points(Ztr[b], idx)
             yield ((pred.float() - true) / out_scale).pow(2).mean()
 
     steps = math.ceil(n_tr / cfg.batch_traj)
@@ -662,12 +669,13 @@ def _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best):
 
     def closure():
         opt.zero_grad(set_to_none=True)
-        loss = ((net.reconstruct(net.rollout(Utr, T1 - 1), xi[idx]) - true) / net.out_scale).pow(2).mean()
+        loss = ((net.reconstruct(net.rollout(Utr, T1 - 1), xi[idx], u=Utr) - true) / net.out_scale).pow(2).mean()
         loss.backward()
         return loss
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loss = float(opt.step(closure))
     tlog.train_s += time.perf_counter() - t0
+    tlog.train_cpu_s += time.process_time() - c0
     with torch.no_grad():
         ev = evaluate()
     tlog.record(stage="lbfgs", epoch=cfg.lbfgs_iters, lr=1.0, train_loss=loss, **ev)

@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     net, summary = train_ldnet(pb, ds, cfg, tlog, checkpoint_dir=out / f"{args.problem}_{args.tag}.ckpt")
     write_curve(tlog.rows, out / f"{args.problem}_{args.tag}.csv")
-    summary = dict(summary, train_s=tlog.train_s, threads=args.threads, recipe=dataclasses.asdict(cfg))
+    summary = dict(summary, train_s=tlog.train_s, train_cpu_s=tlog.train_cpu_s, threads=args.threads,
+                   recipe=dataclasses.asdict(cfg))
     (out / f"{args.problem}_{args.tag}.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "recipe"}, default=str))
     return 0

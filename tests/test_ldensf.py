@@ -404,3 +404,17 @@ def test_registered_decoder_moves_with_its_frames():
     again = LDNet.from_config(net.config())
     again.load_state_dict(net.state_dict())
     assert torch.equal(again.reconstruct(s, xi), net.reconstruct(s, xi))
+
+
+def test_decoder_of_the_whole_augmented_latent(setup, tmp_path):
+    """``rec_params``: R decodes (s, u); LD-EnSF trains it, and its estimates use the members' parameters."""
+    pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
+    m = LDEnSF(**dict(TINY, epochs=4, lstm_epochs=4, rec_params=True))
+    tr.train_method(m, pb, obs, ds, cache_dir=tmp_path, progress=False)
+    assert m.net.config()["rec_params"] is True
+    st = m.init(None, pb.sample_params(3, torch.Generator().manual_seed(1)), torch.Generator().manual_seed(2))
+    est = m.estimate(st)
+    moved = LatentState(st.s, st.u.flip(0), st.t, st.hc)  # same latent states, other parameters
+    assert est.shape == (3, *pb.state_shape) and not torch.allclose(m.estimate(moved), est)
+    with pytest.raises(ValueError, match="pass the normalised parameters"):
+        m.net.reconstruct(st.s, m._grid)
