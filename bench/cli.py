@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--cache")
     t.add_argument("--ship", action="store_true", help="also copy the artifacts into methods/artifacts/")
     t.add_argument("--curve", help="CSV path prefix for time-to-accuracy curves")
+    t.add_argument("--recipe", help="training recipe for every learned method (e.g. cpu, paper)")
 
     tu = sub.add_parser("tune", help="tune methods' declared hyperparameters on validation truths; writes a tuned "
                                      "preset (OUT/tuned.yaml) for `bench run`")
@@ -221,7 +222,8 @@ def cmd_train(args) -> int:
     from bench.train import train_grid
     config, name = _load_config(args)
     grid = expand(config, name=name)
-    train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve)
+    train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve,
+               recipe=args.recipe)
     return 0
 
 

@@ -8,6 +8,7 @@ artifacts into ``methods/artifacts/`` so that they are committed and a cold ``be
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from bench.config import Grid
+import methods
+from bench.config import Grid, freeze
 from bench.runner import prepare
 from methods.base import Context, Method
 from methods.training import SHIPPED_DIR, write_curve
@@ -59,14 +61,24 @@ def train_method(method: Method, problem: Problem, observer: Observer, dataset: 
     return summary
 
 
-def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, curve: str | None = None) -> list[dict]:
-    seen, out = set(), []
+def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, curve: str | None = None,
+               recipe: str | None = None) -> list[dict]:
+    """Train every learned method of ``grid``; ``recipe`` (when given) replaces each one's training recipe.
+
+    An unknown recipe raises ConfigError (naming the valid ones) before anything is trained.
+    """
+    preps = []
     for c in grid.cells:
-        key = (c.problem, c.problem_params, c.observer_params, c.method, c.method_params)
+        if recipe is not None and "recipe" in {f.name for f in dataclasses.fields(methods.cls(c.method))}:
+            c = dataclasses.replace(c, method_params=freeze({**c.mdict, "recipe": recipe}))
+        prep = prepare(c, cache_dir=cache_dir, progress=True)  # builds problem and method only
+        if is_learned(prep.method):
+            preps.append(prep)
+    seen, out = set(), []
+    for prep in preps:
+        c = prep.cell
+        key = (c.problem, c.problem_params, c.observer_params, c.method, prep.method.label)
         if key in seen:
-            continue
-        prep = prepare(c, cache_dir=cache_dir, progress=True)
-        if not is_learned(prep.method):
             continue
         seen.add(key)
         reason = prep.skip_reason
