@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--cache")
     t.add_argument("--ship", action="store_true", help="also copy the artifacts into methods/artifacts/")
     t.add_argument("--curve", help="CSV path prefix for time-to-accuracy curves")
+    t.add_argument("--recipe", help="training recipe for every learned method (e.g. cpu, paper)")
 
     tu = sub.add_parser("tune", help="tune methods' declared hyperparameters on validation truths; writes a tuned "
                                      "preset (OUT/tuned.yaml) for `bench run`")
@@ -103,6 +104,7 @@ def _load_config(args) -> tuple[dict, str]:
 
 def cmd_run(args) -> int:
     from bench.config import expand
+    from bench import store
     from bench.sweep import run_grid
     from bench.executors import make_executor
 
@@ -124,7 +126,7 @@ def cmd_run(args) -> int:
     counts = run_grid(grid.cells, out, cache_dir=cache, raise_errors=args.raise_errors,
                       retry_failed=args.retry_failed, progress=not args.quiet, executor=executor,
                       plugins=grid.plugins, force=args.force, grid_config=config)
-    (out / "run.json").write_text(json.dumps({
+    store.run_info_path(out).write_text(json.dumps({
         "config": config, "name": grid.name, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": time.perf_counter() - t0,
         "command": " ".join(sys.argv), "executor": executor.describe(), "counts": counts}, indent=2, default=str))
@@ -138,9 +140,8 @@ def cmd_run(args) -> int:
             print(f"report: {path}")
         except ImportError:
             pass
-    print(f"results: {out / 'results.parquet'}")
-    from bench.store import load_results
-    df = load_results(out)
+    print(f"results: {store.results_path(out)}")
+    df = store.load_results(out)
     status = df[df.cell_id.isin({c.cell_id for c in grid.cells})].status if "cell_id" in df else df.status
     if len(status) and (status == "failed").all():
         print(f"bench run: every cell failed (exit 1); the error column says why: bench show {out}",
@@ -238,12 +239,8 @@ def cmd_list(args) -> int:
 
 def cmd_show(args) -> int:
     from bench.store import load_results
-    df = load_results(args.dir)  # clear error for a folder that is not a (current) results folder; writes nothing
-    try:
-        from bench.report import format_summary, summary_table
-        print(format_summary(summary_table(df)))
-    except ImportError:
-        print(_summary_text(Path(args.dir)))
+    load_results(args.dir)  # clear error for a folder that is not a (current) results folder
+    print(_summary_text(Path(args.dir)))
     return 0
 
 
@@ -267,7 +264,7 @@ def cmd_train(args) -> int:
     from bench.train import train_grid
     config, name = _load_config(args)
     grid = expand(config, name=name)
-    train_grid(grid, cache_dir=_cache_arg(args.cache), ship=args.ship, curve=args.curve)
+    train_grid(grid, cache_dir=_cache_arg(args.cache), ship=args.ship, curve=args.curve, recipe=args.recipe)
     return 0
 
 

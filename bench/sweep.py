@@ -37,7 +37,7 @@ def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path
     run_dir = Path(run_dir).resolve()
     cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
     with store.RunLock(run_dir):
-        _remove_stale_tmp(run_dir)
+        store.remove_stale_tmp(run_dir)
         done = store.check_grid(run_dir, cells, store.finished_cells(run_dir), force=force)
         # the tables: this grid's cells in grid order, then the folder's cells of the same grid on other devices
         ids = [c.cell_id for c in cells]
@@ -66,15 +66,6 @@ def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path
         else:
             store.consolidate(run_dir, ids)
     return counts
-
-
-def _remove_stale_tmp(run_dir: Path) -> None:
-    """Remove the ``.tmp`` files a killed writer left behind (we hold the lock, so no writer is alive)."""
-    for sub in ("cells", "snapshots", "extras"):
-        for p in (run_dir / sub).glob(".*.tmp*"):
-            p.unlink(missing_ok=True)
-    for p in run_dir.glob(".*.parquet.tmp*"):
-        p.unlink(missing_ok=True)
 
 
 def _prepare_datasets(cells: list[Cell], cache_dir: Path | None, progress: bool) -> None:
