@@ -48,8 +48,8 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "rrmse_between", "rmse_between", "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s",
     "time_reconstruct_s", "time_fit_s", "peak_mem_mb", "obs_coverage",
 )
-PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "torch_version", "device_name", "dtype", "threads", "host",
-                                       "date")
+PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "git_dirty", "torch_version", "device_name", "cpu_model", "dtype",
+                                       "threads", "host", "date")
 _FRIENDLY = {"p_problem": "problem", "p_method": "method", "p_n_ens": "n_ens", "p_coverage": "coverage",
              "p_noise": "noise", "p_device": "device"}
 
@@ -138,6 +138,9 @@ def summary_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         stats.columns = [f"{m}_{s}" for m, s in stats.columns]
         out = out.join(stats)
     out = out.reset_index()
+    if "param_unit" in df.columns:  # the unit each problem declares for its parameter error
+        units = df.dropna(subset=["param_unit"]).groupby("p_problem")["param_unit"].first()
+        out["param_unit"] = out["p_problem"].map(units)
     others = [k for k in keys if k != "p_method"]
     if "rrmse_a_mean" in out.columns:
         finite = out["rrmse_a_mean"].where(np.isfinite(out["rrmse_a_mean"]))
@@ -196,35 +199,153 @@ def _val(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
-def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as a fixed-width text table for the terminal (``bench show``); ``*`` marks the best method."""
+#: Units of the metrics, shown in table headers. rRMSE is relative (a ratio); spread and CRPS are in the
+#: physical units of the state; the parameter error is in the unit its problem declares (``param_unit``).
+UNITS = {"rrmse": "rel.", "spread_a": "state", "crps_a": "state"}
+
+
+def _setting_axes(summary: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(varying, constant) setting columns of some summary rows, as (column, short header)."""
+    axes = [("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise"), ("device", "device")]
+    varying, constant = [], []
+    for c, h in axes:
+        if c not in summary.columns:
+            continue
+        (varying if summary[c].nunique(dropna=False) > 1 else constant).append((c, h))
+    return varying, constant
+
+
+def _param_unit(rows: pd.DataFrame) -> str:
+    if "param_unit" not in rows.columns:
+        return ""
+    units = sorted({str(u) for u in rows["param_unit"].dropna() if str(u)})
+    return ", ".join(units)
+
+
+def _summary_table_columns(rows: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
+    """(key, header with unit, formatter) of the metric columns of ``bench show``, most important first."""
+    has = lambda c: c in rows.columns and rows[c].notna().any()  # noqa: E731
+    cols: list[tuple[str, str, Callable[[pd.Series], str]]] = [
+        ("rrmse_a", f"rRMSE_a [{UNITS['rrmse']}]", lambda r: _pm(r.get("rrmse_a_mean"), r.get("rrmse_a_std")))]
+    if has("rrmse_between_mean"):
+        cols.append(("rrmse_between", f"between [{UNITS['rrmse']}]", lambda r: _fmt_num(r.get("rrmse_between_mean"))))
+    if has("param_rmse_a_mean"):
+        unit = _param_unit(rows)
+        cols.append(("param_rmse_a", f"param RMSE [{unit}]" if unit else "param RMSE",
+                     lambda r: _fmt_num(r.get("param_rmse_a_mean"))))
+    cols.append(("time_online_s", "online [ms/cyc]", lambda r: _fmt_num(_scaled(r.get("time_online_s_mean"), 1e3))))
+    cols.append(("spread_a", f"spread_a [{UNITS['spread_a']}]", lambda r: _fmt_num(r.get("spread_a_mean"))))
+    cols.append(("crps_a", f"CRPS_a [{UNITS['crps_a']}]", lambda r: _fmt_num(r.get("crps_a_mean"))))
+    cols.append(("time_fit_s", "fit [s]", lambda r: _fmt_num(r.get("time_fit_s_mean"))))
+    return cols
+
+
+def _rich_table(rows: pd.DataFrame, labels: dict[str, str], keep: int):
+    """The rich table of one problem's summary rows with the first ``keep`` metric columns."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    varying, constant = _setting_axes(rows)
+    title = Text(str(rows["problem"].iloc[0]), style="bold")
+    if constant:
+        title.append("  " + " · ".join(f"{h}={_val(rows[c].iloc[0])}" for c, h in constant), style="dim")
+    t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, padding=(0, 1),
+              collapse_padding=True, show_edge=False)
+    t.add_column("", no_wrap=True, width=1)
+    for _, h in varying:
+        t.add_column(Text(h), justify="right", no_wrap=True)
+    t.add_column("method", justify="left", overflow="fold", min_width=8)
+    t.add_column(Text("ok/fail/skip"), justify="right", no_wrap=True)
+    cols = _summary_table_columns(rows)[:keep]
+    for _, h, _ in cols:
+        t.add_column(Text(h), justify="right", no_wrap=True)
+    for _, r in rows.iterrows():
+        best = bool(r.get("best"))
+        cells = ["*" if best else ""] + [_val(r[c]) for c, _ in varying] + [
+            labels[str(r["method"])], f"{r['n_ok']}/{r['n_failed']}/{r['n_skipped']}"] + [f(r) for _, _, f in cols]
+        t.add_row(*(Text(c) for c in cells), style="bold" if best else None)
+    return t
+
+
+def summary_renderables(summary: pd.DataFrame, width: int = 120) -> list:
+    """The summary as rich renderables: per problem, a table and the legend of its method labels.
+
+    The best method of each setting is marked ``*`` in a column of its own (so the marker lines up) and its
+    row is bold; methods are shown by their short labels (:func:`bench.labels.short_labels`) with a legend
+    below the table mapping each shortened label to its full parametrized name. Setting values that are the
+    same on every row go into the title. When the table is wider than ``width``, the least important metric
+    columns (fit time, CRPS, spread, ...) are left out, and a note says which.
+    """
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    from bench.labels import short_labels
+
+    probe = Console(width=width, file=__import__("io").StringIO(), color_system=None)
+    out: list = []
+    dropped: set[str] = set()
+    for _, rows in summary.groupby("problem", sort=True):
+        labels = short_labels(rows["method"].astype(str))
+        all_cols = _summary_table_columns(rows)
+        keep = len(all_cols)
+        label_w = max(len(x) for x in labels.values())
+        while True:
+            t = _rich_table(rows, labels, keep)
+            # the natural width, less what folding long method labels down to 24 characters saves
+            natural = Measurement.get(probe, probe.options.update_width(10_000), t).maximum
+            if keep <= 1 or natural - max(0, label_w - 24) <= width:
+                break
+            keep -= 1
+        dropped |= {h for _, h, _ in all_cols[keep:]}
+        out.append(t)
+        legend = {lab: full for full, lab in labels.items() if lab != full}
+        if legend:
+            lt = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+            lt.add_column("label", style="dim", no_wrap=True)
+            lt.add_column("full name", overflow="fold")
+            for lab, full in sorted(legend.items()):
+                lt.add_row(Text(f"  {lab} ="), Text(full))
+            out.append(lt)
+        out.append(Text(""))
+    out.append(Text("* lowest mean analysis rRMSE of its setting; mean ± std over seeds; rel.: relative to the "
+                    "truth's RMS; state: the physical units of the state; _a: analysis; between: rRMSE between "
+                    "observation times", style="dim"))
+    if dropped:
+        out.append(Text(f"left out for the width ({width} columns; widen the terminal or set COLUMNS): "
+                        + ", ".join(sorted(dropped)), style="dim"))
+    return out
+
+
+def _scaled(x: Any, factor: float) -> Any:
+    try:
+        return float(x) * factor
+    except (TypeError, ValueError):
+        return x
+
+
+def format_summary(summary: pd.DataFrame, width: int | None = None) -> str:
+    """The summary as plain text for the terminal (``bench show``), at most ``width`` columns wide.
+
+    ``width`` defaults to the terminal's (``$COLUMNS`` where set, else 120 when the output is not a terminal).
+    One table per problem; ``*`` marks the best method of each setting.
+    """
+    import io
+    import shutil
+
+    from rich.console import Console
+
     if summary.empty:
         return "(no cells)"
-    rows = []
-    has_param = "param_rmse_a_mean" in summary.columns and summary["param_rmse_a_mean"].notna().any()
-    has_between = "rrmse_between_mean" in summary.columns and summary["rrmse_between_mean"].notna().any()
-    show_device = "device" in summary.columns and summary["device"].nunique() > 1
-    for _, r in summary.iterrows():
-        row = {"problem": r["problem"], "N": _val(r.get("n_ens")), "coverage": _val(r.get("coverage")),
-               "noise": _val(r.get("noise"))}
-        if show_device:
-            row["device"] = r["device"]
-        row.update({
-            "method": ("* " if r.get("best") else "  ") + str(r["method"]),
-            "ok/fail/skip": f"{r['n_ok']}/{r['n_failed']}/{r['n_skipped']}",
-            "rRMSE_a": _pm(r.get("rrmse_a_mean"), r.get("rrmse_a_std")),
-            "spread_a": _fmt_num(r.get("spread_a_mean")),
-            "CRPS_a": _fmt_num(r.get("crps_a_mean")),
-        })
-        if has_between:
-            row["rRMSE_between"] = _fmt_num(r.get("rrmse_between_mean"))
-        if has_param:
-            row["param_RMSE"] = _fmt_num(r.get("param_rmse_a_mean"))
-        row["online/cycle"] = _fmt_time(r.get("time_online_s_mean"))
-        row["fit"] = _fmt_time(r.get("time_fit_s_mean"))
-        rows.append(row)
-    text = pd.DataFrame(rows).to_string(index=False)
-    return text + "\n(* lowest mean analysis rRMSE of its setting; mean ± std over seeds)"
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system=None, force_terminal=False, soft_wrap=False,
+                      highlight=False, emoji=False)
+    for r in summary_renderables(summary, width):
+        console.print(r)
+    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines())
 
 
 # ==============================================================================================================
@@ -298,7 +419,8 @@ def _summary_columns(summ: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Se
     cols.append(("cells", "ok / failed / skipped", lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
     for m, h in (("rrmse_a", "rRMSE analysis"), ("rrmse_f", "rRMSE forecast"),
                  ("rrmse_between", "rRMSE between observations"), ("rrmse_member_a", "member rRMSE"),
-                 ("spread_a", "spread"), ("crps_a", "CRPS"), ("param_rmse_a", "param RMSE")):
+                 ("spread_a", "spread"), ("crps_a", "CRPS"),
+                 ("param_rmse_a", f"param RMSE [{_param_unit(summ)}]" if _param_unit(summ) else "param RMSE")):
         if has(f"{m}_mean"):
             cols.append((m, h, lambda r, m=m: _pm(r[f"{m}_mean"], r.get(f"{m}_std"))))
     for m, h in (("time_online_s", "online / cycle"), ("time_fit_s", "fit")):

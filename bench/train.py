@@ -23,7 +23,8 @@ def is_learned(method) -> bool:
     return type(method).fit is not Method.fit
 
 
-def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, curve: str | None = None) -> list[dict]:
+def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, curve: str | None = None,
+               progress: bool = True) -> list[dict]:
     import methods
     import problems
     from methods.training import train_method
@@ -38,7 +39,7 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
             continue
         seen.add(key)
         problem = problems.get(c.problem, **c.pdict)
-        ds = problem.dataset(cache_dir=cache_dir, progress=True)
+        ds = problem.dataset(cache_dir=cache_dir, progress=progress)
         observer = problems.bind_observer(problem, ds, **c.odict)
         reason = method.skip(problem, observer)
         if reason:
@@ -49,7 +50,7 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
             curve_path = Path(f"{curve}-{c.method}-{c.problem}.csv")
             curve_path.parent.mkdir(parents=True, exist_ok=True)
         summary = train_method(method, problem, observer, ds, generator=torch.Generator().manual_seed(0),
-                               cache_dir=cache_dir, progress=True, curve_path=curve_path)
+                               cache_dir=cache_dir, progress=progress, curve_path=curve_path)
         print(json.dumps(summary, indent=2, default=str))
         if ship:
             for name, art in (getattr(method, "artifacts", {}) or {}).items():
