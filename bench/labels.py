@@ -69,9 +69,10 @@ def family(name: str) -> str:
 def short_labels(names: Iterable[str]) -> dict[str, str]:
     """Full parametrized name -> short label, unique among ``names``.
 
-    A method that appears once on the page is shown by its registry name alone; several variants of one method
-    keep only the parameters that differ between them (a parameter absent from a name has its default, shown
-    as absent). Where that would not be unique, the full name is kept.
+    A method that appears once on the page is shown by its registry name alone. Several variants of one
+    method keep the fewest parameters that tell them apart: parameters that every variant names come first,
+    then those with the most distinct values (a parameter absent from a name has its default and is not
+    shown). Where no such choice is unique, the full name is kept.
     """
     names = list(dict.fromkeys(str(n) for n in names))
     by_family: dict[str, list[str]] = {}
@@ -85,8 +86,14 @@ def short_labels(names: Iterable[str]) -> dict[str, str]:
         parsed = {m: split_name(m)[1] for m in members}
         keys = sorted({k for p in parsed.values() for k in p})
         differ = [k for k in keys if len({p.get(k) for p in parsed.values()}) > 1]
+        differ.sort(key=lambda k: (-sum(k in p for p in parsed.values()), -len({p.get(k) for p in parsed.values()})))
+        chosen: list[str] = []
+        for k in differ:
+            chosen.append(k)
+            if len({tuple(p.get(c) for c in chosen) for p in parsed.values()}) == len(members):
+                break
         for m in members:
-            items = [f"{k}={parsed[m][k]}" for k in differ if k in parsed[m]]
+            items = [f"{k}={parsed[m][k]}" for k in sorted(chosen) if k in parsed[m]]
             out[m] = f"{fam}[{','.join(items)}]" if items else fam
     labels = list(out.values())
     for m, lab in list(out.items()):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -253,8 +254,22 @@ def test_summary_values(run_dir):
     assert len(best) == len(PROBLEMS) * 4 and (best["method"] == "EnKF[inflation=1.05,variant=sqrt]").all()
     # the DataFrame form gives the same table
     pd.testing.assert_frame_equal(s, summary_table(pd.read_parquet(run_dir / "results.parquet")))
-    text = format_summary(s)
-    assert "* EnKF" in text and "± " in text
+
+
+@pytest.mark.parametrize("width", [120, 80])
+def test_terminal_summary_fits_and_aligns(run_dir, width):
+    """`bench show`: every line within the width, the best marker in its own first column, short labels with a
+    legend to the full names, units in the headers."""
+    text = format_summary(summary_table(run_dir), width=width)
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= width, max(lines, key=len)
+    best = [ln for ln in lines if ln.startswith("*") and "lowest mean" not in ln]
+    assert len(best) == len(PROBLEMS) * 4  # one per (problem, N, coverage)
+    # the marker column is one character wide: every table row's method starts at the same offset
+    assert all(ln.split()[1:2] != ["*"] for ln in lines)
+    assert all(" EnKF " in ln for ln in best)  # the short label; never the full parametrized name in a row
+    assert re.search(r"^  EnKF =\s+EnKF\[inflation=1.05,variant=sqrt\]$", text, re.M)  # the legend
+    assert "rRMSE_a [rel.]" in text and "± " in text
 
 
 def test_summary_csv_matches(report, run_dir):
