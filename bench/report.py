@@ -137,6 +137,9 @@ def summary_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         stats = g[metrics].agg(["mean", "std"])
         stats.columns = [f"{m}_{s}" for m, s in stats.columns]
         out = out.join(stats)
+    if "p_tuned" in df.columns:  # settings chosen by `bench tune` (a tuned preset's `tuned:` list)
+        out = out.join(df.assign(_t=df["p_tuned"].fillna(False).astype(bool)).groupby(keys, dropna=False)["_t"]
+                       .any().rename("tuned"))
     out = out.reset_index()
     if "param_unit" in df.columns:  # the unit each problem declares for its parameter error
         units = df.dropna(subset=["param_unit"]).groupby("p_problem")["param_unit"].first()
@@ -197,6 +200,11 @@ def _val(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         return "–" if not math.isfinite(v) else f"{v:g}"
     return "–" if v is None else str(v)
+
+
+def _method_text(r: pd.Series) -> str:
+    """The method's name, marked when `bench tune` chose its parameters."""
+    return str(r["method"]) + (" (tuned)" if r.get("tuned") is True or r.get("tuned") == 1 else "")
 
 
 #: Units of the metrics, shown in table headers. rRMSE is relative (a ratio); spread and CRPS are in the
@@ -263,7 +271,8 @@ def _rich_table(rows: pd.DataFrame, labels: dict[str, str], keep: int):
     for _, r in rows.iterrows():
         best = bool(r.get("best"))
         cells = ["*" if best else ""] + [_val(r[c]) for c, _ in varying] + [
-            labels[str(r["method"])], f"{r['n_ok']}/{r['n_failed']}/{r['n_skipped']}"] + [f(r) for _, _, f in cols]
+            labels[str(r["method"])] + (" (tuned)" if _method_text(r).endswith(" (tuned)") else ""),
+            f"{r['n_ok']}/{r['n_failed']}/{r['n_skipped']}"] + [f(r) for _, _, f in cols]
         t.add_row(*(Text(c) for c in cells), style="bold" if best else None)
     return t
 
@@ -415,7 +424,7 @@ def _summary_columns(summ: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Se
             cols.append((c, h, lambda r, c=c: _val(r[c])))
     if "device" in summ.columns and summ["device"].nunique() > 1:
         cols.append(("device", "device", lambda r: _val(r["device"])))
-    cols.append(("method", "method", lambda r: str(r["method"])))
+    cols.append(("method", "method", _method_text))
     cols.append(("cells", "ok / failed / skipped", lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
     for m, h in (("rrmse_a", "rRMSE analysis"), ("rrmse_f", "rRMSE forecast"),
                  ("rrmse_between", "rRMSE between observations"), ("rrmse_member_a", "member rRMSE"),
