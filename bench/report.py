@@ -366,15 +366,20 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5
      padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 h3{font-size:1.05em;margin-top:1.2em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+.tbl{max-width:100%;overflow-x:auto;margin:.5em 0}
+table{border-collapse:collapse;font-size:.85em}
 th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right;vertical-align:top}
-th{background:#f3f3f3}td.l,th.l{text-align:left}td{white-space:nowrap}td.l:last-child{white-space:normal}
+th{background:#f3f3f3;white-space:normal;min-width:4em}td.l,th.l{text-align:left}td{white-space:nowrap}
+td.l:last-child{white-space:normal;overflow-wrap:anywhere}
+.swatch{display:inline-block;width:2.2em;height:0;vertical-align:middle}
+.name{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.95em;overflow-wrap:anywhere}
 tr.best td{background:#e3f4e1;font-weight:600}
 tr.failed td{background:#fbe7e6}tr.skipped td{background:#f6f3e4}
-pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:.8em;max-height:28em}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:.8em;max-height:28em;white-space:pre}
+details pre{max-width:100%}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
-nav a{margin-right:1em}.muted{color:#777;font-size:.85em}
+nav a{margin-right:1em}.muted{color:#777;font-size:.85em}.setting{margin:.3em 0;font-size:.85em;color:#444}
 .note{background:#fff6d8;padding:.4em .6em;border-left:3px solid #e0b400;font-size:.85em}
 """
 
@@ -401,7 +406,21 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str], row_classes: Se
         cells = "".join(f"<td{cls(j)}>{c if raw else _e(c)}</td>" for j, c in enumerate(row))
         out.append(f"<tr{rc}>{cells}</tr>")
     out.append("</table>")
-    return "\n".join(out)
+    return '<div class="tbl">' + "\n".join(out) + "</div>"
+
+
+def _legend_html(palette: dict) -> str:
+    """The page's legend table: each method's colour and line, its short label and its full parametrized name."""
+    rows = []
+    for full, st in sorted(palette.items(), key=lambda kv: kv[1]["label"].lower()):
+        dash = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dashed"}.get(st["linestyle"], "dotted") \
+            if isinstance(st["linestyle"], str) else "dotted"
+        swatch = (f'<span class="swatch" style="border-top:3px {dash} {st["color"]}" '
+                  f'title="{_e(st["color"])}"></span>')
+        rows.append([swatch, f"<b>{_e(st['label'])}</b>", f'<span class="name">{_e(full)}</span>'])
+    return ("<h2>Methods on this page</h2>\n<p class=\"muted\">Figures and tables name methods by these short "
+            "labels; colours are fixed per method on every page.</p>\n"
+            + _table(rows, ["", "label", "full parametrized name"], left=3, raw=True))
 
 
 def _slug(name: str, taken: set[str]) -> str:
@@ -413,43 +432,58 @@ def _slug(name: str, taken: set[str]) -> str:
     return slug
 
 
-def _summary_columns(summ: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
-    """(key, header, formatter) of the summary columns worth showing for these rows."""
+def _summary_columns(summ: pd.DataFrame, labels: dict[str, str] | None = None, constant: Sequence[str] = ()
+                     ) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
+    """(key, header with unit, formatter) of the summary columns worth showing for these rows; methods by their
+    short ``labels`` where given (the page's legend table maps them to the full names); setting columns named
+    in ``constant`` are left out (the caller states them once above the table)."""
+    labels = labels or {}
     def has(c: str) -> bool:
         return c in summ.columns and summ[c].notna().any()
 
     cols: list[tuple[str, str, Callable[[pd.Series], str]]] = []
     for c, h in (("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise")):
-        if c in summ.columns:
+        if c in summ.columns and c not in constant:
             cols.append((c, h, lambda r, c=c: _val(r[c])))
     if "device" in summ.columns and summ["device"].nunique() > 1:
         cols.append(("device", "device", lambda r: _val(r["device"])))
-    cols.append(("method", "method", _method_text))
-    cols.append(("cells", "ok / failed / skipped", lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
-    for m, h in (("rrmse_a", "rRMSE analysis"), ("rrmse_f", "rRMSE forecast"),
-                 ("rrmse_between", "rRMSE between observations"), ("rrmse_member_a", "member rRMSE"),
-                 ("spread_a", "spread"), ("crps_a", "CRPS"),
-                 ("param_rmse_a", f"param RMSE [{_param_unit(summ)}]" if _param_unit(summ) else "param RMSE")):
+    cols.append(("method", "method", lambda r: labels.get(str(r["method"]), str(r["method"]))
+                 + _method_text(r)[len(str(r["method"])):]))
+    cols.append(("cells", "cells ok / failed / skipped",
+                 lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
+    rel, st = UNITS["rrmse"], UNITS["spread_a"]
+    unit = _param_unit(summ)
+    for m, h in (("rrmse_a", f"rRMSE analysis [{rel}]"), ("rrmse_f", f"rRMSE forecast [{rel}]"),
+                 ("rrmse_between", f"rRMSE between obs. [{rel}]"), ("rrmse_member_a", f"member rRMSE [{rel}]"),
+                 ("spread_a", f"spread [{st}]"), ("crps_a", f"CRPS [{st}]"),
+                 ("param_rmse_a", f"param RMSE [{unit}]" if unit else "param RMSE")):
         if has(f"{m}_mean"):
             cols.append((m, h, lambda r, m=m: _pm(r[f"{m}_mean"], r.get(f"{m}_std"))))
-    for m, h in (("time_online_s", "online / cycle"), ("time_fit_s", "fit")):
+    for m, h in (("time_online_s", "online time / cycle"), ("time_fit_s", "fit time")):
         if has(f"{m}_mean"):
             cols.append((m, h, lambda r, m=m: _fmt_time(r[f"{m}_mean"])))
     if has("peak_mem_mb_mean"):
-        cols.append(("peak_mem_mb", "peak MB", lambda r: _fmt_num(r["peak_mem_mb_mean"])))
+        cols.append(("peak_mem_mb", "peak memory [MB]", lambda r: _fmt_num(r["peak_mem_mb_mean"])))
     return cols
 
 
-def _summary_html(summ: pd.DataFrame) -> str:
-    cols = _summary_columns(summ)
+def _summary_html(summ: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
+    """The summary rows as an HTML table; setting values shared by every row are stated once above it."""
+    _, constant = _setting_axes(summ)
+    constant = [(c, h) for c, h in constant if c != "device" or summ["device"].nunique() == 1]
+    cols = _summary_columns(summ, labels, constant=[c for c, _ in constant])
     rows = [[f(r) for _, _, f in cols] for _, r in summ.iterrows()]
     classes = ["best" if r.get("best") else "" for _, r in summ.iterrows()]
     left = [k for k, _, _ in cols].index("method") + 1
-    return _table(rows, [h for _, h, _ in cols], classes, left=left)
+    head = ""
+    if constant and len(summ):
+        head = ('<p class="setting">' + " · ".join(f"{_e(h)} = {_e(_val(summ[c].iloc[0]))}" for c, h in constant)
+                + "</p>\n")
+    return head + _table(rows, [h for _, h, _ in cols], classes, left=left)
 
 
-def _summary_markdown(summ: pd.DataFrame) -> str:
-    cols = _summary_columns(summ)
+def _summary_markdown(summ: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
+    cols = _summary_columns(summ, labels)
     lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in summ.iterrows():
         cells = [f(r).replace("|", "\\|") for _, _, f in cols]
@@ -650,8 +684,11 @@ def _figure_html(figs: Sequence) -> str:
 
 
 def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: pd.DataFrame,
-                  summ: pd.DataFrame, palette: dict) -> str:
+                  summ: pd.DataFrame) -> str:
     from bench import plots
+
+    palette = plots.method_palette(res["p_method"].astype(str).unique().tolist())
+    labels = {m: st["label"] for m, st in palette.items()}
 
     res_ok = res[res["status"] == "ok"] if "status" in res.columns else res
     ok_ids = set(res_ok["cell_id"]) if "cell_id" in res_ok.columns else set()
@@ -662,13 +699,13 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
              f'{int((res.get("status") == "failed").sum()) if "status" in res else 0} failed, '
              f'{int((res.get("status") == "skipped").sum()) if "status" in res else 0} skipped. '
              "Highlighted: lowest mean analysis rRMSE of its setting.</p>",
-             "<h2>Summary</h2>", _summary_html(summ)]
+             _legend_html(palette), "<h2>Summary</h2>", _summary_html(summ, labels)]
 
     sections: list[tuple[str, list]] = [
         ("rRMSE over cycles", b.figures(plots.cycles_figure, cyc, b.img, palette, slug)),
         ("Sensitivity to the grid", b.figures(plots.sensitivity_figures, res, b.img, palette, slug)),
         ("Cost against accuracy", b.figures(plots.cost_accuracy_figure, res, b.img, palette, slug)),
-        ("Time per cycle", b.figures(plots.timing_figures, res, b.img, slug)),
+        ("Time per cycle", b.figures(plots.timing_figures, res, b.img, slug, palette=palette)),
     ]
     # one setting and seed for the fields, parameters and latent trajectories
     snap_dir = b.run_dir / "snapshots"
@@ -681,7 +718,7 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
             z = _load_npz(snap_dir / f"{r['cell_id']}.npz")
             if z is not None:
                 snaps[r["p_method"]] = z
-        figs = b.figures(plots.snapshot_figures, snaps, b.img, slug)
+        figs = b.figures(plots.snapshot_figures, snaps, b.img, slug, palette=palette)
         sections.append((f"Fields ({_setting_text(setting)})", figs))
     param_cols = [c for c in cyc.columns if c.startswith("param_mean_")] if not cyc.empty else []
     if param_cols and cyc[param_cols].notna().any().any():
@@ -689,7 +726,8 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         setting = _pick_setting(res_ok[res_ok["cell_id"].isin(set(has_param["cell_id"]))])
         rows = _match(has_param, setting)
         sections.append((f"Parameter estimates ({_setting_text(setting)})",
-                          b.figures(plots.parameter_figure, rows, b.img, palette, slug, _setting_text(setting))))
+                          b.figures(plots.parameter_figure, rows, b.img, palette, slug, _setting_text(setting),
+                                    unit=_param_unit(res))))
     extras = b.run_dir / "extras"
     latent_html = ""
     if extras.is_dir() and len(res_ok):
@@ -703,7 +741,7 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
                 picked.setdefault(m, g.sort_values([c for c in ("p_seed",) if c in g])["cell_id"].iloc[0])
             lat = {m: z for m, c in picked.items() if (z := _load_npz(extras / f"{c}.latent.npz")) is not None}
             sections.append((f"Latent trajectories ({_setting_text(setting)})",
-                             b.figures(plots.latent_figure, lat, b.img, slug)))
+                             b.figures(plots.latent_figure, lat, b.img, slug, palette=palette)))
     for title, figs in sections:
         if figs:
             parts.append(f"<h2>{_e(title)}</h2>\n{_figure_html(figs)}")
@@ -745,14 +783,15 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     res.to_csv(b.out / "results.csv", index=False)
 
     from bench import plots
-    palette = plots.method_palette(res["p_method"].astype(str).unique().tolist())
+    palette = plots.method_palette(res["p_method"].astype(str).unique().tolist())  # the index page's labels
+    labels = {m: st["label"] for m, st in palette.items()}
     problems = list(dict.fromkeys(sorted(res["p_problem"].astype(str))))
     taken: set[str] = {"index", "summary", "results"}
     slugs = {p: _slug(p, taken) for p in problems}
     for p in problems:
         body = _problem_page(b, p, slugs[p], res[res["p_problem"].astype(str) == p],
                              cyc[cyc["p_problem"].astype(str) == p] if "p_problem" in cyc.columns else cyc,
-                             summ[summ["problem"].astype(str) == p], palette)
+                             summ[summ["problem"].astype(str) == p])
         nav = f'<nav><a href="index.html">← index</a>' + "".join(
             f'<a href="{slugs[q]}.html">{_e(q)}</a>' for q in problems if q != p) + "</nav>"
         (b.out / f"{slugs[p]}.html").write_text(_page(f"{p} · {run_dir.name}", body, nav), encoding="utf-8")
@@ -770,12 +809,13 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
                  "cells)</li>" for p in problems) + "</ul>"]
     if b.notes:
         parts.append("".join(f'<p class="note">{_e(n)}</p>' for n in b.notes))
+    parts.append(_legend_html(palette))
     parts.append("<h2>Summary</h2><p class=\"muted\">Mean ± std over seeds of the ok cells; highlighted: the "
                  "lowest mean analysis rRMSE among the methods of a setting. rRMSE: relative RMSE of the "
                  "ensemble mean, all fields pooled, physical units, averaged over cycles after spin-up.</p>")
     for p in problems:
         parts.append(f'<h3><a href="{slugs[p]}.html">{_e(p)}</a></h3>')
-        parts.append(_summary_html(summ[summ["problem"].astype(str) == p]))
+        parts.append(_summary_html(summ[summ["problem"].astype(str) == p], labels))
     parts.append("<h2>Grid</h2>" + _table(_grid_rows(res), ["parameter", "n", "values"], left=1))
     cfg = _config_text(info)
     if cfg:
@@ -795,6 +835,10 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     if prov_line:
         md += ["", f"Provenance: {prov_line}."]
     for p in problems:
-        md += ["", f"## {p}", "", _summary_markdown(summ[summ["problem"].astype(str) == p])]
+        md += ["", f"## {p}", "", _summary_markdown(summ[summ["problem"].astype(str) == p], labels)]
+    legend = sorted((lab, full) for full, lab in labels.items() if lab != full)
+    if legend:
+        md += ["", "## Method labels", "", "| label | full parametrized name |", "|---|---|"]
+        md += [f"| {lab} | `{full}` |" for lab, full in legend]
     (b.out / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return index
