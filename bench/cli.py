@@ -113,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ship", action="store_true", help="also copy the artifacts into methods/artifacts/")
     t.add_argument("--curve", metavar="PREFIX",
                    help="write time-to-accuracy curves to PREFIX-<method>-<problem>.csv (default: none)")
+    t.add_argument("--recipe", help="training recipe for every learned method, e.g. cpu or paper "
+                                    "(default: each method's own)")
 
     tu = add("tune", "tune methods' declared hyperparameters on validation truths; writes a tuned preset "
                      "(OUT/tuned.yaml) for `bench run`")
@@ -286,7 +288,7 @@ def cmd_train(args) -> int:
     config, name = _load_config(args)
     grid = expand(config, name=name)
     train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve,
-               progress=_progress(args))
+               recipe=args.recipe, progress=_progress(args))
     return 0
 
 

@@ -7,6 +7,7 @@ and a cold ``bench run`` uses them; ``--curve PREFIX`` writes time-to-accuracy c
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -24,17 +25,27 @@ def is_learned(method) -> bool:
 
 
 def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, curve: str | None = None,
-               progress: bool = True) -> list[dict]:
+               recipe: str | None = None, progress: bool = True) -> list[dict]:
+    """Train every learned method of ``grid``; ``recipe`` (when given) replaces each one's training recipe.
+
+    An unknown recipe raises ConfigError (naming the valid ones) before anything is trained. ``progress``
+    shows progress bars and training log lines (the CLI turns it off when stderr is not a terminal).
+    """
     import methods
     import problems
     from methods.training import train_method
 
-    seen, out = set(), []
+    cells = []
     for c in grid.cells:
-        method = methods.get(c.method, **c.mdict)
-        if not is_learned(method):
-            continue
-        key = (c.problem, c.problem_params, c.observer_params, c.method, c.method_params)
+        params = dict(c.mdict)
+        if recipe is not None and "recipe" in {f.name for f in dataclasses.fields(methods.cls(c.method))}:
+            params["recipe"] = recipe
+        method = methods.get(c.method, **params)
+        if is_learned(method):
+            cells.append((c, method))
+    seen, out = set(), []
+    for c, method in cells:
+        key = (c.problem, c.problem_params, c.observer_params, c.method, method.label)
         if key in seen:
             continue
         seen.add(key)
