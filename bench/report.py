@@ -370,7 +370,7 @@ h3{font-size:1.05em;margin-top:1.2em}
 table{border-collapse:collapse;font-size:.85em}
 th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right;vertical-align:top}
 th{background:#f3f3f3;white-space:normal;min-width:4em}td.l,th.l{text-align:left}td{white-space:nowrap}
-td.l:last-child{white-space:normal;overflow-wrap:anywhere}
+td.l:last-child{white-space:normal;overflow-wrap:anywhere}td.pm{white-space:normal}.nw{white-space:nowrap}
 .swatch{display:inline-block;width:2.2em;height:0;vertical-align:middle}
 .name{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.95em;overflow-wrap:anywhere}
 tr.best td{background:#e3f4e1;font-weight:600}
@@ -400,10 +400,19 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str], row_classes: Se
            left: int = 0, raw: bool = False) -> str:
     """An HTML table; the first ``left`` columns are left-aligned; cells are escaped unless ``raw``."""
     cls = lambda j: ' class="l"' if j < left else ""  # noqa: E731
+
+    def cell(j: int, c: str) -> str:
+        if raw:
+            return f"<td{cls(j)}>{c}</td>"
+        if " ± " in c:  # "mean ± std" may break before the ± (never inside a number) to let the table fit
+            mean, _, sd = c.partition(" ± ")
+            return f'<td class="pm"><span class="nw">{_e(mean)}</span> <span class="nw">± {_e(sd)}</span></td>'
+        return f"<td{cls(j)}>{_e(c)}</td>"
+
     out = ["<table>", "<tr>" + "".join(f"<th{cls(j)}>{_e(h)}</th>" for j, h in enumerate(header)) + "</tr>"]
     for i, row in enumerate(rows):
         rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(f"<td{cls(j)}>{c if raw else _e(c)}</td>" for j, c in enumerate(row))
+        cells = "".join(cell(j, c) for j, c in enumerate(row))
         out.append(f"<tr{rc}>{cells}</tr>")
     out.append("</table>")
     return '<div class="tbl">' + "\n".join(out) + "</div>"
@@ -816,7 +825,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     for p in problems:
         parts.append(f'<h3><a href="{slugs[p]}.html">{_e(p)}</a></h3>')
         parts.append(_summary_html(summ[summ["problem"].astype(str) == p], labels))
-    parts.append("<h2>Grid</h2>" + _table(_grid_rows(res), ["parameter", "n", "values"], left=1))
+    parts.append("<h2>Grid</h2>" + _table(_grid_rows(res), ["parameter", "n", "values"], left=3))
     cfg = _config_text(info)
     if cfg:
         parts.append(f"<details><summary>expanded grid configuration</summary><pre>{_e(cfg)}</pre></details>")
