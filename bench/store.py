@@ -205,7 +205,7 @@ class RunLock:
 #: Columns that are always floating point (metrics, timings), even when every value is missing.
 FLOAT_COLUMNS: frozenset[str] = frozenset({
     "rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
-    "rmse_between", "rrmse_between", "obs_coverage", "peak_mem_mb", "p_coverage", "p_noise", "time"})
+    "rmse_between", "rrmse_between", "obs_coverage", "peak_mem_mb", "p_coverage", "p_noise", "p_init_std", "time"})
 #: Prefixes of floating-point column families (timings, per-parameter traces).
 FLOAT_PREFIXES: tuple[str, ...] = ("time_", "t_", "param_mean_", "param_true_", "param_std_")
 #: Columns that are always integers (nullable ``Int64`` where a cell lacks the value).
