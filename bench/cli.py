@@ -183,7 +183,8 @@ def cmd_run(args) -> int:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     _status(args, f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}")
     t0 = time.perf_counter()
-    _status(args, f"executor: {executor.describe()}")
+    # where the cells ran is part of the outcome (kept under -q, like the counts below)
+    print(f"executor: {executor.describe()}", file=sys.stderr)
     counts = run_grid(grid.cells, out, cache_dir=cache, raise_errors=args.raise_errors,
                       retry_failed=args.retry_failed, progress=_progress(args), executor=executor,
                       plugins=grid.plugins)
@@ -318,9 +319,12 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "report": cmd_re
 
 
 def _logging(args) -> None:
-    import logging
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=logging.ERROR if args.quiet else level, format="%(levelname)s %(name)s: %(message)s")
+    """-v: INFO log lines of the project (and its libraries) on stderr; -vv: DEBUG. Without -v logging is left
+    as the libraries set it up (dask keeps its own quiet defaults)."""
+    if args.verbose:
+        import logging
+        logging.basicConfig(level=logging.INFO if args.verbose == 1 else logging.DEBUG,
+                            format="%(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
