@@ -122,9 +122,8 @@ def provenance(device: torch.device, dtype: str) -> dict:
                                  text=True, timeout=5).stdout.strip() or "unknown"
         except (OSError, subprocess.SubprocessError):
             sha = "unknown"
-        import numpy
-        import pandas
-        _PROVENANCE = {"git_sha": sha, "torch_version": torch.__version__, "numpy_version": numpy.__version__,
+        import pandas  # only for its version: the runner itself needs no pandas
+        _PROVENANCE = {"git_sha": sha, "torch_version": torch.__version__, "numpy_version": np.__version__,
                        "pandas_version": pandas.__version__, "python_version": platform.python_version(),
                        "host": socket.gethostname(), "cpu": platform.processor() or platform.machine()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"

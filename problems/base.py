@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 import torch
 
 from assimbench.errors import ConfigError
-from assimbench.naming import content_hash, param_name, params_of
+from assimbench.naming import build, content_hash, param_name, params_of
 
 
 def default_cache_dir() -> Path:
@@ -520,6 +520,5 @@ def lattice_stride(shape: tuple[int, ...], coverage: float) -> int:
 
 def bind_observer(problem: Problem, dataset: Dataset | None, **params) -> Observer:
     """Build an :class:`Observer` for ``problem`` from user ``params`` (typed and checked)."""
-    from assimbench.naming import build
     std = tuple(float(s) for s in dataset.field_std) if dataset is not None else ()
     return build(Observer, params, "observer", problem=problem, field_std=std)
