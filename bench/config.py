@@ -33,7 +33,6 @@ twin experiments of Sakov & Oke (2008) and DAPPER do: truth and members are inde
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import typing

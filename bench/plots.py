@@ -132,7 +132,7 @@ def cycles_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
     ens_values = _values(cyc, "p_n_ens") if _varies(cyc, "p_n_ens") else [None]
     errorbar = "sd" if _n_seeds(cyc) > 1 else None
     out = []
-    for k, n_ens in enumerate(ens_values):
+    for n_ens in ens_values:
         d = _select(cyc, p_n_ens=n_ens)
         rows, cols = _values(d, row), _values(d, col)
         fig, axes = _grid(len(rows), len(cols), sharex=True, sharey=True)
@@ -504,7 +504,7 @@ def latent_figure(latents: dict[str, dict[str, np.ndarray]], img_dir: Path, tag:
     keys_seen: dict[str, str] = {}
     for k, (m, (t, series)) in enumerate(sorted(panels.items())):
         ax = axes[k // ncols, k % ncols]
-        for s_i, (key, a) in enumerate(sorted(series.items())):
+        for key, a in sorted(series.items()):
             ls = keys_seen.setdefault(key, styles[len(keys_seen) % len(styles)])
             x = t if t is not None and len(t) == a.shape[0] else np.arange(1, a.shape[0] + 1)
             mu = a.mean(axis=1) if a.ndim == 3 else a

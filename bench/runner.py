@@ -312,8 +312,8 @@ class PreparedCell:
         tc4 = timer.now()
         # ---- metrics, outside the timers
         if not bool(torch.isfinite(xa).all()) or float(xa.double().abs().max()) > DIVERGENCE_FACTOR * scale:
-            raise Diverged(f"diverged at cycle {t}: the analysis ensemble has "
-                           f"{'non-finite values' if not bool(torch.isfinite(xa).all()) else 'left the plausible range'}")
+            what = "non-finite values" if not bool(torch.isfinite(xa).all()) else "left the plausible range"
+            raise Diverged(f"diverged at cycle {t}: the analysis ensemble has {what}")
         mf = ensemble_metrics(xf, truth[t])
         ma = ensemble_metrics(xa, truth[t])
         pe = method.estimate_params(state)

@@ -295,7 +295,7 @@ class EnKF(Method):
     def _local_analysis(self, xbar: torch.Tensor, A: torch.Tensor, S: torch.Tensor, R: torch.Tensor,
                         Q: torch.Tensor | None) -> torch.Tensor:
         """LETKF-style analysis of every grid point, in chunks. ``A (N, C, P)`` -> analysis ``(N, C, P)``."""
-        pb, obs = self.ctx.problem, self.ctx.observer
+        obs = self.ctx.observer
         N, Cf, P = A.shape
         dev, wdt = A.device, torch.float64
         geom = self._geometry(dev)

@@ -51,8 +51,8 @@ class EnSF(Method):
         ``param_bounds``, are appended to the state vector. The likelihood gradient with respect to them is
         zero, so with the ``paired`` score each parameter only returns to its own forecast value plus the
         sampler's jitter (variance ~ eps_beta + 1/K in unit-box units), clipped to the prior box: **EnSF cannot
-        learn unobserved parameters** (nor unobserved state components); the ``mixture`` score couples them to the observed
-        components only through the weights. ``joint = False`` carries the parameters along untouched.
+        learn unobserved parameters** (nor unobserved state components); the ``mixture`` score couples them to
+        the observed components only through the weights. ``joint = False`` carries the parameters along untouched.
     inflation : multiplicative inflation of the forecast anomalies (state and parameters) before the analysis.
     normalize : run the sampler on the state z-scored per field with the training statistics (the diffusion
         starts from N(0, I), so a state in physical units such as 1e-2 m/s velocities beside 1 m heights is badly

@@ -149,8 +149,8 @@ def mixture_prior_score(z: torch.Tensor, members: torch.Tensor, alpha: float, be
     the members' mean ``c``, formed in float64 (no cancellation trouble in float32 at d ~ 1e6) by one
     ``addmm``; softmax subtracts the row maximum (logsumexp-stable). The score is
     ``-(z_i - alpha sum_j w_ij x_j) / beta2``. ``log_weight (J,)`` adds unnormalised log mixture weights (the
-    score of ``sum_j exp(log_weight_j) N(alpha x_j, beta2 I)``). Memory: the ``(N, d)`` output, ``(J, d)`` float64 members and
-    per-chunk ``(c, d)`` / ``(c, J)`` temporaries.
+    score of ``sum_j exp(log_weight_j) N(alpha x_j, beta2 I)``). Memory: the ``(N, d)`` output, ``(J, d)``
+    float64 members and per-chunk ``(c, d)`` / ``(c, J)`` temporaries.
     """
     n, d = z.shape
     j = members.shape[0]

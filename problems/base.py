@@ -11,10 +11,8 @@ Conventions (all problems):
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -290,7 +288,6 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=n, desc=f"dataset {problem.label}", unit="traj", leave=False)
-    t0 = time.perf_counter()
     for i in range(0, n, problem.sim_batch):
         p = params[i:i + problem.sim_batch]
         x0 = problem.sample_initial(p, g)

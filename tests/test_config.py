@@ -31,7 +31,8 @@ def test_comma_joined_keys_tie_values_together():
 
 
 def test_a_method_given_as_a_list_of_settings():
-    g = expand({"problems": L96, "methods": {"EnKF": [{"inflation": 1.0}, {"inflation": 1.1, "variant": "stochastic"}]}})
+    g = expand({"problems": L96,
+                "methods": {"EnKF": [{"inflation": 1.0}, {"inflation": 1.1, "variant": "stochastic"}]}})
     assert sorted(c.mdict.get("inflation") for c in g.cells) == [1.0, 1.1]
 
 
