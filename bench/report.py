@@ -1,6 +1,6 @@
 """Tables and the static HTML report of a run directory.
 
-A run directory ``DIR`` (written by the runner, see DESIGN.md "Results") holds ``results.parquet`` (one row per
+A run directory ``DIR`` (laid out by :mod:`bench.store`) holds ``results.parquet`` (one row per
 cell), ``cycles.parquet`` (one row per cell and cycle), ``run.json`` (config and provenance), and optionally
 ``snapshots/<cell_id>.npz`` (gridded fields) and ``extras/<cell_id>.json`` / ``extras/<cell_id>.latent.npz``
 (latent methods). This module reads only those files.

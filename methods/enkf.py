@@ -29,6 +29,11 @@ dense observation networks); otherwise the taper against every observed point is
 
 Parameters (``state.params``, ``(N, P)``) have no location: with ``joint=True`` they are augmented to the state
 and updated with the global (untapered) ``G`` from all observations.
+
+References: the EnKF, Evensen (1994), J. Geophys. Res. 99(C5), 10143; perturbed observations, Burgers, van
+Leeuwen & Evensen (1998), Mon. Weather Rev. 126, 1719; the ETKF, Bishop, Etherton & Majumdar (2001), Mon.
+Weather Rev. 129, 420; the LETKF, Hunt, Kostelich & Szunyogh (2007), Physica D 230, 112; the taper, Gaspari &
+Cohn (1999), Q. J. R. Meteorol. Soc. 125, 723.
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class EnSF(Method):
     ---------------
     n_steps, eps_alpha, eps_beta, prior_score, mixture_batch, damping, clip, restandardize :
         see :class:`methods.score.ScoreConfig`. The defaults (K = 100, eps_alpha = 0.05, eps_beta = 0, paired)
-        are the spec's recommended full-space baseline for the PDE problems. The EnSF paper's Lorenz-96 setting
+        are the full-space baseline used on the PDE problems. The EnSF paper's Lorenz-96 setting
         (CMAME 2024: d = 1e6, arctan observations with std 0.05, observed every 10 RK4 steps of dt = 0.01) is
         ``N = 20, n_steps = 500, eps_alpha = 0.5, eps_beta = 0.025``, no inflation; the explicit step needs
         large K there (``dtau * sigma^2 / sigma_obs^2`` must stay below ~2).

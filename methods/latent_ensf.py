@@ -46,7 +46,7 @@ class VAETrainConfig:
 
     ``beta``: weight of the two KL terms relative to the reconstruction terms (element means);
     ``lam``: weight of the latent matching term; ``obs_train_noise``: std of Gaussian noise added to the
-    normalised training observations (0 = clean, the spec); ``eval_max``: validation/test snapshots used by the
+    normalised training observations (0 = clean observations); ``eval_max``: validation/test snapshots used by the
     per-epoch evaluation (a fixed random subset; the final test uses the whole split).
     """
 
@@ -230,8 +230,8 @@ class LatentEnSF(Method):
     obs_arch : ``auto`` (``conv`` on lattice layouts, else ``mlp``), ``conv`` or ``mlp``.
     epochs, batch, lr, schedule : Adam on mini-batches of snapshots.
     beta : KL weight relative to the reconstruction (element means; beta-VAE style, default 1e-4).
-    lam : weight of the latent matching term (the spec's lambda = 1).
-    obs_train_noise : noise added to the normalised training observations (0 = clean, the spec).
+    lam : weight of the latent matching term (lambda; default 1).
+    obs_train_noise : noise added to the normalised training observations (0 = clean observations).
     train_seed : seed of every random draw of the training.
     recipe : named training recipe (:data:`RECIPES`: ``cpu``, ``paper``); fields left at their class default
         take the recipe's value, fields set explicitly win.
@@ -239,7 +239,7 @@ class LatentEnSF(Method):
     Filter fields
     -------------
     n_steps, eps_alpha, eps_beta, prior_score : the EnSF reverse SDE (:class:`methods.score.ScoreConfig`).
-    scaling : latents are multiplied by this before EnSF and divided after (the spec tunes it within 1-500).
+    scaling : latents are multiplied by this before EnSF and divided after (worth tuning within 1-500).
     sigma_lat : latent observation std in latent units; 0 = calibrate on the validation split (RMS of
         ``mu_y(y~) - mu_x(x)`` at the observer's noise). The value used and the calibrated RMS are reported in
         ``training_summary['sigma_lat']``.

@@ -1,4 +1,4 @@
-"""LD-EnSF: the ensemble score filter in the latent space of a latent-dynamics network (LDNet).
+"""LD-EnSF (Xiao, Si & Chen, ICLR 2026): the ensemble score filter in the latent space of an LDNet.
 
 Offline (``fit``, cached artifacts, see :mod:`methods.training`):
 
