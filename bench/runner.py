@@ -373,7 +373,7 @@ class PreparedCell:
                      "mean": np.stack(snaps["mean"]), "obs_points": self.observer.points.numpy(),
                      "field_names": np.array(problem.field_names)} if snaps["cycles"] else {}
         latent = {"cycles": np.arange(1, len(latents) + 1), "analysis": np.stack(latents)} if latents else {}
-        surrogate = _flat_numbers(getattr(method, "training_summary", None) or {})
+        surrogate = _flat_numbers(method.training_summary)
         return Assimilation(means, timings, snapshots, latent, surrogate)
 
 

@@ -177,7 +177,7 @@ class EnKF(Method):
         p_a = params
         if update_params:
             p_a = pbar + self._apply(glob, Ap)
-        return EnsembleState(x_a, p_a, state.extra)
+        return EnsembleState(x_a, p_a)
 
     def _global_weights(self, S: torch.Tensor, R: torch.Tensor, Q: torch.Tensor | None):
         """Global member weights, either ``(G, None, None)`` with ``G (N, N)`` or, when there are fewer

@@ -13,7 +13,7 @@ import torch
 
 from assimbench.errors import ConfigError, Diverged
 from methods.base import EnsembleState, Method, Tunable
-from methods.score import ScoreConfig, ensf_update
+from methods.score import SamplerFields, ScoreConfig, ensf_update
 from problems.base import Observer
 
 
@@ -30,7 +30,7 @@ def autograd_loglik_grad(observer: Observer, x: torch.Tensor, y: torch.Tensor, s
 
 
 @dataclass
-class EnSF(Method):
+class EnSF(SamplerFields, Method):
     """Ensemble score filter in the full state space (works on every problem and observer).
 
     Each analysis flattens the forecast ensemble ``x (N, *state_shape)`` to ``(N, d)``, optionally inflates its
@@ -72,10 +72,6 @@ class EnSF(Method):
         "n_steps": Tunable(50, 500, log=True, integer=True, doc="K, reverse-SDE steps"),
     }
 
-    n_steps: int = 100
-    eps_alpha: float = 0.05
-    eps_beta: float = 0.0
-    prior_score: Literal["paired", "mixture"] = "paired"
     mixture_batch: int = 0
     damping: Literal["linear", "none", "reweight"] = "linear"
     clip: float = 0.0
@@ -97,9 +93,8 @@ class EnSF(Method):
 
     def score_config(self) -> ScoreConfig:
         """The :class:`ScoreConfig` of these hyperparameters."""
-        return ScoreConfig(n_steps=self.n_steps, eps_alpha=self.eps_alpha, eps_beta=self.eps_beta,
-                           prior_score=self.prior_score, mixture_batch=self.mixture_batch, damping=self.damping,
-                           clip=self.clip, restandardize=self.restandardize)
+        return super().score_config(mixture_batch=self.mixture_batch, damping=self.damping, clip=self.clip,
+                                    restandardize=self.restandardize)
 
     # ---- parameters <-> unit box ------------------------------------------------------------------------------
     def _param_box(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +146,7 @@ class EnSF(Method):
                 g = torch.cat([g, torch.zeros(n, n_par, device=dev, dtype=dt)], dim=1)
             return g
 
-        gen = getattr(self, "generator", None)
+        gen = self.generator
         if gen is None:
             raise RuntimeError("EnSF.analysis called before init(): no generator")
         member_ll = None
@@ -171,4 +166,4 @@ class EnSF(Method):
             # Reynolds number must stay positive for the forecast to exist)
             u_a = post[:, d:].to(lo.device, lo.dtype).clamp(0.0, 1.0)
             params = (lo + width * u_a).to(state.params.dtype)
-        return EnsembleState(x_a, params, state.extra)
+        return EnsembleState(x_a, params)

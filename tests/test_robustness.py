@@ -167,7 +167,7 @@ class NaNAtCycle(Method):
         self.t += 1
         if self.t == self.at:
             x = state.x * 1e12 if self.blow_up else torch.full_like(state.x, float("nan"))
-            return EnsembleState(x, state.params, state.extra)
+            return EnsembleState(x, state.params)
         return state
 
 
