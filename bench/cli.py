@@ -94,8 +94,10 @@ def _load_config(args) -> tuple[dict, str]:
 
 def cmd_run(args) -> int:
     from bench.config import expand
-    from bench.sweep import run_grid
     import yaml
+
+    from bench import store
+    from bench.sweep import run_grid
 
     from bench.executors import make_executor
 
@@ -110,7 +112,7 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--out {out} exists and is not a folder")
     cache = Path(args.cache) if args.cache else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    store.grid_path(out).write_text(yaml.safe_dump(config, sort_keys=False))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -118,7 +120,7 @@ def cmd_run(args) -> int:
     counts = run_grid(grid.cells, out, cache_dir=cache, raise_errors=args.raise_errors,
                       retry_failed=args.retry_failed, progress=not args.quiet, executor=executor,
                       plugins=grid.plugins)
-    (out / "run.json").write_text(json.dumps({
+    store.run_info_path(out).write_text(json.dumps({
         "config": config, "name": grid.name, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": time.perf_counter() - t0,
         "command": " ".join(sys.argv), "executor": executor.describe(), "counts": counts}, indent=2, default=str))
@@ -132,7 +134,7 @@ def cmd_run(args) -> int:
             print(f"report: {path}")
         except ImportError:
             pass
-    print(f"results: {out / 'results.parquet'}")
+    print(f"results: {store.results_path(out)}")
     return 0
 
 

@@ -19,7 +19,7 @@ then ``<cache_dir>/models/<hash>``, else train and save to the cache. When a shi
 method, kind and problem label under another hash, a warning says that the hash no longer matches (and which
 settings differ) and that the network is trained anew.
 
-Entry point for the CLI: :func:`train_method`.
+The CLI's entry point, ``bench train``, is :func:`bench.train.train_method`.
 """
 from __future__ import annotations
 
@@ -764,37 +764,3 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
     tlog.info("encoder test: " + " ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("test")))
     return enc, summary
 
-
-# --------------------------------------------------------------------------------------------------------------
-# CLI entry point
-# --------------------------------------------------------------------------------------------------------------
-def train_method(method, problem: Problem, observer: Observer, dataset: Dataset | None = None, *,
-                 generator: torch.Generator | None = None, cache_dir: Path | str | None = None,
-                 progress: bool = True, curve_path: Path | str | None = None) -> dict:
-    """Bind ``method`` to (problem, observer, dataset), run its ``fit`` and summarise the training.
-
-    The method's networks come from the shipped artifacts, the cache, or fresh training (in that order; see the
-    module docstring). ``curve_path``, when given, receives the learning curve(s) as one CSV (a ``network``
-    column tells the artifacts apart). Returns a dict with ``time_fit_s`` (wall-clock of ``fit``), and, from the
-    method's ``training_summary``: per network, its artifact ``hash``, ``source`` (shipped/cache/trained),
-    ``path`` and test errors (e.g. ``test_rrmse_norm``/``test_rrmse_phys`` for an LDNet).
-    """
-    from methods.base import Context
-    if dataset is None:
-        dataset = problem.dataset(cache_dir=cache_dir, progress=progress)
-    ctx = Context(problem=problem, observer=observer, dataset=dataset,
-                  cache_dir=Path(cache_dir) if cache_dir is not None else None, progress=progress)
-    method.bind(ctx)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    method.fit(gen)
-    summary = dict(getattr(method, "training_summary", {}) or {})
-    summary["time_fit_s"] = time.perf_counter() - t0
-    summary["method"] = method.label
-    summary["problem"] = problem.label
-    if curve_path is not None:
-        rows = []
-        for name, art in (getattr(method, "artifacts", {}) or {}).items():
-            rows += [dict(network=name, **r) for r in art.curve]
-        write_curve(rows, curve_path)
-    return summary

@@ -18,6 +18,7 @@ import torch
 from methods.base import Context
 from methods.ldensf import LDEnSF, LatentState
 from methods.ldnet import LDNet, ObsEncoder
+from bench.train import train_method
 from methods import training as tr
 from problems.base import Problem, bind_observer
 
@@ -99,7 +100,7 @@ def setup(tmp_path_factory, one_thread):
     ds = pb.dataset(cache_dir=cache, progress=False)
     obs = bind_observer(pb, ds, layout="lattice", stride=3, noise=0.05)
     m = LDEnSF(**TINY)
-    summary = tr.train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=cache,
+    summary = train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=cache,
                               progress=False, curve_path=cache / "curve.csv")
     return dict(problem=pb, dataset=ds, observer=obs, method=m, summary=summary, cache=cache)
 
@@ -147,7 +148,7 @@ def test_cached_artifact_reloads_bit_identical(setup):
     pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
     m1 = setup["method"]
     m2 = LDEnSF(**TINY)
-    s2 = tr.train_method(m2, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=setup["cache"],
+    s2 = train_method(m2, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=setup["cache"],
                          progress=False)
     assert s2["ldnet"]["source"] == "cache" and s2["encoder"]["source"] == "cache"
     assert s2["ldnet"]["hash"] == setup["summary"]["ldnet"]["hash"]
@@ -174,7 +175,7 @@ def test_stale_shipped_artifact_is_reported(setup, tmp_path, monkeypatch, caplog
     monkeypatch.setattr(tr, "SHIPPED_DIR", tmp_path / "shipped")
     m = LDEnSF(**dict(TINY, epochs=2, lstm_epochs=2))
     with caplog.at_level(logging.WARNING, logger="assimbench.training"):
-        tr.train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=tmp_path / "c",
+        train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=tmp_path / "c",
                         progress=False)
     assert any("no longer matches" in r.getMessage() and "training anew" in r.getMessage() for r in caplog.records)
 
@@ -410,7 +411,7 @@ def test_decoder_of_the_whole_augmented_latent(setup, tmp_path):
     """``rec_params``: R decodes (s, u); LD-EnSF trains it, and its estimates use the members' parameters."""
     pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
     m = LDEnSF(**dict(TINY, epochs=4, lstm_epochs=4, rec_params=True))
-    tr.train_method(m, pb, obs, ds, cache_dir=tmp_path, progress=False)
+    train_method(m, pb, obs, ds, cache_dir=tmp_path, progress=False)
     assert m.net.config()["rec_params"] is True
     st = m.init(None, pb.sample_params(3, torch.Generator().manual_seed(1)), torch.Generator().manual_seed(2))
     est = m.estimate(st)

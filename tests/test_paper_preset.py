@@ -48,7 +48,7 @@ def test_paper_preset_runs_at_toy_size(tmp_path):
     cfg["spinup"] = 0
     (cell,) = expand(cfg, name="paper-toy").cells
     out = run_cell(cell, cache_dir=tmp_path)
-    row = out["row"]
+    row = out.row
     assert row["status"] == "ok", row.get("error")
     assert row["p_method_recipe"] == "paper"
     import json
