@@ -11,10 +11,8 @@ Conventions (all problems):
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -22,7 +20,7 @@ from typing import ClassVar, Literal
 import torch
 
 from assimbench.errors import ConfigError
-from assimbench.naming import content_hash, param_name, params_of
+from assimbench.naming import build, content_hash, param_name, params_of
 
 
 def default_cache_dir() -> Path:
@@ -315,7 +313,6 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=n, desc=f"dataset {problem.label}", unit="traj", leave=False)
-    t0 = time.perf_counter()
     for i in range(0, n, problem.sim_batch):
         p = params[i:i + problem.sim_batch]
         x0 = problem.sample_initial(p, g)
@@ -570,6 +567,5 @@ def lattice_stride(shape: tuple[int, ...], coverage: float) -> int:
 
 def bind_observer(problem: Problem, dataset: Dataset | None, **params) -> Observer:
     """Build an :class:`Observer` for ``problem`` from user ``params`` (typed and checked)."""
-    from assimbench.naming import build
     std = tuple(float(s) for s in dataset.field_std) if dataset is not None else ()
     return build(Observer, params, "observer", problem=problem, field_std=std)
