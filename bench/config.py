@@ -155,7 +155,7 @@ StrictLoader.add_implicit_resolver(
 def parse_yaml(text: str, source: str = "<string>") -> Any:
     """YAML text -> Python data with :class:`StrictLoader` (duplicate keys are a ConfigError)."""
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {source!r} is not valid YAML: {str(e).splitlines()[0]} "
                           f"({' '.join(str(e).split())[:200]})") from None

@@ -296,7 +296,6 @@ class DaskExecutor(Executor):
         return max(1, (os.cpu_count() or 1) // self.workers) if self.scheduler is None else None
 
     def run(self, cells, run_dir, cache_dir, raise_errors, plugins):
-        d = self.distributed
         if self.client is None:
             raise RuntimeError("use DaskExecutor as a context manager")
         threads = self._threads()

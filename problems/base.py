@@ -11,6 +11,7 @@ Conventions (all problems):
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import signal
-import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
