@@ -104,6 +104,8 @@ class Problem:
     #: True where the spatial domain is periodic (used by localisation distances)
     periodic: ClassVar[bool] = False
     #: a tiny configuration for the conformance suite (bench/conformance.py)
+    #: renamed parameters, old name -> new name: the old name is still accepted (with a FutureWarning)
+    renamed: ClassVar[dict[str, str]] = {}
     conformance_params: ClassVar[dict] = {}
 
     n_cycles: int = 50
@@ -231,8 +233,14 @@ class Problem:
         return params_of(self)
 
     def data_key(self) -> str:
-        """Content hash of everything that determines the dataset."""
-        return f"{self.name}-{content_hash(self.name, self.params_dict(), DATASET_FORMAT)}"
+        """Content hash of everything that determines the dataset.
+
+        A renamed parameter enters the hash under its old name, so cached datasets and shipped artifacts made
+        before the rename are still found.
+        """
+        old = {new: old for old, new in self.renamed.items()}
+        params = {old.get(k, k): v for k, v in self.params_dict().items()}
+        return f"{self.name}-{content_hash(self.name, params, DATASET_FORMAT)}"
 
     #: trajectories simulated per batch when building the dataset (memory vs speed)
     sim_batch: ClassVar[int] = 20
