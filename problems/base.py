@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import json
 import logging
 import math
 import os
@@ -264,8 +265,8 @@ class Problem:
 
 
 DATASET_FORMAT = 1
-#: layout of a dataset cache file: the tensors plus ``meta`` (key, content checksum, generator version,
-#: statistics); a file of another layout (or none, as before checksums existed) is rebuilt, not trusted
+#: layout of a dataset cache record ``<key>.json`` beside ``<key>.pt`` (key, content checksum, generator version,
+#: statistics); a file without one (as before checksums existed) or of another layout is rebuilt, not trusted
 CACHE_LAYOUT = 2
 #: the tensors of a dataset file (the fields of :class:`Dataset` that the checksum covers)
 DATASET_TENSORS = ("train", "valid", "test", "params_train", "params_valid", "params_test", "times",
@@ -316,23 +317,29 @@ def dataset_stats(blob: dict[str, torch.Tensor]) -> dict:
 
 
 def _read_dataset_file(path: Path, key: str) -> tuple[Dataset | None, str]:
-    """``(dataset, "")`` when the cache file at ``path`` is intact, else ``(None, what is wrong with it)``."""
+    """``(dataset, "")`` when the cache file at ``path`` and its record ``<key>.json`` are intact, else
+    ``(None, what is wrong)``."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except FileNotFoundError:
+        return None, "has no checksum record (written by an older version)"
+    except (OSError, ValueError) as e:
+        return None, f"has an unreadable checksum record ({type(e).__name__})"
+    if not isinstance(meta, dict) or meta.get("layout") != CACHE_LAYOUT or not meta.get("checksum"):
+        return None, "has a checksum record of another version"
+    if meta.get("key") != key:
+        return None, f"is recorded as another dataset ({meta.get('key')})"
     try:
         blob = torch.load(path, mmap=True, weights_only=True)
     except Exception as e:  # truncated, garbled header, not a torch file
         return None, f"is unreadable ({type(e).__name__})"
-    meta = blob.get("meta") if isinstance(blob, dict) else None
-    if not isinstance(meta, dict) or meta.get("layout") != CACHE_LAYOUT or not meta.get("checksum"):
-        return None, "has no content checksum (written by an older version)"
-    if meta.get("key") != key:
-        return None, f"holds another dataset ({meta.get('key')})"
-    missing = [k for k in DATASET_TENSORS if not isinstance(blob.get(k), torch.Tensor)]
+    missing = [k for k in DATASET_TENSORS if not isinstance(blob, dict) or not isinstance(blob.get(k), torch.Tensor)]
     if missing:
         return None, f"lacks {', '.join(missing)}"
     tensors = {k: blob[k] for k in DATASET_TENSORS}
     actual = tensor_checksum(tensors)
     if actual != meta["checksum"]:
-        return None, (f"is corrupt: the checksum of its contents is {actual[:12]}, its recorded checksum "
+        return None, (f"is corrupt: the checksum of its contents is {actual[:12]}, the recorded one "
                       f"{meta['checksum'][:12]}")
     return Dataset(**tensors, key=key, checksum=actual, meta=meta), ""
 
@@ -353,9 +360,10 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
     """Simulate ``problem.n_traj`` trajectories in batches, split them, and cache float32 snapshots on disk.
 
     The cache file is ``<cache>/datasets/<name>-<hash>.pt`` (the key, :meth:`Problem.data_key`, covers the
-    problem's fields, the dataset layout and the generator's version). It stores the tensors and ``meta``: the
-    key, the content checksum of the tensors (:func:`tensor_checksum`), the generator version, summary
-    statistics (:func:`dataset_stats`) and provenance. Loading memory-maps the file and verifies the checksum
+    problem's fields, the dataset layout and the generator's version), the tensors only; beside it
+    ``<name>-<hash>.json`` records the key, the content checksum of the tensors (:func:`tensor_checksum`), the
+    generator version, summary statistics (:func:`dataset_stats`) and provenance (``Dataset.meta``). Loading
+    memory-maps the file and verifies the checksum
     (well under a second at the default size); a file that is unreadable, corrupt (same size, other bytes), from
     an older version or another dataset is rebuilt, with one warning line saying what was wrong.
 
@@ -375,6 +383,7 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
             return ds
         log.warning("dataset cache file %s %s: rebuilding it", path, problem_with_file)
         path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
 
     tensors = _generate(problem, progress)
     meta = dict(layout=CACHE_LAYOUT, key=key, checksum=tensor_checksum(tensors), problem=problem.label,
@@ -383,8 +392,11 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(dict(tensors, meta=meta), tmp)
-    os.replace(tmp, path)
+    torch.save(tensors, tmp)
+    tmp_meta = path.with_suffix(f".json.tmp{os.getpid()}")
+    tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, path)  # a reader between the two renames sees a mismatch and rebuilds: safe
+    os.replace(tmp_meta, path.with_suffix(".json"))
     ds = Dataset(**tensors, key=key, checksum=meta["checksum"], meta=meta)
     _MEMO[key] = ds
     return ds
