@@ -2,13 +2,16 @@
 
 For each distinct (problem, observer layout, learned method) of the grid it builds the dataset, binds the
 method and runs its ``fit`` (shipped artifact -> cache -> fresh training, see methods/training.py), printing the
-test errors. ``--ship`` copies the resulting artifacts into ``methods/artifacts/`` so that they are committed
-and a cold ``bench run`` uses them; ``--curve PREFIX`` writes time-to-accuracy curves as CSV.
+test errors measured on the data at hand (the recorded ones when the artifact's data checksum is the dataset's,
+else re-scored; a line per network says which). ``--ship`` copies the resulting artifacts into
+``methods/artifacts/`` so that they are committed and a cold ``bench run`` uses them; ``--curve PREFIX`` writes
+time-to-accuracy curves as CSV. A shipped network whose files fail their checksums is refused (exit 1).
 """
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -28,7 +31,8 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
     import problems
     from methods.training import train_method
 
-    seen, out = set(), []
+    from methods.training import ArtifactError
+    seen, out, refused = set(), [], []
     for c in grid.cells:
         method = methods.get(c.method, **c.mdict)
         if not is_learned(method):
@@ -48,9 +52,16 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
         if curve:
             curve_path = Path(f"{curve}-{c.method}-{c.problem}.csv")
             curve_path.parent.mkdir(parents=True, exist_ok=True)
-        summary = train_method(method, problem, observer, ds, generator=torch.Generator().manual_seed(0),
-                               cache_dir=cache_dir, progress=True, curve_path=curve_path)
+        try:
+            summary = train_method(method, problem, observer, ds, generator=torch.Generator().manual_seed(0),
+                                   cache_dir=cache_dir, progress=True, curve_path=curve_path)
+        except ArtifactError as e:  # a corrupt shipped network: refused, said once, the other methods go on
+            print(f"error: {e}", file=sys.stderr)
+            refused.append(str(e))
+            continue
         print(json.dumps(summary, indent=2, default=str))
+        for name, art in (getattr(method, "artifacts", {}) or {}).items():
+            print(f"{name} {art.key} ({art.source}): {art.data_note}")
         if ship:
             for name, art in (getattr(method, "artifacts", {}) or {}).items():
                 src = Path(art.path)
@@ -59,6 +70,8 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
                     shutil.copytree(src, dst, dirs_exist_ok=True)
                     print(f"shipped {name} -> {dst}")
         out.append(summary)
-    if not out:
+    if not out and not refused:
         print("no learned method in this grid: nothing to train")
+    if refused:
+        raise SystemExit(1)
     return out
