@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--cache")
     t.add_argument("--ship", action="store_true", help="also copy the artifacts into methods/artifacts/")
     t.add_argument("--curve", help="CSV path prefix for time-to-accuracy curves")
+    t.add_argument("--recipe", help="training recipe for every learned method (e.g. cpu, paper)")
 
     tu = sub.add_parser("tune", help="tune methods' declared hyperparameters on validation truths; writes a tuned "
                                      "preset (OUT/tuned.yaml) for `bench run`")
@@ -93,8 +94,10 @@ def _load_config(args) -> tuple[dict, str]:
 
 def cmd_run(args) -> int:
     from bench.config import expand
-    from bench.sweep import run_grid
     import yaml
+
+    from bench import store
+    from bench.sweep import run_grid
 
     from bench.executors import make_executor
 
@@ -109,7 +112,7 @@ def cmd_run(args) -> int:
         raise ConfigError(f"--out {out} exists and is not a folder")
     cache = Path(args.cache) if args.cache else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    store.grid_path(out).write_text(yaml.safe_dump(config, sort_keys=False))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -117,7 +120,7 @@ def cmd_run(args) -> int:
     counts = run_grid(grid.cells, out, cache_dir=cache, raise_errors=args.raise_errors,
                       retry_failed=args.retry_failed, progress=not args.quiet, executor=executor,
                       plugins=grid.plugins)
-    (out / "run.json").write_text(json.dumps({
+    store.run_info_path(out).write_text(json.dumps({
         "config": config, "name": grid.name, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": time.perf_counter() - t0,
         "command": " ".join(sys.argv), "executor": executor.describe(), "counts": counts}, indent=2, default=str))
@@ -131,7 +134,7 @@ def cmd_run(args) -> int:
             print(f"report: {path}")
         except ImportError:
             pass
-    print(f"results: {out / 'results.parquet'}")
+    print(f"results: {store.results_path(out)}")
     return 0
 
 
@@ -219,7 +222,8 @@ def cmd_train(args) -> int:
     from bench.train import train_grid
     config, name = _load_config(args)
     grid = expand(config, name=name)
-    train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve)
+    train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve,
+               recipe=args.recipe)
     return 0
 
 

@@ -18,17 +18,14 @@ dataset cache must be visible to the workers at the same paths (a shared filesys
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 
 from bench import store
 from bench.config import Cell
-from bench.runner import run_cell
+from bench.runner import CellResult, param_columns, run_cell
 from assimbench.errors import ConfigError
 
 #: seconds to wait for a Dask scheduler before giving up with a ConfigError
@@ -36,25 +33,11 @@ CONNECT_TIMEOUT_S = 5.0
 DASK_INSTALL = "pip install 'assimbench[dask]'"
 
 
-def _write_npz(path: Path, arrays: dict) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    store.atomic_write_bytes(path, buf.getvalue())
-
-
 def run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool) -> tuple[str, str]:
-    """Run a cell and write its file atomically (in whichever process runs it)."""
-    out = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors)
-    extras = out.get("extras") or {}
-    if out["snapshots"]:
-        _write_npz(run_dir / "snapshots" / f"{cell.cell_id}.npz", out["snapshots"])
-    if extras.get("latent"):
-        _write_npz(run_dir / "extras" / f"{cell.cell_id}.latent.npz", extras["latent"])
-    if extras.get("surrogate"):
-        store.atomic_write_bytes(run_dir / "extras" / f"{cell.cell_id}.json",
-                                 json.dumps({"surrogate": extras["surrogate"]}, indent=1).encode())
-    store.write_cell(run_dir, cell.cell_id, out)  # last: its presence marks the cell finished
-    return cell.cell_id, out["row"]["status"]
+    """Run a cell and write its result atomically (in whichever process runs it)."""
+    result = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors)
+    store.write_result(run_dir, result)
+    return cell.cell_id, result.status
 
 
 def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool, plugins: Sequence[str] = (),
@@ -227,9 +210,9 @@ class DaskExecutor(Executor):
             except d.KilledWorker:
                 # the cell killed every worker it ran on (segfault, out of memory): that is data, not a crash
                 cell_id, status = c.cell_id, _record_killed(c, run_dir)
-            if not (Path(run_dir) / "cells" / f"{cell_id}.json").exists():
+            if not store.cell_path(run_dir, cell_id).exists():
                 raise ConfigError(f"a Dask worker finished cell {cell_id} but its file is not in "
-                                  f"{Path(run_dir) / 'cells'} as this machine sees it: the run folder (--out) "
+                                  f"{store.cells_dir(run_dir)} as this machine sees it: the run folder (--out) "
                                   f"must be on a filesystem shared by the client and every worker, at the same path")
             yield cell_id, status
 
@@ -239,11 +222,8 @@ def _record_killed(cell: Cell, run_dir: Path) -> str:
     row = {"cell_id": cell.cell_id, "status": "failed", "n_cycles": 0,
            "error": "KilledWorker: every Dask worker that ran this cell died (out of memory or a crash in native "
                     "code); rerun with --retry-failed after fixing the cause",
-           "p_problem": cell.problem, "p_method": cell.method, "p_problem_name": cell.problem,
-           "p_method_name": cell.method, "p_n_ens": cell.n_ens, "p_seed": cell.seed, "p_device": cell.device,
-           "p_dtype": cell.dtype, "p_spinup": cell.spinup,
-           "p_coverage": float(cell.odict.get("coverage", 1.0)), "p_noise": float(cell.odict.get("noise", 0.1))}
-    store.write_cell(Path(run_dir), cell.cell_id, {"cell": cell.to_dict(), "row": row, "cycles": []})
+           **param_columns(cell)}
+    store.write_result(Path(run_dir), CellResult(cell.to_dict(), row, []))
     return "failed"
 
 

@@ -35,10 +35,8 @@ import numpy as np
 import pandas as pd
 
 from assimbench.errors import ConfigError
-
-RESULTS_FILE = "results.parquet"
-CYCLES_FILE = "cycles.parquet"
-RUN_FILE = "run.json"
+from bench import store
+from bench.store import load_cycles, load_results, load_run_info, resolve_run_dir
 
 #: Columns that define one setting of the summary (seeds are averaged over).
 SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise", "p_device", "p_method")
@@ -56,39 +54,6 @@ _FRIENDLY = {"p_problem": "problem", "p_method": "method", "p_n_ens": "n_ens", "
 
 # ==============================================================================================================
 # loading
-
-
-def _run_dir(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
-    if path.is_file() and path.name == RESULTS_FILE:
-        path = path.parent
-    if not (path / RESULTS_FILE).is_file():
-        if not path.exists():
-            raise ConfigError(f"run directory {str(path)!r} does not exist")
-        raise ConfigError(f"{str(path)!r} is not a run directory: it has no {RESULTS_FILE} "
-                          f"(made by `bench run --out {path}`)")
-    return path
-
-
-def load_results(run_dir: str | Path) -> pd.DataFrame:
-    """The per-cell results table of a run directory (``DIR/results.parquet``)."""
-    return pd.read_parquet(_run_dir(run_dir) / RESULTS_FILE)
-
-
-def load_cycles(run_dir: str | Path) -> pd.DataFrame:
-    """The per-cycle table of a run directory, or an empty frame when the run wrote none."""
-    path = _run_dir(run_dir) / CYCLES_FILE
-    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
-
-
-def load_run_info(run_dir: str | Path) -> dict[str, Any]:
-    """``DIR/run.json`` (config, provenance, start and end times, command), or ``{}`` when absent/unreadable."""
-    path = _run_dir(run_dir) / RUN_FILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError) as e:
-        warnings.warn(f"could not read {path}: {e}", stacklevel=2)
-        return {}
 
 
 def _as_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -452,19 +417,10 @@ def _setting_text(setting: dict[str, Any]) -> str:
     return " · ".join(f"{short.get(k, k)}={_val(v)}" for k, v in setting.items())
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        warnings.warn(f"could not read {path}: {e}", stacklevel=2)
-        return None
-
-
-def _surrogate_html(res_ok: pd.DataFrame, extras: Path) -> str:
+def _surrogate_html(res_ok: pd.DataFrame, run_dir: Path) -> str:
     rows = []
     for _, r in res_ok.iterrows():
-        path = extras / f"{r['cell_id']}.json"
+        path = store.surrogate_path(run_dir, r["cell_id"])
         if not path.is_file():
             continue
         try:
@@ -548,14 +504,13 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         ("Time per cycle", b.figures(plots.timing_figures, res, b.img, slug)),
     ]
     # one setting and seed for the fields, parameters and latent trajectories
-    snap_dir = b.run_dir / "snapshots"
-    with_snap = res_ok[res_ok["cell_id"].map(lambda c: (snap_dir / f"{c}.npz").is_file())] \
-        if snap_dir.is_dir() and len(res_ok) else res_ok.iloc[:0]
+    snap = lambda c: store.snapshot_path(b.run_dir, c)  # noqa: E731
+    with_snap = res_ok[res_ok["cell_id"].map(lambda c: snap(c).is_file())] if len(res_ok) else res_ok.iloc[:0]
     if len(with_snap):
         setting = _pick_setting(with_snap)
         snaps = {}
         for _, r in _match(with_snap, setting).iterrows():
-            z = _load_npz(snap_dir / f"{r['cell_id']}.npz")
+            z = store.load_npz(snap(r["cell_id"]))
             if z is not None:
                 snaps[r["p_method"]] = z
         figs = b.figures(plots.snapshot_figures, snaps, b.img, slug)
@@ -567,18 +522,17 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         rows = _match(has_param, setting)
         sections.append((f"Parameter estimates ({_setting_text(setting)})",
                           b.figures(plots.parameter_figure, rows, b.img, palette, slug, _setting_text(setting))))
-    extras = b.run_dir / "extras"
     latent_html = ""
-    if extras.is_dir() and len(res_ok):
-        latent_html = _surrogate_html(res_ok, extras)
-        with_lat = res_ok[res_ok["cell_id"].map(lambda c: (extras / f"{c}.latent.npz").is_file())]
+    if len(res_ok):
+        latent_html = _surrogate_html(res_ok, b.run_dir)
+        with_lat = res_ok[res_ok["cell_id"].map(lambda c: store.latent_path(b.run_dir, c).is_file())]
         if len(with_lat):
             setting = _pick_setting(with_lat)
             chosen = _match(with_lat, setting)
             picked = {r["p_method"]: r["cell_id"] for _, r in chosen.iterrows()}
             for m, g in with_lat.groupby("p_method"):  # methods not in that setting: their first cell
                 picked.setdefault(m, g.sort_values([c for c in ("p_seed",) if c in g])["cell_id"].iloc[0])
-            lat = {m: z for m, c in picked.items() if (z := _load_npz(extras / f"{c}.latent.npz")) is not None}
+            lat = {m: z for m, c in picked.items() if (z := store.load_npz(store.latent_path(b.run_dir, c))) is not None}
             sections.append((f"Latent trajectories ({_setting_text(setting)})",
                              b.figures(plots.latent_figure, lat, b.img, slug)))
     for title, figs in sections:
@@ -611,7 +565,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
         ``summary.md``, ``summary.csv`` (the :func:`summary_table`) and ``results.csv`` (every cell).
     """
     t0 = time.perf_counter()
-    run_dir = _run_dir(run_dir)
+    run_dir = resolve_run_dir(run_dir)
     res = load_results(run_dir)
     cyc = load_cycles(run_dir)
     info = load_run_info(run_dir)
