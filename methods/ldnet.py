@@ -1,4 +1,5 @@
-"""Latent-dynamics networks (LDNet, as modified by LD-EnSF) and the causal LSTM observation encoder.
+"""Latent-dynamics networks (LDNet: Regazzoni et al., Nat. Commun. 15, 1834, 2024; as modified by LD-EnSF) and the
+causal LSTM observation encoder.
 
 All networks work in normalised units:
 

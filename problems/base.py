@@ -11,7 +11,6 @@ Conventions (all problems):
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -25,7 +24,7 @@ from typing import ClassVar, Literal
 import torch
 
 from assimbench.errors import ConfigError
-from assimbench.naming import content_hash, param_name, params_of
+from assimbench.naming import build, content_hash, param_name, params_of
 
 
 log = logging.getLogger("assimbench.data")
@@ -647,6 +646,5 @@ def lattice_stride(shape: tuple[int, ...], coverage: float) -> int:
 
 def bind_observer(problem: Problem, dataset: Dataset | None, **params) -> Observer:
     """Build an :class:`Observer` for ``problem`` from user ``params`` (typed and checked)."""
-    from assimbench.naming import build
     std = tuple(float(s) for s in dataset.field_std) if dataset is not None else ()
     return build(Observer, params, "observer", problem=problem, field_std=std)

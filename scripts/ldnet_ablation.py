@@ -1,4 +1,4 @@
-"""Time-to-accuracy of one LDNet training recipe (no encoder, no artifact): the ablation behind issue 5's curve.
+"""Time-to-accuracy of one LDNet training recipe (no encoder, no artifact): the ablation in docs/training.md.
 
 Usage::
 
