@@ -239,7 +239,8 @@ class LDEnSF(SamplerFields, Method):
             return {"ldnet": net}, {"ldnet": net.config()}, summary
 
         art_ld = tr.load_or_train("ldnet", self.name, pb.label, {"dataset": pb.data_key()},
-                                  ld_cfg.identity(), train_ld, ctx.cache_dir, ctx.progress)
+                                  ld_cfg.identity(), train_ld, ctx.cache_dir, ctx.progress,
+                                  dataset=ds, rescore=tr.rescore_ldnet(pb, ds))
         net = LDNet.from_config(art_ld.config["networks"]["ldnet"])
         net.load_state_dict(art_ld.weights["ldnet"])
         net.eval()
@@ -251,7 +252,8 @@ class LDEnSF(SamplerFields, Method):
 
         data = {"dataset": pb.data_key(), "observer": tr.observer_layout(obs), "ldnet": art_ld.key}
         art_enc = tr.load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
-                                   ctx.cache_dir, ctx.progress)
+                                   ctx.cache_dir, ctx.progress, dataset=ds,
+                                   rescore=tr.rescore_encoder(net, pb, obs, ds))
         enc = ObsEncoder.from_config(art_enc.config["networks"]["encoder"])
         enc.load_state_dict(art_enc.weights["encoder"])
         enc.eval()
@@ -260,7 +262,7 @@ class LDEnSF(SamplerFields, Method):
         self.net = net.to(ctx.device, ctx.dtype)
         self.encoder = enc.to(ctx.device, ctx.dtype)
         self.artifacts = {"ldnet": art_ld, "encoder": art_enc}
-        self._plo, self._phi = tr.param_normalizer(pb)
+        self._p_lo, self._p_hi = tr.param_normalizer(pb)
         self._grid = self.net.normalize_coords(pb.coords().to(ctx.device, ctx.dtype))
         self._field_mean = ds.field_mean.to(ctx.device, ctx.dtype)
         self._field_std = ds.field_std.to(ctx.device, ctx.dtype)
@@ -308,7 +310,7 @@ class LDEnSF(SamplerFields, Method):
         from methods.training import normalize_params
         self.generator = generator
         ctx = self.ctx
-        u = normalize_params(params.to(ctx.device, torch.float64), self._plo, self._phi).to(ctx.dtype)
+        u = normalize_params(params.to(ctx.device, torch.float64), self._p_lo, self._p_hi).to(ctx.dtype)
         with torch.no_grad():
             s = self.net.initial(u)
         return LatentState(s, u, 0, None)
@@ -345,7 +347,7 @@ class LDEnSF(SamplerFields, Method):
     def estimate_params(self, state: LatentState) -> torch.Tensor:
         """``(N, P)`` parameters in physical units."""
         from methods.training import denormalize_params
-        return denormalize_params(state.u.to(torch.float64), self._plo, self._phi).to(state.u.dtype)
+        return denormalize_params(state.u.to(torch.float64), self._p_lo, self._p_hi).to(state.u.dtype)
 
     # ---- continuous time and space ---------------------------------------------------------------------------
     @torch.no_grad()
