@@ -51,7 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare two results folders cell by cell")
     c.add_argument("dir_a")
     c.add_argument("dir_b")
-    c.add_argument("--threshold", type=float, default=0.1, help="relative change flagged as a regression")
+    c.add_argument("--threshold", type=float, default=0.1,
+                   help="accuracy: relative growth of the seed-mean rRMSE flagged (if also beyond the seed spread)")
+    c.add_argument("--min-effect", type=float, default=0.25,
+                   help="time: smallest slowdown judged (0.25: median B/A > 1.25)")
+    c.add_argument("--alpha", type=float, default=0.01, help="time: significance level of the Mann-Whitney test")
+    c.add_argument("--floor-ms", type=float, default=5.0, help="time: phases below this median are not judged")
+    c.add_argument("--time-basis", choices=("auto", "cpu", "wall"), default="auto",
+                   help="per-cycle samples tested: process CPU time (immune to other load), wall time, or auto "
+                        "(CPU time for CPU cells that recorded it)")
+    c.add_argument("--pair", metavar="NAME[=A,B]",
+                   help="match cells that differ in this one parameter (e.g. inflation, or inflation=1.05,1.1 "
+                        "to pick a value from each run; give one folder twice to compare inside a run)")
+    c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when something regressed")
+    c.add_argument("--only-regressions", action="store_true", help="list only the flagged cells")
 
     t = sub.add_parser("train", help="train the networks of the learned methods in a grid, without assimilating")
     t.add_argument("config", nargs="?")
@@ -186,9 +199,13 @@ def cmd_report(args) -> int:
 
 def cmd_compare(args) -> int:
     from bench.compare import compare, format_compare
-    df = compare(Path(args.dir_a), Path(args.dir_b), threshold=args.threshold)
-    print(format_compare(df))
-    return 0
+    from bench.store import load_results
+    for d in (args.dir_a, args.dir_b):
+        load_results(d)  # clear error for a folder that is not a results folder
+    df = compare(Path(args.dir_a), Path(args.dir_b), threshold=args.threshold, min_effect=args.min_effect,
+                 alpha=args.alpha, floor_s=args.floor_ms / 1e3, time_basis=args.time_basis, pair=args.pair)
+    print(format_compare(df, only_regressions=args.only_regressions))
+    return 1 if args.fail_on_regression and bool(df["regression"].any()) else 0
 
 
 def cmd_train(args) -> int:
