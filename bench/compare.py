@@ -209,7 +209,7 @@ def compare(dir_a: str | Path | pd.DataFrame, dir_b: str | Path | pd.DataFrame, 
     DataFrame
         One row per cell present in either run: the key columns (values from A, else B); ``match`` in
         {"both", "only_a", "only_b"}; ``status_A``/``status_B``; ``rrmse_a_A``/``_B``, ``rrmse_a_diff``
-        (B - A), ``rrmse_a_rel`` (B / A - 1); for each timing column ``c`` of the results table ``c_A``, ``c_B``
+        (B - A), ``rrmse_a_rel`` (B / A - 1); with ``pair``, the columns left out of the key as ``c_A``, ``c_B``; for each timing column ``c`` of the results table ``c_A``, ``c_B``
         and ``c_ratio``; for each phase ``ph``: ``ph_ratio`` (ratio of per-cycle medians), ``ph_p`` (test
         p-value) and ``ph_judged`` (above the floor with samples on both sides); ``slow_phases`` (text);
         ``time_basis`` (``cpu``, ``wall``, or ``mean`` where no samples were found);
@@ -237,7 +237,9 @@ def compare(dir_a: str | Path | pd.DataFrame, dir_b: str | Path | pd.DataFrame, 
             and b["p_device"].nunique() == 1 and a["p_device"].iloc[0] != b["p_device"].iloc[0]
             and "p_device" not in ignored):
         ignored.append("p_device")
-    key = [c for c in a.columns if c.startswith("p_") and c in b.columns and c not in _NOT_KEYS
+    # a label left out (p_method) still leaves the family (p_method_name) in the key
+    not_keys = {c for c in _NOT_KEYS if c.removesuffix("_name") not in ignored or c in ignored}
+    key = [c for c in a.columns if c.startswith("p_") and c in b.columns and c not in not_keys
            and c not in ignored]
     if not key:
         raise ConfigError("the two runs share no p_* parameter columns: nothing to match cells on")
@@ -251,6 +253,8 @@ def compare(dir_a: str | Path | pd.DataFrame, dir_b: str | Path | pd.DataFrame, 
             raise ConfigError(f"run {name} has {dup} cells with the same parameters; cannot match them one to one"
                               + (" (is --pair naming a parameter that is not the only difference?)" if pair else ""))
     values = ["status", ACCURACY_COLUMN, *TIME_COLUMNS, "cell_id"]
+    if pair:  # what differs, side by side
+        values += [c for c in ignored if c in a.columns and c in b.columns and c.startswith("p_")]
     pick = lambda df: df[kcols + key + [c for c in values if c in df.columns]]  # noqa: E731
     m = pick(a).merge(pick(b), on=kcols, how="outer", suffixes=("_A", "_B"), indicator=True)
     cols: dict[str, Any] = {}
@@ -394,6 +398,9 @@ def format_compare(df: pd.DataFrame, only_regressions: bool = False) -> str:
     table = pd.DataFrame({
         **{c.removeprefix("p_"): rows[c].map(lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v))
                                              else (f"{v:g}" if isinstance(v, float) else str(v))) for c in shown},
+        **({f"{at['ignored'][0].removeprefix('p_')} A/B": rows[f"{at['ignored'][0]}_A"].astype(str) + "/"
+            + rows[f"{at['ignored'][0]}_B"].astype(str)}
+           if at.get("pair") and f"{at['ignored'][0]}_A" in rows else {}),
         "status A/B": rows["status_A"].astype(str) + "/" + rows["status_B"].astype(str),
         "rRMSE A": rows[f"{ACCURACY_COLUMN}_A"].map(_num),
         "rRMSE B": rows[f"{ACCURACY_COLUMN}_B"].map(_num),
