@@ -368,6 +368,12 @@ def _num(x: Any) -> str:
     return f"{x:.4g}" if math.isfinite(x) else "–"
 
 
+def _val(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def format_compare(df: pd.DataFrame, only_regressions: bool = False) -> str:
     """A terminal report of :func:`compare`: one headline, then a table (``!!`` marks regressions)."""
     at = df.attrs
@@ -390,16 +396,19 @@ def format_compare(df: pd.DataFrame, only_regressions: bool = False) -> str:
                  f"p < {at['alpha']:g} (per-cycle samples, phases under {1e3 * at['floor_s']:g} ms not judged; "
                  f"{n_judged} phase(s) judged); accuracy: seed-mean rRMSE up > {at['threshold']:g} relative and "
                  f"> {at['seed_z']:g} standard errors over seeds")
-    rows = df[df["regression"]] if only_regressions else both
+    df = df.copy()
+    for c in ("p_problem", "p_method"):  # left out of the key by --pair: show A's label
+        if c not in df.columns and f"{c}_A" in df.columns:
+            df[c] = df[f"{c}_A"]
+    rows = df[df["regression"]] if only_regressions else df[df["match"] == "both"]
     if rows.empty:
         return head
     shown = [c for c in ("p_problem", "p_method", "p_n_ens", "p_coverage", "p_noise", "p_seed", "p_device")
              if c in df.columns and (c in ("p_problem", "p_method") or df[c].nunique(dropna=False) > 1)]
     table = pd.DataFrame({
-        **{c.removeprefix("p_"): rows[c].map(lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v))
-                                             else (f"{v:g}" if isinstance(v, float) else str(v))) for c in shown},
-        **({f"{at['ignored'][0].removeprefix('p_')} A/B": rows[f"{at['ignored'][0]}_A"].astype(str) + "/"
-            + rows[f"{at['ignored'][0]}_B"].astype(str)}
+        **{c.removeprefix("p_"): rows[c].map(_val) for c in shown},
+        **({f"{at['ignored'][0].removeprefix('p_')} A/B": rows[f"{at['ignored'][0]}_A"].map(_val) + "/"
+            + rows[f"{at['ignored'][0]}_B"].map(_val)}
            if at.get("pair") and f"{at['ignored'][0]}_A" in rows else {}),
         "status A/B": rows["status_A"].astype(str) + "/" + rows["status_B"].astype(str),
         "rRMSE A": rows[f"{ACCURACY_COLUMN}_A"].map(_num),
