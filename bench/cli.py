@@ -66,6 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when something regressed")
     c.add_argument("--only-regressions", action="store_true", help="list only the flagged cells")
 
+    g = sub.add_parser("gpu-check", help="run every method and problem, and the default preset's PDE block, on "
+                                         "the GPU and the CPU; print a CPU / GPU table")
+    g.add_argument("--out", default="results/gpu-check", help="folder for the run folders and gpu_check.csv")
+    g.add_argument("--device", default="cuda", help="cuda or cuda:N (cpu: dry-run the check without a GPU)")
+    g.add_argument("--part", action="append", choices=("coverage", "pde"),
+                   help="run only this part (repeatable; default both)")
+    g.add_argument("--seeds", type=int, default=1, help="seeds of the PDE block (default 1)")
+    g.add_argument("--cache", help="dataset/model cache folder")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
     t = sub.add_parser("train", help="train the networks of the learned methods in a grid, without assimilating")
     t.add_argument("config", nargs="?")
     t.add_argument("--preset")
@@ -208,6 +218,16 @@ def cmd_compare(args) -> int:
     return 1 if args.fail_on_regression and bool(df["regression"].any()) else 0
 
 
+def cmd_gpu_check(args) -> int:
+    from bench.gpucheck import format_table, gpu_check
+    table = gpu_check(Path(args.out), args.device, parts=tuple(args.part or ("coverage", "pde")), seeds=args.seeds,
+                      cache_dir=Path(args.cache) if args.cache else None, progress=not args.quiet)
+    print(format_table(table, table.attrs.get("gpu_name", args.device)))
+    print(f"table: {Path(args.out) / 'gpu_check.csv'}")
+    mismatch = "device_mismatch" in table.columns and bool(table["device_mismatch"].any())
+    return 1 if mismatch else 0  # a cell that fails on one device only
+
+
 def cmd_train(args) -> int:
     from bench.config import expand
     from bench.train import train_grid
@@ -218,7 +238,7 @@ def cmd_train(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "report": cmd_report, "compare": cmd_compare,
-            "train": cmd_train}
+            "train": cmd_train, "gpu-check": cmd_gpu_check}
 
 
 def main(argv: list[str] | None = None) -> int:
