@@ -39,7 +39,7 @@ from assimbench.naming import content_hash, public_fields
 PRESET_DIR = Path(__file__).parent / "presets"
 
 EXPERIMENT_KEYS = {"problems", "observers", "methods", "n_ens", "seeds", "spinup", "device", "dtype",
-                   "score_between"}
+                   "score_between", "timing_repeats"}
 TOP_KEYS = EXPERIMENT_KEYS | {"name", "description", "plugins", "experiments", "expected"}
 DTYPES = ("float32", "float64")
 #: the largest ``seeds: n`` count (a guard against a typo such as ``seeds: 1e9``)
@@ -61,6 +61,8 @@ class Cell:
     dtype: str = "float32"
     spinup: int = 0
     score_between: int = 0
+    #: extra timings of each cycle from the same state (a measurement setting: no p_* column, metrics unchanged)
+    timing_repeats: int = 0
 
     @property
     def pdict(self) -> dict:
@@ -77,6 +79,8 @@ class Cell:
     @property
     def cell_id(self) -> str:
         extra = (self.score_between,) if self.score_between else ()  # ids of cells without it stay as they were
+        if self.timing_repeats:
+            extra = (self.score_between, ("timing_repeats", self.timing_repeats))
         return content_hash(self.problem, self.pdict, self.odict, self.method, self.mdict, self.n_ens,
                             self.seed, self.device, self.dtype, self.spinup, *extra, n=16)
 
@@ -84,13 +88,13 @@ class Cell:
         return {"problem": self.problem, "problem_params": self.pdict, "observer": self.odict,
                 "method": self.method, "method_params": self.mdict, "n_ens": self.n_ens, "seed": self.seed,
                 "device": self.device, "dtype": self.dtype, "spinup": self.spinup,
-                "score_between": self.score_between}
+                "score_between": self.score_between, "timing_repeats": self.timing_repeats}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         return cls(d["problem"], freeze(d["problem_params"]), freeze(d["observer"]), d["method"],
                    freeze(d["method_params"]), d["n_ens"], d["seed"], d["device"], d["dtype"], d["spinup"],
-                   d.get("score_between", 0))
+                   d.get("score_between", 0), d.get("timing_repeats", 0))
 
 
 def freeze(d: dict) -> tuple:
@@ -247,6 +251,7 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
             seeds = _int_list(seeds, "seeds", 0)
         spinup = _one_int(exp, "spinup", "cycles left out of the averages")
         between = _one_int(exp, "score_between", "times scored inside each observation interval")
+        repeats = _one_int(exp, "timing_repeats", "extra timings of each cycle")
         dev = device or exp.get("device", "cpu")
         check_device(dev)
         dtype = exp.get("dtype", "float32")
@@ -275,7 +280,7 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                             methods.get(mname, **mp)
                             for n, s in itertools.product(n_ens, seeds):
                                 cells.append(Cell(pname, freeze(pp), freeze(op), mname, freeze(mp), n, s,
-                                                  dev, dtype, spinup, between))
+                                                  dev, dtype, spinup, between, repeats))
     seen, unique = set(), []
     for c in cells:
         if c.cell_id not in seen:
