@@ -1,4 +1,4 @@
-"""The `bench` command line: run, list, show, report, compare, train.
+"""The `bench` command line: run, list, show, report, compare, train, tune.
 
 Every bad input (unknown name, misspelled key, wrong type, impossible value, unreadable YAML, a missing GPU)
 ends with exit code 2 and a one-paragraph message, never a traceback.
@@ -82,6 +82,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--cache")
     t.add_argument("--ship", action="store_true", help="also copy the artifacts into methods/artifacts/")
     t.add_argument("--curve", help="CSV path prefix for time-to-accuracy curves")
+
+    tu = sub.add_parser("tune", help="tune methods' declared hyperparameters on validation truths; writes a tuned "
+                                     "preset (OUT/tuned.yaml) for `bench run`")
+    tu.add_argument("config", nargs="?", help="YAML grid file (default: --preset default)")
+    tu.add_argument("--preset")
+    tu.add_argument("--method", action="append", help="method to tune (repeatable; default: every method of the "
+                                                      "grid that declares tunables)")
+    tu.add_argument("--problem", help="only this problem's cells of the grid")
+    tu.add_argument("--params", help="comma-separated tunables to search (default: all the method declares)")
+    tu.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH",
+                    help="override a tunable's search range (repeatable)")
+    tu.add_argument("--budget", type=int, default=24, help="cells per setting (a trial costs --tune-seeds cells)")
+    tu.add_argument("--tune-seeds", type=int, default=2, help="validation truths per trial (default 2)")
+    tu.add_argument("--metric", default="rrmse_a", help="score to minimise (default rrmse_a)")
+    tu.add_argument("--sampler", default="auto", help="auto (grid for one parameter, else TPE), tpe or grid")
+    tu.add_argument("--out", help="tuning folder (rerunning into it resumes; default tune/<timestamp>)")
+    tu.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
+    tu.add_argument("--cache")
+    tu.add_argument("--quiet", action="store_true")
     return ap
 
 
@@ -180,6 +199,10 @@ def cmd_list(args) -> int:
                 continue
             print(f"  {n}: {(cls.__doc__ or '').strip().splitlines()[0]}")
             print(textwrap.indent(textwrap.fill(describe(cls), 100), "      "))
+            tun = getattr(cls, "tunable", None) or {}
+            if tun:
+                print(textwrap.indent(textwrap.fill("bench tune searches: " + ", ".join(
+                    f"{k} [{t.low:g}, {t.high:g}]{' log' if t.log else ''}" for k, t in tun.items()), 100), "      "))
 
     section("problems", problems)
     print("observer parameters:")
@@ -237,8 +260,27 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from bench.tune import plan, run_tune
+    config, name = _load_config(args)
+    params = [p.strip() for p in args.params.split(",")] if args.params is not None else None
+    p = plan(config, name, methods_=args.method, problem=args.problem, params=params, ranges=args.range,
+             budget=args.budget, tune_seeds=args.tune_seeds, metric=args.metric, sampler=args.sampler,
+             device=args.device)
+    out = Path(args.out) if args.out else Path("tune") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    n = sum(len(s) for s in p.settings.values())
+    print(f"bench tune: {n} setting(s), up to {p.n_trials} trial(s) x {len(p.tune_seeds)} cell(s) each -> {out}",
+          file=sys.stderr)
+    path = run_tune(p, out, cache_dir=Path(args.cache) if args.cache else None, progress=not args.quiet,
+                    command=" ".join(["bench", *sys.argv[1:]]))
+    print(f"tuned preset: {path}  (bench run {path})")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "report": cmd_report, "compare": cmd_compare,
-            "train": cmd_train, "gpu-check": cmd_gpu_check}
+            "train": cmd_train, "tune": cmd_tune, "gpu-check": cmd_gpu_check}
 
 
 def main(argv: list[str] | None = None) -> int:

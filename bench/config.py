@@ -14,6 +14,7 @@ A config file is a mapping::
     seeds: 3                          # an int n means seeds 0..n-1, or a list
     spinup: 50                        # cycles excluded from time averages
     score_between: 0                  # also score k equally spaced times inside each observation interval
+    init: climatology                 # the initial ensemble: climatology, or {perturbed: s} = truth_0 + N(0, s^2 I)
     device: cpu
     dtype: float32
 
@@ -21,11 +22,20 @@ Keys joined by a comma tie parameters together (``"variant, inflation": [[sqrt, 
 a method may also be given as a list of parameter mappings. A problem entry may carry an ``observer:`` mapping
 that overrides the top-level ``observers`` for that problem. ``experiments:`` is a list of such blocks; the
 top-level keys are defaults for each, and the run is their union.
+
+``init`` chooses the initial ensemble (a list sweeps): ``climatology`` (the default) draws the members from the
+problem's initial distribution, independently of the truth; ``{perturbed: s}`` starts them near the truth, as the
+twin experiments of Sakov & Oke (2008) and DAPPER do: truth and members are independent draws of
+``x0 + N(0, s^2 I)`` around a common centre ``x0``, i.e. members ``= truth_0 + s (c + e_i)`` with ``c, e_i ~ N(0, I)``
+(``c`` shared, from a seed of the problem and the seed only). The parameters are drawn from the prior either way.
+``tuned: [METHOD, ...]`` marks the methods of a block whose parameters were chosen by ``bench tune`` (the results'
+``p_tuned`` column); ``bench tune`` writes it.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +49,8 @@ from assimbench.naming import content_hash, public_fields
 PRESET_DIR = Path(__file__).parent / "presets"
 
 EXPERIMENT_KEYS = {"problems", "observers", "methods", "n_ens", "seeds", "spinup", "device", "dtype",
-                   "score_between", "timing_repeats"}
-TOP_KEYS = EXPERIMENT_KEYS | {"name", "description", "plugins", "experiments", "expected"}
+                   "score_between", "init", "tuned", "timing_repeats"}
+TOP_KEYS = EXPERIMENT_KEYS | {"name", "description", "plugins", "experiments", "expected", "source", "tuning"}
 DTYPES = ("float32", "float64")
 #: the largest ``seeds: n`` count (a guard against a typo such as ``seeds: 1e9``)
 MAX_SEEDS = 100_000
@@ -61,6 +71,12 @@ class Cell:
     dtype: str = "float32"
     spinup: int = 0
     score_between: int = 0
+    #: the initial ensemble: ``climatology`` or ``perturbed(std=s)`` (see :func:`parse_init`)
+    init: str = "climatology"
+    #: where the truth comes from: the ``test`` split (every run) or ``valid`` (``bench tune``'s tuning truths)
+    truth_split: str = "test"
+    #: the method's parameters were chosen by ``bench tune`` (a results flag; the computation is the same)
+    tuned: bool = False
     #: extra timings of each cycle from the same state (a measurement setting: no p_* column, metrics unchanged)
     timing_repeats: int = 0
 
@@ -79,8 +95,10 @@ class Cell:
     @property
     def cell_id(self) -> str:
         extra = (self.score_between,) if self.score_between else ()  # ids of cells without it stay as they were
-        if self.timing_repeats:
-            extra = (self.score_between, ("timing_repeats", self.timing_repeats))
+        extra += tuple(f"{k}={v}" for k, v, d in (("init", self.init, "climatology"),
+                                                  ("truth", self.truth_split, "test"),
+                                                  ("tuned", self.tuned, False),
+                                                  ("timing_repeats", self.timing_repeats, 0)) if v != d)
         return content_hash(self.problem, self.pdict, self.odict, self.method, self.mdict, self.n_ens,
                             self.seed, self.device, self.dtype, self.spinup, *extra, n=16)
 
@@ -88,13 +106,15 @@ class Cell:
         return {"problem": self.problem, "problem_params": self.pdict, "observer": self.odict,
                 "method": self.method, "method_params": self.mdict, "n_ens": self.n_ens, "seed": self.seed,
                 "device": self.device, "dtype": self.dtype, "spinup": self.spinup,
-                "score_between": self.score_between, "timing_repeats": self.timing_repeats}
+                "score_between": self.score_between, "init": self.init, "truth_split": self.truth_split,
+                "tuned": self.tuned, "timing_repeats": self.timing_repeats}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         return cls(d["problem"], freeze(d["problem_params"]), freeze(d["observer"]), d["method"],
                    freeze(d["method_params"]), d["n_ens"], d["seed"], d["device"], d["dtype"], d["spinup"],
-                   d.get("score_between", 0), d.get("timing_repeats", 0))
+                   d.get("score_between", 0), d.get("init", "climatology"), d.get("truth_split", "test"),
+                   d.get("tuned", False), d.get("timing_repeats", 0))
 
 
 def freeze(d: dict) -> tuple:
@@ -198,6 +218,36 @@ def _one_int(exp: dict, key: str, meaning: str) -> int:
     return v[0]
 
 
+INIT_FORMS = "climatology, or {perturbed: s} with a number s > 0 (members = truth_0 + N(0, s^2 I))"
+TRUTH_SPLITS = ("test", "valid")
+
+
+def parse_init(value: Any) -> str:
+    """The canonical name of an initial-ensemble choice: ``climatology`` or ``perturbed(std=s)``.
+
+    Accepts ``climatology``, a mapping ``{perturbed: s}`` and the canonical string itself; anything else raises
+    ConfigError naming the valid forms.
+    """
+    if value == "climatology":
+        return value
+    s = None
+    if isinstance(value, dict) and list(value) == ["perturbed"]:
+        s = value["perturbed"]
+    elif isinstance(value, str) and value.startswith("perturbed(std=") and value.endswith(")"):
+        try:
+            s = float(value[len("perturbed(std="):-1])
+        except ValueError:
+            s = None
+    if isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0:
+        return f"perturbed(std={float(s):g})"
+    raise ConfigError(f"init={value!r} is not an initial ensemble; valid: {INIT_FORMS}")
+
+
+def init_std(init: str) -> float:
+    """The perturbation std of a canonical ``perturbed(std=s)`` init (NaN for climatology)."""
+    return float(init[len("perturbed(std="):-1]) if init.startswith("perturbed") else float("nan")
+
+
 @dataclass
 class Grid:
     """The expanded, validated grid."""
@@ -254,6 +304,16 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
         repeats = _one_int(exp, "timing_repeats", "extra timings of each cycle")
         dev = device or exp.get("device", "cpu")
         check_device(dev)
+        inits = [parse_init(v) for v in (exp["init"] if isinstance(exp.get("init"), list) else
+                                         [exp.get("init", "climatology")])]
+        if not inits:
+            raise ConfigError(f"{where}: init is an empty list; valid: {INIT_FORMS}")
+        tuned = exp.get("tuned") or []
+        if not isinstance(tuned, list) or not all(isinstance(t, str) for t in tuned):
+            raise ConfigError(f"{where}: tuned must be a list of method names (those bench tune tuned), got {tuned!r}")
+        for t in tuned:
+            if t not in exp["methods"]:
+                raise unknown("tuned method", t, list(exp["methods"]), where=where)
         dtype = exp.get("dtype", "float32")
         if dtype not in DTYPES:
             raise ConfigError(f"dtype={dtype!r} is not supported; valid: {', '.join(DTYPES)}")
@@ -278,9 +338,10 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                         mcls = methods.cls(mname)
                         for mp in expand_params(mcls, mspec, f"method {mname}"):
                             methods.get(mname, **mp)
-                            for n, s in itertools.product(n_ens, seeds):
+                            for n, s, ini in itertools.product(n_ens, seeds, inits):
                                 cells.append(Cell(pname, freeze(pp), freeze(op), mname, freeze(mp), n, s,
-                                                  dev, dtype, spinup, between, repeats))
+                                                  dev, dtype, spinup, between, ini, "test", mname in tuned,
+                                                  repeats))
     seen, unique = set(), []
     for c in cells:
         if c.cell_id not in seen:

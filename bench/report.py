@@ -137,6 +137,9 @@ def summary_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         stats = g[metrics].agg(["mean", "std"])
         stats.columns = [f"{m}_{s}" for m, s in stats.columns]
         out = out.join(stats)
+    if "p_tuned" in df.columns:  # settings chosen by `bench tune` (a tuned preset's `tuned:` list)
+        out = out.join(df.assign(_t=df["p_tuned"].fillna(False).astype(bool)).groupby(keys, dropna=False)["_t"]
+                       .any().rename("tuned"))
     out = out.reset_index()
     others = [k for k in keys if k != "p_method"]
     if "rrmse_a_mean" in out.columns:
@@ -196,6 +199,11 @@ def _val(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
+def _method_text(r: pd.Series) -> str:
+    """The method's name, marked when `bench tune` chose its parameters."""
+    return str(r["method"]) + (" (tuned)" if r.get("tuned") is True or r.get("tuned") == 1 else "")
+
+
 def format_summary(summary: pd.DataFrame) -> str:
     """The summary as a fixed-width text table for the terminal (``bench show``); ``*`` marks the best method."""
     if summary.empty:
@@ -210,7 +218,7 @@ def format_summary(summary: pd.DataFrame) -> str:
         if show_device:
             row["device"] = r["device"]
         row.update({
-            "method": ("* " if r.get("best") else "  ") + str(r["method"]),
+            "method": ("* " if r.get("best") else "  ") + _method_text(r),
             "ok/fail/skip": f"{r['n_ok']}/{r['n_failed']}/{r['n_skipped']}",
             "rRMSE_a": _pm(r.get("rrmse_a_mean"), r.get("rrmse_a_std")),
             "spread_a": _fmt_num(r.get("spread_a_mean")),
@@ -294,7 +302,7 @@ def _summary_columns(summ: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Se
             cols.append((c, h, lambda r, c=c: _val(r[c])))
     if "device" in summ.columns and summ["device"].nunique() > 1:
         cols.append(("device", "device", lambda r: _val(r["device"])))
-    cols.append(("method", "method", lambda r: str(r["method"])))
+    cols.append(("method", "method", _method_text))
     cols.append(("cells", "ok / failed / skipped", lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
     for m, h in (("rrmse_a", "rRMSE analysis"), ("rrmse_f", "rRMSE forecast"),
                  ("rrmse_between", "rRMSE between observations"), ("rrmse_member_a", "member rRMSE"),

@@ -2,10 +2,12 @@
 
 For one cell (problem, observer, method, N, seed, device) it
 
-1. builds the problem's cached dataset; the truth is a trajectory of the *test* split (``seed % n_test``);
+1. builds the problem's cached dataset; the truth is a trajectory of the *test* split (``seed % n_test``; the
+   *valid* split for ``bench tune``'s tuning truths, so tuning never sees a test truth);
 2. draws the observations ``y_1..y_T`` from a seed that depends on (problem, observer, seed) only, and the
-   initial ensemble (parameters from the prior, states from ``problem.sample_initial``) from a seed that depends
-   on (problem, seed, N) only, so every method assimilates identical data from an identical start;
+   initial ensemble (:func:`initial_ensemble`: parameters from the prior; states from the climatology
+   ``problem.sample_initial``, or around the truth's first state for ``init: {perturbed: s}``) from a seed that
+   depends on (problem, seed, N) only, so every method assimilates identical data from an identical start;
 3. times ``fit`` (offline), then per cycle ``forecast`` (T_d), ``analysis`` (T_a) and ``estimate`` (T_r), each
    synchronised on GPU; metrics are computed outside the timers; cycle 1 is the timing warm-up and the first
    ``spinup`` cycles are excluded from the time averages of the metrics;
@@ -29,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.config import Cell
+from bench.config import Cell, init_std
 from assimbench.errors import Diverged
 from bench.metrics import ensemble_metrics, param_rmse
 from assimbench.naming import content_hash
@@ -129,7 +131,9 @@ def param_columns(cell: Cell, problem, observer, method) -> dict:
     cols = {"p_problem": problem.label, "p_method": method.label, "p_problem_name": cell.problem,
             "p_method_name": cell.method, "p_n_ens": cell.n_ens, "p_coverage": float(observer.coverage),
             "p_noise": float(observer.noise), "p_seed": cell.seed, "p_device": cell.device, "p_dtype": cell.dtype,
-            "p_spinup": cell.spinup, "p_score_between": cell.score_between, "p_observer": observer.label}
+            "p_spinup": cell.spinup, "p_score_between": cell.score_between, "p_observer": observer.label,
+            "p_init": cell.init, "p_init_std": init_std(cell.init), "p_truth_split": cell.truth_split,
+            "p_tuned": cell.tuned}
     for prefix, params in (("p_problem_", problem.params_dict()), ("p_obs_", observer.params_dict()),
                            ("p_method_", method.params_dict())):
         for k, v in params.items():
@@ -183,7 +187,8 @@ def run_cell(cell: Cell, cache_dir: Path | None = None, raise_errors: bool = Fal
                     "p_method_name": cell.method, "p_n_ens": cell.n_ens,
                     "p_coverage": float(cell.odict.get("coverage", 1.0)),
                     "p_noise": float(cell.odict.get("noise", 0.1)), "p_seed": cell.seed, "p_device": cell.device,
-                    "p_dtype": cell.dtype, "p_spinup": cell.spinup})
+                    "p_dtype": cell.dtype, "p_spinup": cell.spinup, "p_init": cell.init,
+                    "p_init_std": init_std(cell.init), "p_truth_split": cell.truth_split, "p_tuned": cell.tuned})
     timings["time_total_s"] = time.perf_counter() - t_start
     row.update(metric_means)
     row.update(timings)
@@ -198,19 +203,18 @@ def run_cell(cell: Cell, cache_dir: Path | None = None, raise_errors: bool = Fal
 def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, progress, snapshot_cycles):
     from methods.base import Context
 
-    n_test = dataset.test.shape[0]
-    k = cell.seed % n_test
-    truth = dataset.test[k].to(device=device, dtype=dtype)  # (T+1, *shape)
-    truth_params = dataset.params_test[k].to(device=device, dtype=torch.float64)
+    trajs, traj_params = dataset.split(cell.truth_split)
+    k = cell.seed % trajs.shape[0]
+    truth = trajs[k].to(device=device, dtype=dtype)  # (T+1, *shape)
+    truth_params = traj_params[k].to(device=device, dtype=torch.float64)
     T = truth.shape[0] - 1
     if cell.spinup >= T:
         raise ValueError(f"spinup={cell.spinup} leaves no cycle to average (the problem has {T} cycles)")
-    g_obs = generator("obs", problem.label, observer.label, cell.seed)
+    tuning = () if cell.truth_split == "test" else (cell.truth_split,)  # test-truth seeds stay as they were
+    g_obs = generator("obs", problem.label, observer.label, cell.seed, *tuning)
     ys = observer.sample(truth[1:].double().cpu(), g_obs).to(device=device, dtype=dtype)  # (T, m)
-    g_init = generator("init", problem.label, cell.seed, cell.n_ens)
-    params0 = problem.sample_params(cell.n_ens, g_init)
-    x0 = problem.sample_initial(params0, g_init).to(device=device, dtype=dtype)
-    params0 = params0.to(device=device, dtype=dtype)
+    x0, params0 = initial_ensemble(cell, problem, trajs[k, 0])
+    x0, params0 = x0.to(device=device, dtype=dtype), params0.to(device=device, dtype=dtype)
 
     ctx = Context(problem=problem, observer=observer, dataset=dataset, device=device, dtype=dtype,
                   cache_dir=cache_dir, progress=progress)
@@ -252,6 +256,27 @@ def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, p
             snaps["mean"].append(xa.float().mean(0).cpu().numpy())
     return _summarise(rows, timings_fit=time_fit, snaps=snaps, latents=latents, observer=observer,
                       problem=problem, method=method)
+
+
+def initial_ensemble(cell: Cell, problem, truth0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The initial ensemble of a cell: ``(x0 (N, *state_shape), params (N, P))`` on the CPU.
+
+    Parameters come from the prior. States: ``climatology`` draws them from ``problem.sample_initial``
+    independently of the truth; ``perturbed(std=s)`` centres them on the truth's first state ``truth0`` the way a
+    twin experiment that draws truth and members from ``N(x0, s^2 I)`` does: ``truth0 + s (c + e_i)``, with the
+    offset ``c ~ N(0, I)`` shared by the members (seeded by problem and seed only) and ``e_i ~ N(0, I)``.
+    """
+    tuning = () if cell.truth_split == "test" else (cell.truth_split,)
+    g_init = generator("init", problem.label, cell.seed, cell.n_ens, *tuning)
+    params0 = problem.sample_params(cell.n_ens, g_init)
+    if cell.init == "climatology":
+        return problem.sample_initial(params0, g_init), params0
+    s = init_std(cell.init)
+    x = truth0.double()
+    c = torch.randn(x.shape, generator=generator("init-centre", problem.label, cell.seed, *tuning),
+                    dtype=torch.float64)
+    e = torch.randn((cell.n_ens, *x.shape), generator=g_init, dtype=torch.float64)
+    return x + s * (c + e), params0
 
 
 def _score_between(method, before, after, fracs, x_prev, truth_params, problem) -> dict:

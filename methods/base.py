@@ -45,6 +45,26 @@ class EnsembleState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Tunable:
+    """A hyperparameter ``bench tune`` may search, with its default search range.
+
+    ``low``/``high`` bound a float field (an integer field with ``integer``), sampled on a log scale when ``log``.
+    A method declares its tunables in the class-level ``tunable`` mapping (field name -> Tunable); the range is a
+    sensible default for the problems shipped here, and ``bench tune --range name=LOW:HIGH`` overrides it.
+    """
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+    doc: str = ""
+
+    def __post_init__(self):
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError(f"Tunable range [{self.low}, {self.high}] is empty (or not positive on a log scale)")
+
+
 @dataclass
 class Method:
     """Base class of all data-assimilation methods.
@@ -57,6 +77,8 @@ class Method:
     name: ClassVar[str] = "method"
     #: hyperparameters for the conformance suite's tiny run (e.g. few training epochs)
     conformance_params: ClassVar[dict] = {}
+    #: the fields ``bench tune`` may search, with default ranges (none: the method has nothing to tune)
+    tunable: ClassVar[dict[str, Tunable]] = {}
     ctx: Context | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- configuration ---------------------------------------------------------------------------------------

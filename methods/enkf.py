@@ -39,7 +39,7 @@ from typing import ClassVar, Literal
 import torch
 
 from assimbench.errors import ConfigError
-from methods.base import EnsembleState, Method
+from methods.base import EnsembleState, Method, Tunable
 
 
 def gaspari_cohn(r: torch.Tensor, half_width: float) -> torch.Tensor:
@@ -103,6 +103,11 @@ class EnKF(Method):
     name: ClassVar[str] = "EnKF"
     #: working-set size of one chunk of grid points, in float64 elements (memory vs Python overhead)
     chunk_elems: ClassVar[int] = 1 << 23
+    tunable: ClassVar[dict[str, Tunable]] = {
+        "inflation": Tunable(1.0, 1.3, doc="forecast-anomaly factor"),
+        "loc_radius": Tunable(1.0, 64.0, log=True, doc="Gaspari-Cohn half-width, grid units (0 = global is "
+                                                       "not searched; a half-width beyond the domain is global)"),
+    }
 
     variant: Literal["sqrt", "stochastic"] = "sqrt"
     inflation: float = 1.0

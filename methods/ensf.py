@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 import torch
 
 from assimbench.errors import ConfigError, Diverged
-from methods.base import EnsembleState, Method
+from methods.base import EnsembleState, Method, Tunable
 from methods.score import ScoreConfig, ensf_update
 from problems.base import Observer
 
@@ -66,6 +66,11 @@ class EnSF(Method):
     """
 
     name: ClassVar[str] = "EnSF"
+    tunable: ClassVar[dict[str, Tunable]] = {
+        "eps_alpha": Tunable(0.01, 1.0, log=True, doc="signal scale left at tau = 1"),
+        "eps_beta": Tunable(0.0, 0.1, doc="noise variance left at tau = 0"),
+        "n_steps": Tunable(50, 500, log=True, integer=True, doc="K, reverse-SDE steps"),
+    }
 
     n_steps: int = 100
     eps_alpha: float = 0.05

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from assimbench.errors import ConfigError
-from methods.base import EnsembleState, Method
+from methods.base import EnsembleState, Method, Tunable
 from problems.base import Dataset, Observer, Problem, lattice_stride
 
 
@@ -224,6 +224,10 @@ class LatentEnSF(Method):
     """
 
     name: ClassVar[str] = "Latent-EnSF"
+    tunable: ClassVar[dict[str, Tunable]] = {
+        "sigma_lat": Tunable(1e-3, 1.0, log=True, doc="latent observation std (the observation scale)"),
+        "eps_beta": Tunable(0.0, 0.1, doc="noise variance left at tau = 0"),
+    }
     conformance_params: ClassVar[dict] = {"c_lat": 2, "h_lat": 4, "width": 4, "epochs": 2, "batch": 8,
                                           "n_steps": 10}
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from assimbench.errors import ConfigError
-from methods.base import Method
+from methods.base import Method, Tunable
 from problems.base import Observer, Problem
 
 
@@ -94,6 +94,10 @@ class LDEnSF(Method):
     """
 
     name: ClassVar[str] = "LD-EnSF"
+    tunable: ClassVar[dict[str, Tunable]] = {
+        "sigma_lat": Tunable(1e-4, 0.1, log=True, doc="latent observation std (the observation scale)"),
+        "eps_beta": Tunable(0.0, 0.1, doc="noise variance left at tau = 0"),
+    }
     #: a tiny network and a few epochs: seconds of training for the conformance suite
     conformance_params: ClassVar[dict] = {"latent_dim": 4, "dyn_width": 16, "dyn_depth": 2, "rec_width": 16,
                                           "rec_depth": 2, "epochs": 3, "batch_traj": 2, "points": 64,

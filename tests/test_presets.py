@@ -30,3 +30,81 @@ def test_l96_twin_reaches_the_expected_rmse(cache_dir):
         row = run_cell(match[0], cache_dir=cache_dir)["row"]
         assert row["status"] == "ok", row["error"]
         assert abs(row["rmse_a"] - exp["rmse_a"]) < exp["tol"], (exp, row["rmse_a"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# literature presets: every `expected:` entry names a method label and an ensemble size
+def _expected_runs(name: str, cache_dir, overrides: dict | None = None, seeds=None):
+    """``(entry, [run_cell outputs over seeds])`` for every expected entry of preset ``name``."""
+    import copy
+
+    import methods
+    from bench.runner import run_cell
+    cfg = copy.deepcopy(load_preset(name))
+    for k, v in (overrides or {}).items():
+        if k == "problem":
+            for p in cfg["problems"].values():
+                p.update(v)
+        else:
+            cfg[k] = v
+    if seeds is not None:
+        cfg["seeds"] = seeds
+    cells = expand(cfg).cells
+    out = []
+    for exp in cfg["expected"]:
+        match = [c for c in cells if c.n_ens == exp["n_ens"] and methods.get(c.method, **c.mdict).label == exp["method"]]
+        assert match, exp
+        out.append((exp, [run_cell(c, cache_dir=cache_dir) for c in sorted(match, key=lambda c: c.seed)]))
+    return out
+
+
+def _scored_series(res: dict, metric: str = "rmse_a") -> list[float]:
+    assert res["row"]["status"] == "ok", res["row"]["error"]
+    return [c[metric] for c in res["cycles"] if not c["spinup"]]
+
+
+@pytest.mark.parametrize("name", ["sakov2008"])
+def test_literature_presets_state_their_sources(name):
+    cfg = load_preset(name)
+    assert cfg.get("source") and cfg.get("expected")
+    for exp in cfg["expected"]:
+        assert {"n_ens", "method", "rmse_a", "source"} <= set(exp), exp
+    assert len(expand(cfg).cells) >= 3 * len(cfg["expected"])  # at least 3 seeds each
+
+
+def test_sakov2008_short_run_is_within_the_literature_band(cache_dir):
+    """300 cycles, 100 burn-in, one truth: the published scores within 10 % widened by the time-average's own CI."""
+    from bench.metrics import time_mean_ci
+    for exp, (res,) in _expected_runs("sakov2008", cache_dir, {"problem": {"n_cycles": 300}, "spinup": 100},
+                                      seeds=[0]):
+        mean, half = time_mean_ci(_scored_series(res))
+        assert abs(mean - exp["rmse_a"]) <= exp["rel_tol"] * exp["rmse_a"] + half, (exp["method"], mean, half)
+
+
+@pytest.mark.slow
+def test_sakov2008_reproduces_the_literature(cache_dir):
+    """The full preset (1000 cycles after 400 burn-in, 3 truths): within 10 % of Sakov & Oke (2008), and at this
+    suite's recorded value within 3 standard errors (seed scatter or the autocorrelated time average)."""
+    _check_full("sakov2008", cache_dir, literature=True)
+
+
+@pytest.mark.slow
+def test_ensf_l96_reproduces_its_recorded_scores(cache_dir):
+    _check_full("ensf_l96", cache_dir, literature=False)
+
+
+def _check_full(name: str, cache_dir, literature: bool) -> None:
+    import math
+
+    import numpy as np
+
+    from bench.metrics import time_mean_ci
+    for exp, runs in _expected_runs(name, cache_dir):
+        series = [_scored_series(r) for r in runs]
+        means = np.array([np.mean(s) for s in series])
+        halves = np.array([time_mean_ci(s)[1] for s in series])
+        n = len(means)
+        se = max(means.std(ddof=1) / math.sqrt(n), float(np.sqrt(np.mean((halves / 1.96) ** 2)) / math.sqrt(n)))
+        if literature:
+            assert abs(means.mean() - exp["rmse_a"]) <= exp["rel_tol"] * exp["rmse_a"], (exp, means)
+        assert abs(means.mean() - exp["measured"]) <= 3 * se + 0.0015, (exp, means, se)

@@ -1,0 +1,96 @@
+"""`bench tune`: bad input exits 2 naming the valid choices; a small tuning run searches on validation truths only,
+writes a tuned preset that `bench run` takes (marked tuned in the results), and resumes without rerunning cells."""
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from bench.cli import main
+
+TINY = """
+n_ens: [8]
+seeds: 2
+spinup: 5
+problems:
+  lorenz96: {dim: 12, n_cycles: 30, n_traj: 5, spinup_time: 2.0}
+observers: {noise: 1.0, noise_type: absolute}
+methods:
+  EnKF: {variant: sqrt, inflation: 1.3, loc_radius: 3.0}
+  FreeRun: {}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY)
+    return p
+
+
+BAD = {
+    "unknown tunable": (["--method", "EnKF", "--params", "inflaton"], r"unknown tunable of EnKF 'inflaton'.*"
+                                                                      r"valid: inflation, loc_radius"),
+    "unknown range name": (["--method", "EnKF", "--range", "radius=1:2"], r"'radius'.*valid: inflation, loc_radius"),
+    "empty range": (["--method", "EnKF", "--range", "inflation=1.2:1.1"],
+                    r"inflation=1.2:1.1 is empty.*declared range of inflation is 1:1.3"),
+    "malformed range": (["--method", "EnKF", "--range", "inflation=1.1"], r"NAME=LOW:HIGH"),
+    "budget below one trial": (["--method", "EnKF", "--budget", "1"], r"--budget 1 is below one trial.*>= 2"),
+    "nothing to tune": (["--method", "FreeRun"], r"FreeRun declares no tunable.*EnKF, EnSF"),
+    "method not in grid": (["--method", "EnSF"], r"unknown --method 'EnSF'.*valid: EnKF"),
+    "unknown metric": (["--metric", "rmse"], r"unknown --metric 'rmse'.*rmse_a"),
+    "unknown problem": (["--problem", "kolmogorov"], r"unknown --problem 'kolmogorov'.*lorenz96"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_exits_2_naming_the_choices(case, tiny, tmp_path, capsys):
+    rc = main(["tune", str(tiny), *BAD[case][0], "--out", str(tmp_path / "t"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert re.search(BAD[case][1], err, re.S), err
+    assert not (tmp_path / "t").exists()  # rejected before anything ran
+
+
+def test_tune_writes_a_runnable_tuned_preset_and_resumes(tiny, tmp_path, cache_dir, capsys):
+    out = tmp_path / "t"
+    args = ["tune", str(tiny), "--method", "EnKF", "--budget", "6", "--cache", str(cache_dir), "--out", str(out),
+            "--quiet"]
+    assert main(args) == 0
+    doc = yaml.safe_load((out / "tuned.yaml").read_text())
+    (rec,) = doc["tuning"]["settings"]
+    assert rec["trials"] == 3 and rec["cells"] == 6 and rec["sampler"] == "tpe"
+    assert rec["given"] == {"inflation": 1.3, "loc_radius": 3.0}  # the grid's own choice is trial 1
+    assert rec["tuning_score"] <= rec["given_score"]
+    # every tuning cell ran on a validation truth, never a test truth
+    cells = list((out / "cells").glob("*.json"))
+    assert len(cells) == 6
+    from bench.store import read_cell
+    assert {read_cell(p)["cell"]["truth_split"] for p in cells} == {"valid"}
+    # the tuned preset keeps the test seeds and the untuned FreeRun, and marks EnKF tuned
+    (exp,) = doc["experiments"]
+    assert exp["tuned"] == ["EnKF"] and exp["seeds"] == [0, 1] and "FreeRun" in exp["methods"]
+    assert exp["methods"]["EnKF"][0] == {"variant": "sqrt", **rec["best"]}
+    # resuming with a larger budget only runs the new trials' cells
+    before = {p.name: p.stat().st_mtime_ns for p in cells}
+    assert main([*args[:5], "10", *args[6:]]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert len(after) == 10 and all(after[k] == v for k, v in before.items())
+    # bench run takes it; the results say which settings were tuned
+    run_dir = tmp_path / "r"
+    assert main(["run", str(out / "tuned.yaml"), "--out", str(run_dir), "--cache", str(cache_dir), "--quiet",
+                 "--no-report"]) == 0
+    df = pd.read_parquet(run_dir / "results.parquet")
+    assert set(df["p_truth_split"]) == {"test"}
+    assert df.groupby("p_method_name")["p_tuned"].all().to_dict() == {"EnKF": True, "FreeRun": False}
+    assert "(tuned)" in capsys.readouterr().out
+
+
+def test_one_parameter_is_a_grid_search(tiny, tmp_path, cache_dir):
+    out = tmp_path / "g"
+    assert main(["tune", str(tiny), "--method", "EnKF", "--params", "inflation", "--range", "inflation=1.0:1.2",
+                 "--budget", "6", "--tune-seeds", "1", "--cache", str(cache_dir), "--out", str(out), "--quiet"]) == 0
+    (rec,) = yaml.safe_load((out / "tuned.yaml").read_text())["tuning"]["settings"]
+    assert rec["sampler"] == "grid" and rec["trials"] == 6
+    assert rec["searched"] == {"inflation": [1.0, 1.2]}
+    assert 1.0 <= rec["best"]["inflation"] <= 1.2 and set(rec["best"]) == {"inflation"}
