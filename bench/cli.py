@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
     r.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch threads per cell (default: the cores divided by the cells run side by side, "
+                        "--jobs or --workers); recorded in the results")
+    r.add_argument("--timing-repeats", type=int, default=None, metavar="R",
+                   help="time every cycle R more times from the same state (metrics unchanged; overrides the "
+                        "grid's timing_repeats)")
 
     sub.add_parser("list", help="problems, methods and presets with their parameters and defaults")
 
@@ -73,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--part", action="append", choices=("coverage", "pde"),
                    help="run only this part (repeatable; default both)")
     g.add_argument("--seeds", type=int, default=1, help="seeds of the PDE block (default 1)")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: every core)")
     g.add_argument("--cache", help="dataset/model cache folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -82,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--cache")
     t.add_argument("--ship", action="store_true", help="also copy the artifacts into methods/artifacts/")
     t.add_argument("--curve", help="CSV path prefix for time-to-accuracy curves")
+    t.add_argument("--recipe", help="training recipe for every learned method (e.g. cpu, paper)")
 
     tu = sub.add_parser("tune", help="tune methods' declared hyperparameters on validation truths; writes a tuned "
                                      "preset (OUT/tuned.yaml) for `bench run`")
@@ -116,23 +124,33 @@ def _load_config(args) -> tuple[dict, str]:
 
 def cmd_run(args) -> int:
     from bench.config import expand
-    from bench.sweep import run_grid
     import yaml
+
+    from bench import store
+    from bench.sweep import run_grid
 
     from bench.executors import make_executor
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: must be >= 1")
     # validates the flag combination and that dask imports, before any work (connecting happens in run_grid)
-    executor = make_executor(args.executor, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler)
+    executor = make_executor(args.executor, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler,
+                             threads=args.threads)
     config, name = _load_config(args)
+    if args.timing_repeats is not None:
+        if args.timing_repeats < 0:
+            raise ConfigError(f"--timing-repeats {args.timing_repeats}: must be >= 0")
+        config = {**config, "timing_repeats": args.timing_repeats}
+        if isinstance(config.get("experiments"), list):
+            config["experiments"] = [{**b, "timing_repeats": args.timing_repeats} if isinstance(b, dict) else b
+                                     for b in config["experiments"]]
     grid = expand(config, device=args.device, name=name)
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     cache = Path(args.cache) if args.cache else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    store.grid_path(out).write_text(yaml.safe_dump(config, sort_keys=False))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     print(f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -140,7 +158,7 @@ def cmd_run(args) -> int:
     counts = run_grid(grid.cells, out, cache_dir=cache, raise_errors=args.raise_errors,
                       retry_failed=args.retry_failed, progress=not args.quiet, executor=executor,
                       plugins=grid.plugins)
-    (out / "run.json").write_text(json.dumps({
+    store.run_info_path(out).write_text(json.dumps({
         "config": config, "name": grid.name, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": time.perf_counter() - t0,
         "command": " ".join(sys.argv), "executor": executor.describe(), "counts": counts}, indent=2, default=str))
@@ -154,7 +172,7 @@ def cmd_run(args) -> int:
             print(f"report: {path}")
         except ImportError:
             pass
-    print(f"results: {out / 'results.parquet'}")
+    print(f"results: {store.results_path(out)}")
     return 0
 
 
@@ -244,7 +262,8 @@ def cmd_compare(args) -> int:
 def cmd_gpu_check(args) -> int:
     from bench.gpucheck import format_table, gpu_check
     table = gpu_check(Path(args.out), args.device, parts=tuple(args.part or ("coverage", "pde")), seeds=args.seeds,
-                      cache_dir=Path(args.cache) if args.cache else None, progress=not args.quiet)
+                      cache_dir=Path(args.cache) if args.cache else None, progress=not args.quiet,
+                      threads=args.threads)
     print(format_table(table, table.attrs.get("gpu_name", args.device)))
     print(f"table: {Path(args.out) / 'gpu_check.csv'}")
     mismatch = "device_mismatch" in table.columns and bool(table["device_mismatch"].any())
@@ -256,7 +275,8 @@ def cmd_train(args) -> int:
     from bench.train import train_grid
     config, name = _load_config(args)
     grid = expand(config, name=name)
-    train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve)
+    train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve,
+               recipe=args.recipe)
     return 0
 
 

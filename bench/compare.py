@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from assimbench.errors import ConfigError
-from bench.report import load_cycles, load_results
+from bench.store import load_cycles, load_results
 
 TIME_COLUMNS: tuple[str, ...] = ("time_online_s", "time_per_cycle_s")
 #: phase -> per-cycle sample column in cycles.parquet

@@ -18,17 +18,14 @@ dataset cache must be visible to the workers at the same paths (a shared filesys
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 
 from bench import store
 from bench.config import Cell
-from bench.runner import run_cell
+from bench.runner import CellResult, param_columns, run_cell
 from assimbench.errors import ConfigError
 
 #: seconds to wait for a Dask scheduler before giving up with a ConfigError
@@ -36,29 +33,17 @@ CONNECT_TIMEOUT_S = 5.0
 DASK_INSTALL = "pip install 'assimbench[dask]'"
 
 
-def _write_npz(path: Path, arrays: dict) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    store.atomic_write_bytes(path, buf.getvalue())
-
-
-def run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool) -> tuple[str, str]:
-    """Run a cell and write its file atomically (in whichever process runs it)."""
-    out = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors)
-    extras = out.get("extras") or {}
-    if out["snapshots"]:
-        _write_npz(run_dir / "snapshots" / f"{cell.cell_id}.npz", out["snapshots"])
-    if extras.get("latent"):
-        _write_npz(run_dir / "extras" / f"{cell.cell_id}.latent.npz", extras["latent"])
-    if extras.get("surrogate"):
-        store.atomic_write_bytes(run_dir / "extras" / f"{cell.cell_id}.json",
-                                 json.dumps({"surrogate": extras["surrogate"]}, indent=1).encode())
-    store.write_cell(run_dir, cell.cell_id, out)  # last: its presence marks the cell finished
-    return cell.cell_id, out["row"]["status"]
+def run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool,
+                  threads: int | None = None, jobs: int | None = None) -> tuple[str, str]:
+    """Run a cell (``threads`` torch threads, ``jobs`` cells side by side, both recorded) and write its result
+    atomically (in whichever process runs it)."""
+    result = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors, threads=threads, jobs=jobs)
+    store.write_result(run_dir, result)
+    return cell.cell_id, result.status
 
 
 def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool, plugins: Sequence[str] = (),
-             threads: int | None = None) -> tuple[str, str]:
+             threads: int | None = None, jobs: int | None = None) -> tuple[str, str]:
     """Run one cell in whichever process executes this and write its file atomically.
 
     Parameters
@@ -68,7 +53,8 @@ def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bo
     cache_dir : the dataset/model cache (resolved by the client, so every worker uses the same one).
     raise_errors : re-raise a failing cell's exception instead of recording it.
     plugins : modules to import first, so methods/problems they register exist in a fresh worker process.
-    threads : torch intra-op threads for this process, or None to keep the process default.
+    threads : torch intra-op threads for this process and cell, or None to keep the process default.
+    jobs : how many cells the executor runs side by side (recorded in the row).
 
     Returns
     -------
@@ -81,7 +67,26 @@ def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bo
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     load_plugins(list(plugins))
-    return run_and_write(cell, Path(run_dir), Path(cache_dir) if cache_dir is not None else None, raise_errors)
+    return run_and_write(cell, Path(run_dir), Path(cache_dir) if cache_dir is not None else None, raise_errors,
+                         threads=threads, jobs=jobs)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(parallel: int) -> int:
+    """The threads rule of every executor: the available cores divided by the cells run side by side."""
+    return max(1, available_cores() // max(1, parallel))
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"--threads {threads}: must be an integer >= 1")
 
 
 class Executor:
@@ -105,11 +110,20 @@ class Executor:
 
 
 class SequentialExecutor(Executor):
+    """One cell after another in this process, each with ``threads`` torch threads (default: every core)."""
+
     name = "sequential"
+
+    def __init__(self, threads: int | None = None):
+        _check_threads(threads)
+        self.threads = threads or default_threads(1)
+
+    def describe(self) -> str:
+        return f"sequential (1 process x {self.threads} threads)"
 
     def run(self, cells, run_dir, cache_dir, raise_errors, plugins):
         for c in cells:
-            yield run_task(c, run_dir, cache_dir, raise_errors, plugins)
+            yield run_task(c, run_dir, cache_dir, raise_errors, plugins, self.threads, 1)
 
 
 def _pool_init(threads: int) -> None:
@@ -118,15 +132,17 @@ def _pool_init(threads: int) -> None:
 
 
 class LocalPoolExecutor(Executor):
-    """``jobs`` spawned worker processes on this machine, each with ``cpu_count // jobs`` torch threads."""
+    """``jobs`` spawned worker processes on this machine, each with ``threads`` torch threads (default: the
+    cores divided by ``jobs``)."""
 
     name = "local"
 
-    def __init__(self, jobs: int):
+    def __init__(self, jobs: int, threads: int | None = None):
         if jobs < 1:
             raise ConfigError(f"--jobs {jobs}: must be >= 1")
+        _check_threads(threads)
         self.jobs = jobs
-        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.threads = threads or default_threads(jobs)
 
     def describe(self) -> str:
         return f"local process pool ({self.jobs} processes x {self.threads} threads)"
@@ -138,7 +154,8 @@ class LocalPoolExecutor(Executor):
 
         with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init,
                                  initargs=(self.threads,)) as pool:
-            futs = [pool.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins)) for c in cells]
+            futs = [pool.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins), self.threads,
+                                self.jobs) for c in cells]
             try:
                 for f in as_completed(futs):
                     yield f.result()
@@ -155,12 +172,14 @@ class DaskExecutor(Executor):
     scheduler : address of a running scheduler (``tcp://host:8786``); None starts a LocalCluster.
     workers : worker processes of the LocalCluster (default: one per CPU core); ignored with ``scheduler``.
     timeout : seconds to wait for the scheduler before a ConfigError.
+    threads : torch threads per cell (default on a LocalCluster: the cores divided by ``workers``; on a running
+        cluster: the workers' own setting unless given).
     """
 
     name = "dask"
 
     def __init__(self, scheduler: str | None = None, workers: int | None = None,
-                 timeout: float = CONNECT_TIMEOUT_S):
+                 timeout: float = CONNECT_TIMEOUT_S, threads: int | None = None):
         if scheduler is not None and workers is not None:
             raise ConfigError("give either --scheduler ADDRESS (a running cluster) or --workers N (a local "
                               "cluster), not both")
@@ -170,15 +189,18 @@ class DaskExecutor(Executor):
             raise ConfigError(f"--scheduler {scheduler!r}: give an address such as tcp://10.0.0.5:8786")
         self.distributed = import_distributed()
         self.scheduler = scheduler.strip() if scheduler else None
-        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        _check_threads(threads)
+        self.workers = workers if workers is not None else available_cores()
         self.timeout = timeout
+        self.threads = threads
         self.cluster = None
         self.client = None
 
     def describe(self) -> str:
         if self.scheduler:
-            return f"dask cluster at {self.scheduler}"
-        return f"dask LocalCluster ({self.workers} worker processes x 1 thread, 127.0.0.1)"
+            return f"dask cluster at {self.scheduler}" + (f" ({self.threads} threads per cell)" if self.threads
+                                                            else "")
+        return f"dask LocalCluster ({self.workers} worker processes x {self._threads()} threads, 127.0.0.1)"
 
     def __enter__(self) -> "DaskExecutor":
         d = self.distributed
@@ -207,7 +229,9 @@ class DaskExecutor(Executor):
     def _threads(self) -> int | None:
         # a LocalCluster shares this machine: split its cores between the worker processes; on a remote
         # cluster the workers keep their own default (set OMP_NUM_THREADS when starting `dask worker`)
-        return max(1, (os.cpu_count() or 1) // self.workers) if self.scheduler is None else None
+        if self.threads:
+            return self.threads
+        return default_threads(self.workers) if self.scheduler is None else None
 
     def run(self, cells, run_dir, cache_dir, raise_errors, plugins):
         d = self.distributed
@@ -218,6 +242,7 @@ class DaskExecutor(Executor):
         for c in cells:
             kw = {"resources": {"GPU": 1}} if c.device.startswith("cuda") else {}
             f = self.client.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins), threads,
+                                   self.workers if self.scheduler is None else None,
                                    key=f"cell-{c.cell_id}", pure=False, **kw)
             futs[f] = c
         for f in d.as_completed(list(futs)):
@@ -227,9 +252,9 @@ class DaskExecutor(Executor):
             except d.KilledWorker:
                 # the cell killed every worker it ran on (segfault, out of memory): that is data, not a crash
                 cell_id, status = c.cell_id, _record_killed(c, run_dir)
-            if not (Path(run_dir) / "cells" / f"{cell_id}.json").exists():
+            if not store.cell_path(run_dir, cell_id).exists():
                 raise ConfigError(f"a Dask worker finished cell {cell_id} but its file is not in "
-                                  f"{Path(run_dir) / 'cells'} as this machine sees it: the run folder (--out) "
+                                  f"{store.cells_dir(run_dir)} as this machine sees it: the run folder (--out) "
                                   f"must be on a filesystem shared by the client and every worker, at the same path")
             yield cell_id, status
 
@@ -239,11 +264,8 @@ def _record_killed(cell: Cell, run_dir: Path) -> str:
     row = {"cell_id": cell.cell_id, "status": "failed", "n_cycles": 0,
            "error": "KilledWorker: every Dask worker that ran this cell died (out of memory or a crash in native "
                     "code); rerun with --retry-failed after fixing the cause",
-           "p_problem": cell.problem, "p_method": cell.method, "p_problem_name": cell.problem,
-           "p_method_name": cell.method, "p_n_ens": cell.n_ens, "p_seed": cell.seed, "p_device": cell.device,
-           "p_dtype": cell.dtype, "p_spinup": cell.spinup,
-           "p_coverage": float(cell.odict.get("coverage", 1.0)), "p_noise": float(cell.odict.get("noise", 0.1))}
-    store.write_cell(Path(run_dir), cell.cell_id, {"cell": cell.to_dict(), "row": row, "cycles": []})
+           **param_columns(cell)}
+    store.write_result(Path(run_dir), CellResult(cell.to_dict(), row, []))
     return "failed"
 
 
@@ -258,7 +280,7 @@ def import_distributed():
 
 
 def make_executor(kind: str | None = None, *, jobs: int = 1, workers: int | None = None,
-                  scheduler: str | None = None) -> Executor:
+                  scheduler: str | None = None, threads: int | None = None) -> Executor:
     """The executor for the CLI flags ``--executor``, ``--jobs``, ``--workers``, ``--scheduler``.
 
     ``kind`` None means ``dask`` when ``workers`` or ``scheduler`` is given, else ``local``. ``local`` with
@@ -272,10 +294,10 @@ def make_executor(kind: str | None = None, *, jobs: int = 1, workers: int | None
                               "--jobs N")
         if jobs < 1:
             raise ConfigError(f"--jobs {jobs}: must be >= 1")
-        return SequentialExecutor() if jobs == 1 else LocalPoolExecutor(jobs)
+        return SequentialExecutor(threads) if jobs == 1 else LocalPoolExecutor(jobs, threads)
     if kind == "dask":
         if jobs != 1:
             raise ConfigError(f"--jobs {jobs} is for --executor local; with --executor dask give --workers N "
                               f"(a local cluster) or --scheduler ADDRESS")
-        return DaskExecutor(scheduler=scheduler, workers=workers)
+        return DaskExecutor(scheduler=scheduler, workers=workers, threads=threads)
     raise ConfigError(f"--executor {kind!r} is not supported; valid: local, dask")

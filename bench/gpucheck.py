@@ -106,7 +106,7 @@ def _median_ms(cyc: pd.DataFrame, cell_id: str, col: str = "t_cycle") -> float:
 def device_table(cpu_dir: Path, gpu_dir: Path, part: str) -> pd.DataFrame:
     """One row per cell of the part: status, rRMSE and median online time per cycle on each device."""
     from bench.compare import compare
-    from bench.report import load_cycles
+    from bench.store import load_cycles
 
     df = compare(cpu_dir, gpu_dir, ignore=("p_device",))
     cc, gc = load_cycles(cpu_dir), load_cycles(gpu_dir)
@@ -156,8 +156,12 @@ def format_table(table: pd.DataFrame, gpu_name: str) -> str:
 
 
 def gpu_check(out: Path, device: str = "cuda", *, parts: tuple[str, ...] = ("coverage", "pde"), seeds: int = 1,
-              cache_dir: Path | None = None, progress: bool = False, log=sys.stderr) -> pd.DataFrame:
-    """Run the parts on the CPU and on ``device``; returns the table (and writes ``OUT/gpu_check.csv``)."""
+              cache_dir: Path | None = None, progress: bool = False, threads: int | None = None,
+              log=sys.stderr) -> pd.DataFrame:
+    """Run the parts on the CPU and on ``device``; returns the table (and writes ``OUT/gpu_check.csv``).
+
+    ``threads``: torch threads of each cell (default: every core, the executors' rule for one cell at a time).
+    """
     import torch
 
     from bench.config import expand
@@ -182,7 +186,7 @@ def gpu_check(out: Path, device: str = "cuda", *, parts: tuple[str, ...] = ("cov
             t0 = time.perf_counter()
             print(f"gpu-check {part}: {len(grid.cells)} cells on {dev} -> {out / f'{part}-{tag}'}", file=log)
             counts = run_grid(grid.cells, out / f"{part}-{tag}", cache_dir=cache_dir, progress=progress,
-                              executor=make_executor("local", jobs=1))
+                              executor=make_executor("local", jobs=1, threads=threads))
             print(f"  {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
                   f"({time.perf_counter() - t0:.0f} s)", file=log)
         tables.append(device_table(out / f"{part}-cpu", out / f"{part}-{accel_tag}", part))

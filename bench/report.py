@@ -35,10 +35,8 @@ import numpy as np
 import pandas as pd
 
 from assimbench.errors import ConfigError
-
-RESULTS_FILE = "results.parquet"
-CYCLES_FILE = "cycles.parquet"
-RUN_FILE = "run.json"
+from bench import store
+from bench.store import load_cycles, load_results, load_run_info, resolve_run_dir
 
 #: Columns that define one setting of the summary (seeds are averaged over).
 SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise", "p_device", "p_method")
@@ -47,6 +45,8 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a", "rmse_a", "rmse_f",
     "rrmse_between", "rmse_between", "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s",
     "time_reconstruct_s", "time_fit_s", "peak_mem_mb", "obs_coverage",
+    # timing uncertainty (median and interquartile range over cycles) and what produced it
+    "time_online_med_s", "time_online_iqr_s", "cpu_per_wall", "threads", "jobs",
 )
 PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "torch_version", "device_name", "dtype", "threads", "host",
                                        "date")
@@ -56,39 +56,6 @@ _FRIENDLY = {"p_problem": "problem", "p_method": "method", "p_n_ens": "n_ens", "
 
 # ==============================================================================================================
 # loading
-
-
-def _run_dir(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
-    if path.is_file() and path.name == RESULTS_FILE:
-        path = path.parent
-    if not (path / RESULTS_FILE).is_file():
-        if not path.exists():
-            raise ConfigError(f"run directory {str(path)!r} does not exist")
-        raise ConfigError(f"{str(path)!r} is not a run directory: it has no {RESULTS_FILE} "
-                          f"(made by `bench run --out {path}`)")
-    return path
-
-
-def load_results(run_dir: str | Path) -> pd.DataFrame:
-    """The per-cell results table of a run directory (``DIR/results.parquet``)."""
-    return pd.read_parquet(_run_dir(run_dir) / RESULTS_FILE)
-
-
-def load_cycles(run_dir: str | Path) -> pd.DataFrame:
-    """The per-cycle table of a run directory, or an empty frame when the run wrote none."""
-    path = _run_dir(run_dir) / CYCLES_FILE
-    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
-
-
-def load_run_info(run_dir: str | Path) -> dict[str, Any]:
-    """``DIR/run.json`` (config, provenance, start and end times, command), or ``{}`` when absent/unreadable."""
-    path = _run_dir(run_dir) / RUN_FILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError) as e:
-        warnings.warn(f"could not read {path}: {e}", stacklevel=2)
-        return {}
 
 
 def _as_results(source: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -149,7 +116,9 @@ def summary_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         out["best"] = (finite == lowest) & (n_valid >= 2)
     else:
         out["best"] = False
-    return out.rename(columns=_FRIENDLY)
+    out = out.rename(columns=_FRIENDLY)
+    out.attrs["timing_note"] = timing_note(df)
+    return out
 
 
 def _fmt_num(x: Any, digits: int = 3) -> str:
@@ -193,6 +162,42 @@ def _pm(mean: Any, std: Any) -> str:
     return f"{m} ± {_fmt_num(std, 2)}" if ok and m != "–" else m
 
 
+def _online_text(r: pd.Series) -> str:
+    """Online time per cycle: the median over cycles with its interquartile range (means over seeds), or the
+    mean for runs made before the runner kept per-cycle spreads."""
+    med, iqr = r.get("time_online_med_s_mean"), r.get("time_online_iqr_s_mean")
+    try:
+        if math.isfinite(float(med)):
+            return f"{_fmt_time(med)} ({_fmt_time(iqr)})" if math.isfinite(float(iqr)) else _fmt_time(med)
+    except (TypeError, ValueError):
+        pass
+    return _fmt_time(r.get("time_online_s_mean"))
+
+
+def timing_note(results: pd.DataFrame) -> str:
+    """One line on how the timings were made: threads and jobs per cell, CPU / wall, repeats."""
+    if results.empty:
+        return ""
+    ok = results[results["status"] == "ok"] if "status" in results.columns else results
+    parts = []
+    for col, word in (("threads", "thread"), ("jobs", "cell")):
+        if col in ok.columns:
+            vals = sorted({int(v) for v in pd.to_numeric(ok[col], errors="coerce").dropna()})
+            if vals:
+                v = "/".join(map(str, vals))
+                parts.append(f"{v} {word}{'s' if vals != [1] else ''}" + (" side by side" if col == "jobs" else
+                                                                         " per cell"))
+    if "cpu_per_wall" in ok.columns and pd.to_numeric(ok["cpu_per_wall"], errors="coerce").notna().any():
+        parts.append(f"CPU / wall {float(pd.to_numeric(ok['cpu_per_wall'], errors='coerce').median()):.2f} "
+                     "(median over cells; well below the threads means the cells waited for a core)")
+    if "timing_repeats" in ok.columns and pd.to_numeric(ok["timing_repeats"], errors="coerce").fillna(0).max() > 0:
+        parts.append(f"{int(pd.to_numeric(ok['timing_repeats'], errors='coerce').max())} timing repeats")
+    if not parts:
+        return ""
+    return ("timing: median over the cycles after the warm-up (interquartile range), mean over seeds; "
+            + "; ".join(parts))
+
+
 def _val(v: Any) -> str:
     if isinstance(v, (float, np.floating)):
         return "–" if not math.isfinite(v) else f"{v:g}"
@@ -228,11 +233,13 @@ def format_summary(summary: pd.DataFrame) -> str:
             row["rRMSE_between"] = _fmt_num(r.get("rrmse_between_mean"))
         if has_param:
             row["param_RMSE"] = _fmt_num(r.get("param_rmse_a_mean"))
-        row["online/cycle"] = _fmt_time(r.get("time_online_s_mean"))
+        row["online/cycle"] = _online_text(r)
         row["fit"] = _fmt_time(r.get("time_fit_s_mean"))
         rows.append(row)
     text = pd.DataFrame(rows).to_string(index=False)
-    return text + "\n(* lowest mean analysis rRMSE of its setting; mean ± std over seeds)"
+    note = summary.attrs.get("timing_note", "")
+    return (text + "\n(* lowest mean analysis rRMSE of its setting; mean ± std over seeds)"
+            + (f"\n({note})" if note else ""))
 
 
 # ==============================================================================================================
@@ -309,9 +316,11 @@ def _summary_columns(summ: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Se
                  ("spread_a", "spread"), ("crps_a", "CRPS"), ("param_rmse_a", "param RMSE")):
         if has(f"{m}_mean"):
             cols.append((m, h, lambda r, m=m: _pm(r[f"{m}_mean"], r.get(f"{m}_std"))))
-    for m, h in (("time_online_s", "online / cycle"), ("time_fit_s", "fit")):
-        if has(f"{m}_mean"):
-            cols.append((m, h, lambda r, m=m: _fmt_time(r[f"{m}_mean"])))
+    if has("time_online_s_mean"):
+        cols.append(("time_online_s", "online / cycle: median (IQR)" if has("time_online_med_s_mean")
+                     else "online / cycle", _online_text))
+    if has("time_fit_s_mean"):
+        cols.append(("time_fit_s", "fit", lambda r: _fmt_time(r["time_fit_s_mean"])))
     if has("peak_mem_mb_mean"):
         cols.append(("peak_mem_mb", "peak MB", lambda r: _fmt_num(r["peak_mem_mb_mean"])))
     return cols
@@ -452,19 +461,10 @@ def _setting_text(setting: dict[str, Any]) -> str:
     return " · ".join(f"{short.get(k, k)}={_val(v)}" for k, v in setting.items())
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        warnings.warn(f"could not read {path}: {e}", stacklevel=2)
-        return None
-
-
-def _surrogate_html(res_ok: pd.DataFrame, extras: Path) -> str:
+def _surrogate_html(res_ok: pd.DataFrame, run_dir: Path) -> str:
     rows = []
     for _, r in res_ok.iterrows():
-        path = extras / f"{r['cell_id']}.json"
+        path = store.surrogate_path(run_dir, r["cell_id"])
         if not path.is_file():
             continue
         try:
@@ -540,6 +540,8 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
              f'{int((res.get("status") == "skipped").sum()) if "status" in res else 0} skipped. '
              "Highlighted: lowest mean analysis rRMSE of its setting.</p>",
              "<h2>Summary</h2>", _summary_html(summ)]
+    if timing_note(res):
+        parts.append(f'<p class="muted">{_e(timing_note(res))}.</p>')
 
     sections: list[tuple[str, list]] = [
         ("rRMSE over cycles", b.figures(plots.cycles_figure, cyc, b.img, palette, slug)),
@@ -548,14 +550,13 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         ("Time per cycle", b.figures(plots.timing_figures, res, b.img, slug)),
     ]
     # one setting and seed for the fields, parameters and latent trajectories
-    snap_dir = b.run_dir / "snapshots"
-    with_snap = res_ok[res_ok["cell_id"].map(lambda c: (snap_dir / f"{c}.npz").is_file())] \
-        if snap_dir.is_dir() and len(res_ok) else res_ok.iloc[:0]
+    snap = lambda c: store.snapshot_path(b.run_dir, c)  # noqa: E731
+    with_snap = res_ok[res_ok["cell_id"].map(lambda c: snap(c).is_file())] if len(res_ok) else res_ok.iloc[:0]
     if len(with_snap):
         setting = _pick_setting(with_snap)
         snaps = {}
         for _, r in _match(with_snap, setting).iterrows():
-            z = _load_npz(snap_dir / f"{r['cell_id']}.npz")
+            z = store.load_npz(snap(r["cell_id"]))
             if z is not None:
                 snaps[r["p_method"]] = z
         figs = b.figures(plots.snapshot_figures, snaps, b.img, slug)
@@ -567,18 +568,17 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         rows = _match(has_param, setting)
         sections.append((f"Parameter estimates ({_setting_text(setting)})",
                           b.figures(plots.parameter_figure, rows, b.img, palette, slug, _setting_text(setting))))
-    extras = b.run_dir / "extras"
     latent_html = ""
-    if extras.is_dir() and len(res_ok):
-        latent_html = _surrogate_html(res_ok, extras)
-        with_lat = res_ok[res_ok["cell_id"].map(lambda c: (extras / f"{c}.latent.npz").is_file())]
+    if len(res_ok):
+        latent_html = _surrogate_html(res_ok, b.run_dir)
+        with_lat = res_ok[res_ok["cell_id"].map(lambda c: store.latent_path(b.run_dir, c).is_file())]
         if len(with_lat):
             setting = _pick_setting(with_lat)
             chosen = _match(with_lat, setting)
             picked = {r["p_method"]: r["cell_id"] for _, r in chosen.iterrows()}
             for m, g in with_lat.groupby("p_method"):  # methods not in that setting: their first cell
                 picked.setdefault(m, g.sort_values([c for c in ("p_seed",) if c in g])["cell_id"].iloc[0])
-            lat = {m: z for m, c in picked.items() if (z := _load_npz(extras / f"{c}.latent.npz")) is not None}
+            lat = {m: z for m, c in picked.items() if (z := store.load_npz(store.latent_path(b.run_dir, c))) is not None}
             sections.append((f"Latent trajectories ({_setting_text(setting)})",
                              b.figures(plots.latent_figure, lat, b.img, slug)))
     for title, figs in sections:
@@ -611,7 +611,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
         ``summary.md``, ``summary.csv`` (the :func:`summary_table`) and ``results.csv`` (every cell).
     """
     t0 = time.perf_counter()
-    run_dir = _run_dir(run_dir)
+    run_dir = resolve_run_dir(run_dir)
     res = load_results(run_dir)
     cyc = load_cycles(run_dir)
     info = load_run_info(run_dir)

@@ -9,8 +9,12 @@ For one cell (problem, observer, method, N, seed, device) it
    ``problem.sample_initial``, or around the truth's first state for ``init: {perturbed: s}``) from a seed that
    depends on (problem, seed, N) only, so every method assimilates identical data from an identical start;
 3. times ``fit`` (offline), then per cycle ``forecast`` (T_d), ``analysis`` (T_a) and ``estimate`` (T_r), each
-   synchronised on GPU; metrics are computed outside the timers; cycle 1 is the timing warm-up and the first
-   ``spinup`` cycles are excluded from the time averages of the metrics;
+   synchronised on GPU, in wall-clock and in process CPU time, and counts the solver sub-steps of the forecast;
+   metrics are computed outside the timers; cycle 1 is the timing warm-up (left out of every timing statistic)
+   and the first ``spinup`` cycles are excluded from the time averages of the metrics; with ``timing_repeats =
+   R`` each cycle is timed R more times from the same state (every random generator restored), untouched
+   metrics; the results row carries the mean, median and interquartile range of each phase over the timed
+   cycles (see docs/benchmarks.md, "Timing protocol");
 4. stops a filter that produces NaN/Inf or leaves the plausible range and records ``failed`` with
    "diverged at cycle k"; any exception becomes a ``failed`` row with its traceback and the sweep goes on.
 """
@@ -24,22 +28,36 @@ import subprocess
 import threading
 import time
 import traceback
+import dataclasses
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bench.config import Cell, init_std
+import methods
+import problems
 from assimbench.errors import Diverged
-from bench.metrics import ensemble_metrics, param_rmse
 from assimbench.naming import content_hash
+from bench.config import Cell, init_std
+from bench.metrics import ensemble_metrics, param_rmse
+from methods.base import Context
+from problems.base import Observer, count_substeps
 
 METRICS = ("rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
            "rmse_between", "rrmse_between")
+#: the timed phases: per-cycle sample column -> results-table stem
+PHASES = {"t_forecast": "forecast", "t_analysis": "analysis", "t_reconstruct": "reconstruct", "t_online": "online",
+          "t_cycle": "per_cycle"}
 TIMINGS = ("time_fit_s", "time_forecast_s", "time_analysis_s", "time_reconstruct_s", "time_online_s",
-           "time_per_cycle_s", "time_total_s", "peak_mem_mb")
+           "time_per_cycle_s", "time_total_s", "peak_mem_mb",
+           *(f"time_{p}_{stat}_s" for p in PHASES.values() for stat in ("med", "iqr")),
+           *(f"time_{p}_cpu_s" for p in ("forecast", "analysis", "reconstruct", "online")),
+           "cpu_per_wall", "forecast_substeps", "forecast_speed", "time_forecast_per_substep_s",
+           "time_forecast_per_substep_cpu_s", "timed_cycles")
 #: an estimate farther than this many truth scales from the truth is a divergence
 DIVERGENCE_FACTOR = 1e3
 
@@ -55,15 +73,23 @@ def generator(*parts: Any) -> torch.Generator:
 
 # ----------------------------------------------------------------------------------------------------------------
 class Timer:
-    """Wall-clock timer synchronised with the device (CUDA kernels are asynchronous)."""
+    """Wall-clock and process CPU time, synchronised with the device (CUDA kernels are asynchronous).
+
+    The CPU time (all threads of this process) counts only the time the process ran: on a machine shared with
+    other work it stays put while the wall-clock time grows, so it is the sample `bench compare` tests on CPU.
+    """
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def now(self) -> float:
+    def stamp(self) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds now."""
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return time.perf_counter(), time.process_time()
+
+    def now(self) -> float:
+        return self.stamp()[0]
 
 
 class PeakMemory:
@@ -126,14 +152,24 @@ def provenance(device: torch.device, dtype: str) -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def param_columns(cell: Cell, problem, observer, method) -> dict:
-    """The ``p_*`` columns of a cell: the headline ones, then one per problem / observer / method parameter."""
-    cols = {"p_problem": problem.label, "p_method": method.label, "p_problem_name": cell.problem,
-            "p_method_name": cell.method, "p_n_ens": cell.n_ens, "p_coverage": float(observer.coverage),
-            "p_noise": float(observer.noise), "p_seed": cell.seed, "p_device": cell.device, "p_dtype": cell.dtype,
-            "p_spinup": cell.spinup, "p_score_between": cell.score_between, "p_observer": observer.label,
+def param_columns(cell: Cell, problem=None, observer=None, method=None) -> dict:
+    """The ``p_*`` columns of a cell: the headline ones, then one per problem / observer / method parameter.
+
+    Built from whatever is known: the problem and method labels when they were built (else their registry
+    names), the observer's coverage and noise when it was bound (else the cell's values, falling back to the
+    :class:`~problems.base.Observer` defaults), and the per-parameter columns only once the observer is bound.
+    """
+    cols = {"p_problem": problem.label if problem is not None else cell.problem,
+            "p_method": method.label if method is not None else cell.method,
+            "p_problem_name": cell.problem, "p_method_name": cell.method, "p_n_ens": cell.n_ens,
+            "p_coverage": float(observer.coverage if observer is not None else _observer_value(cell, "coverage")),
+            "p_noise": float(observer.noise if observer is not None else _observer_value(cell, "noise")),
+            "p_seed": cell.seed, "p_device": cell.device, "p_dtype": cell.dtype, "p_spinup": cell.spinup,
             "p_init": cell.init, "p_init_std": init_std(cell.init), "p_truth_split": cell.truth_split,
             "p_tuned": cell.tuned}
+    if observer is None or problem is None or method is None:
+        return cols
+    cols.update({"p_score_between": cell.score_between, "p_observer": observer.label})
     for prefix, params in (("p_problem_", problem.params_dict()), ("p_obs_", observer.params_dict()),
                            ("p_method_", method.params_dict())):
         for k, v in params.items():
@@ -143,119 +179,270 @@ def param_columns(cell: Cell, problem, observer, method) -> dict:
     return {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in cols.items()}
 
 
+def _observer_value(cell: Cell, key: str):
+    """The cell's observer parameter ``key``, or the Observer's own default."""
+    return cell.odict.get(key, Observer.__dataclass_fields__[key].default)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-def run_cell(cell: Cell, cache_dir: Path | None = None, raise_errors: bool = False, progress: bool = False,
-             snapshot_cycles: int = 3) -> dict:
-    """Run one cell; returns ``{"cell", "row", "cycles", "snapshots"}`` (never raises unless ``raise_errors``)."""
-    import methods
-    import problems
+@dataclass
+class CellResult:
+    """What running one cell produces: the results row, the per-cycle rows and the optional arrays.
 
-    device = torch.device(cell.device)
-    dtype = getattr(torch, cell.dtype)
-    problem = problems.get(cell.problem, **cell.pdict)
-    method = methods.get(cell.method, **cell.mdict)
-    row: dict[str, Any] = {"cell_id": cell.cell_id}
-    cycles: list[dict] = []
-    snaps: dict[str, Any] = {}
-    t_start = time.perf_counter()
-    status, error = "ok", ""
-    timings = {k: float("nan") for k in TIMINGS}
-    metric_means = {k: float("nan") for k in METRICS}
-    try:
-        dataset = problem.dataset(cache_dir=cache_dir, progress=progress)
-        observer = problems.bind_observer(problem, dataset, **cell.odict)
-        row.update(param_columns(cell, problem, observer, method))
-        row.update({"obs_coverage": observer.actual_coverage, "n_obs": observer.n_obs})
-        reason = method.skip(problem, observer)
-        if reason:
-            status, error = "skipped", reason
-        else:
-            with PeakMemory(device) as mem:
-                cycles, metric_means, timings, snaps = _cycle(cell, problem, observer, method, dataset, device,
-                                                              dtype, cache_dir, progress, snapshot_cycles)
-            timings["peak_mem_mb"] = mem.peak
-    except Diverged as e:
-        status, error = "failed", str(e)
-        cycles = getattr(e, "cycles", [])
-    except Exception as e:  # a failed method is data, the sweep goes on
-        if raise_errors:
-            raise
-        status = "failed"
-        error = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc()[-2000:])
-    if "p_problem" not in row:  # failed before the observer was bound: still give the row its parameters
-        row.update({"p_problem": problem.label, "p_method": method.label, "p_problem_name": cell.problem,
-                    "p_method_name": cell.method, "p_n_ens": cell.n_ens,
-                    "p_coverage": float(cell.odict.get("coverage", 1.0)),
-                    "p_noise": float(cell.odict.get("noise", 0.1)), "p_seed": cell.seed, "p_device": cell.device,
-                    "p_dtype": cell.dtype, "p_spinup": cell.spinup, "p_init": cell.init,
-                    "p_init_std": init_std(cell.init), "p_truth_split": cell.truth_split, "p_tuned": cell.tuned})
-    timings["time_total_s"] = time.perf_counter() - t_start
-    row.update(metric_means)
-    row.update(timings)
-    row.update({"status": status, "error": error, "n_cycles": len(cycles)})
-    row.update(provenance(device, cell.dtype))
-    pcols = {k: v for k, v in row.items() if k.startswith("p_")}
-    cycles = [{"cell_id": cell.cell_id, **pcols, **c} for c in cycles]
-    extras = snaps.pop("_extras", {}) if isinstance(snaps, dict) else {}
-    return {"cell": cell.to_dict(), "row": row, "cycles": cycles, "snapshots": snaps, "extras": extras}
+    ``snapshots``: field snapshots of gridded problems (``cycles``, ``truth``, ``mean``, ``obs_points``,
+    ``field_names``), empty otherwise; ``latent``: the analysis latents of latent methods (``cycles``,
+    ``analysis``), empty otherwise; ``surrogate``: numeric leaves of the method's training summary.
+    :func:`bench.store.write_result` puts each in its place in the run folder.
+    """
+
+    cell: dict
+    row: dict
+    cycles: list[dict]
+    snapshots: dict = field(default_factory=dict)
+    latent: dict = field(default_factory=dict)
+    surrogate: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return self.row["status"]
 
 
-def _cycle(cell, problem, observer, method, dataset, device, dtype, cache_dir, progress, snapshot_cycles):
-    from methods.base import Context
+@dataclass
+class Assimilation:
+    """The outcome of the cycles of one prepared cell (see :meth:`PreparedCell.assimilate`)."""
 
-    trajs, traj_params = dataset.split(cell.truth_split)
-    k = cell.seed % trajs.shape[0]
-    truth = trajs[k].to(device=device, dtype=dtype)  # (T+1, *shape)
-    truth_params = traj_params[k].to(device=device, dtype=torch.float64)
-    T = truth.shape[0] - 1
-    if cell.spinup >= T:
-        raise ValueError(f"spinup={cell.spinup} leaves no cycle to average (the problem has {T} cycles)")
-    tuning = () if cell.truth_split == "test" else (cell.truth_split,)  # test-truth seeds stay as they were
-    g_obs = generator("obs", problem.label, observer.label, cell.seed, *tuning)
-    ys = observer.sample(truth[1:].double().cpu(), g_obs).to(device=device, dtype=dtype)  # (T, m)
-    x0, params0 = initial_ensemble(cell, problem, trajs[k, 0])
-    x0, params0 = x0.to(device=device, dtype=dtype), params0.to(device=device, dtype=dtype)
+    means: dict
+    timings: dict
+    snapshots: dict
+    latent: dict
+    surrogate: dict
 
-    ctx = Context(problem=problem, observer=observer, dataset=dataset, device=device, dtype=dtype,
-                  cache_dir=cache_dir, progress=progress)
-    timer = Timer(device)
-    method.bind(ctx)
-    t0 = timer.now()
-    method.fit(generator("fit", problem.label, observer.label, method.label))
-    time_fit = timer.now() - t0
-    state = method.init(x0, params0, generator("method", problem.label, observer.label, method.label,
-                                               cell.n_ens, cell.seed))
-    scale = float(truth.double().abs().max()) + float(dataset.field_std.max())
-    snap_at = sorted({max(1, T // 4), max(1, T // 2), T})[:max(snapshot_cycles, 0)] if len(problem.state_shape) == 3 else []
-    snaps = {"cycles": [], "truth": [], "mean": []}
-    latents: list = []
-    rows = []
-    fracs = [j / (cell.score_between + 1) for j in range(1, cell.score_between + 1)]
-    for t in range(1, T + 1):
-        before = state
-        try:
-            state, r, xa, fstate = _one_cycle(t, method, state, ys, timer, truth, truth_params, dataset, problem,
-                                              scale)
-        except Diverged as e:  # raised by the runner's check or by the method itself: keep what was computed
-            msg = str(e) if str(e).startswith("diverged at cycle") else f"diverged at cycle {t}: {e}"
-            err = Diverged(msg)
-            err.cycles = rows
-            raise err from None
-        r["rmse_between"] = r["rrmse_between"] = float("nan")
-        if fracs:  # untimed: the truth and the estimate inside the interval (t-1, t)
-            r.update(_score_between(method, before, fstate, fracs, truth[t - 1], truth_params, problem))
-        r["spinup"] = t <= cell.spinup
-        rows.append(r)
+
+class PreparedCell:
+    """Everything one cell runs on, built the one way every caller shares (see :func:`prepare`).
+
+    ``problem`` and ``method`` are built on construction (a bad name or parameter raises
+    :class:`~assimbench.errors.ConfigError` there); the rest is built on first access, in this order of
+    dependence: ``dataset`` (cached on disk) -> ``observer`` (bound to the dataset's statistics) ->
+    ``skip_reason``; ``truth`` (trajectory ``seed % n`` of the cell's ``truth_split``, ``(T+1, *state_shape)``) and
+    ``truth_params``; ``observations`` ``(T, m)`` from a seed of (problem, observer, seed) only; ``initial``
+    (``x0 (N, *state_shape)``, ``params0 (N, P)``, :func:`initial_ensemble`) from a seed of (problem, seed, N)
+    only. ``fit_generator`` and
+    ``method_generator`` give the method's seeds. All tensors are on the cell's device and dtype.
+    """
+
+    def __init__(self, cell: Cell, cache_dir: Path | None = None, progress: bool = False):
+        self.cell, self.cache_dir, self.progress = cell, cache_dir, progress
+        self.device = torch.device(cell.device)
+        self.dtype = getattr(torch, cell.dtype)
+        self.problem = problems.get(cell.problem, **cell.pdict)
+        self.method = methods.get(cell.method, **cell.mdict)
+
+    # ---- the setting
+    @cached_property
+    def dataset(self):
+        return self.problem.dataset(cache_dir=self.cache_dir, progress=self.progress)
+
+    @cached_property
+    def observer(self) -> Observer:
+        return problems.bind_observer(self.problem, self.dataset, **self.cell.odict)
+
+    @cached_property
+    def skip_reason(self) -> str | None:
+        return self.method.skip(self.problem, self.observer) or None
+
+    @cached_property
+    def _truth_cpu(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The truth trajectory ``(T+1, *shape)`` and its parameters ``(P,)`` as stored in the dataset."""
+        trajs, traj_params = self.dataset.split(self.cell.truth_split)
+        k = self.cell.seed % trajs.shape[0]
+        return trajs[k], traj_params[k]
+
+    @cached_property
+    def truth(self) -> torch.Tensor:
+        return self._truth_cpu[0].to(device=self.device, dtype=self.dtype)  # (T+1, *shape)
+
+    @cached_property
+    def truth_params(self) -> torch.Tensor:
+        return self._truth_cpu[1].to(device=self.device, dtype=torch.float64)
+
+    @property
+    def n_cycles(self) -> int:
+        return self.truth.shape[0] - 1
+
+    @cached_property
+    def observations(self) -> torch.Tensor:
+        g_obs = generator("obs", self.problem.label, self.observer.label, self.cell.seed, *_tuning(self.cell))
+        return self.observer.sample(self.truth[1:].double().cpu(), g_obs).to(device=self.device,
+                                                                            dtype=self.dtype)  # (T, m)
+
+    @cached_property
+    def initial(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, params0 = initial_ensemble(self.cell, self.problem, self._truth_cpu[0][0])
+        return x0.to(device=self.device, dtype=self.dtype), params0.to(device=self.device, dtype=self.dtype)
+
+    def fit_generator(self) -> torch.Generator:
+        return generator("fit", self.problem.label, self.observer.label, self.method.label)
+
+    def method_generator(self) -> torch.Generator:
+        return generator("method", self.problem.label, self.observer.label, self.method.label, self.cell.n_ens,
+                         self.cell.seed)
+
+    # ---- the method's life cycle
+    def bind(self) -> None:
+        """Give the method its context (problem, observer, dataset, device, dtype, cache); untimed."""
+        self.method.bind(Context(problem=self.problem, observer=self.observer, dataset=self.dataset,
+                                 device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
+                                 progress=self.progress))
+
+    def fit(self, generator: torch.Generator | None = None) -> None:
+        """The method's offline training (shipped artifact, cache or fresh), seeded by :meth:`fit_generator`."""
+        self.method.fit(generator if generator is not None else self.fit_generator())
+
+    def init(self) -> Any:
+        """The method's initial state from the shared initial ensemble."""
+        x0, params0 = self.initial
+        return self.method.init(x0, params0, self.method_generator())
+
+    def divergence_scale(self) -> float:
+        """An estimate farther than DIVERGENCE_FACTOR times this from zero is a divergence."""
+        return float(self.truth.double().abs().max()) + float(self.dataset.field_std.max())
+
+    def cycle(self, t: int, state: Any, timer: "Timer", scale: float) -> tuple[Any, dict, torch.Tensor, Any]:
+        """Forecast, analysis, estimate (timed) and the cycle's metrics (untimed)
+        -> (state, row, analysis ensemble, forecast state)."""
+        method, truth, truth_params = self.method, self.truth, self.truth_params
+        s0 = timer.stamp()
+        with count_substeps() as steps:
+            state = method.forecast(state)
+        fstate = state
+        s1 = timer.stamp()
         with torch.no_grad():
-            lat = method.latent(state)
-        if lat is not None:
-            latents.append(lat.detach().float().cpu().numpy())
-        if t in snap_at:
-            snaps["cycles"].append(t)
-            snaps["truth"].append(truth[t].float().cpu().numpy())
-            snaps["mean"].append(xa.float().mean(0).cpu().numpy())
-    return _summarise(rows, timings_fit=time_fit, snaps=snaps, latents=latents, observer=observer,
-                      problem=problem, method=method)
+            xf = method.estimate(state)  # untimed: only for the forecast metrics
+            if not bool(torch.isfinite(xf).all()):
+                raise Diverged(f"diverged at cycle {t}: the forecast ensemble has non-finite values (the model blew "
+                               "up from the previous analysis)")
+        s2 = timer.stamp()
+        try:
+            state = method.analysis(state, self.observations[t - 1])
+        except torch.linalg.LinAlgError as e:  # an ill-conditioned update is a divergence of this cell, not a crash
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise Diverged(f"diverged at cycle {t}: the analysis failed numerically ({first}); the forecast "
+                           f"ensemble spread is {float(xf.double().std(0).mean()):.3g}") from None
+        s3 = timer.stamp()
+        xa = method.estimate(state)
+        s4 = timer.stamp()
+        # ---- metrics, outside the timers
+        if not bool(torch.isfinite(xa).all()) or float(xa.double().abs().max()) > DIVERGENCE_FACTOR * scale:
+            raise Diverged(f"diverged at cycle {t}: the analysis ensemble has "
+                           f"{'non-finite values' if not bool(torch.isfinite(xa).all()) else 'left the plausible range'}")
+        mf = ensemble_metrics(xf, truth[t])
+        ma = ensemble_metrics(xa, truth[t])
+        pe = method.estimate_params(state)
+        r = {"cycle": t, "time": float(self.dataset.times[t]), "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
+             "rmse_a": ma["rmse"], "rrmse_a": ma["rrmse"], "rrmse_member_a": ma["rrmse_member"],
+             "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params)}
+        r.update(_phase_times(s0, s1, s2, s3, s4))
+        end = timer.stamp()
+        r["t_cycle"], r["t_cycle_cpu"] = end[0] - s0[0], end[1] - s0[1]
+        r["forecast_substeps"] = float(steps.steps) if steps.calls else float("nan")
+        r["forecast_speed"] = steps.speed
+        for i, name in enumerate(self.problem.param_names):
+            r[f"param_mean_{name}"] = float(pe[:, i].double().mean()) if pe is not None and pe.numel() else float("nan")
+            r[f"param_true_{name}"] = float(truth_params[i])
+        return state, r, xa, fstate
+
+    def retime(self, t: int, before: Any, rngs: "_RandomState", timer: "Timer", repeats: int) -> dict:
+        """Time forecast, analysis and estimate of cycle ``t`` ``repeats`` more times from ``before`` (the state
+        the cycle started from, copied for each repeat), each with the random generators as they were when the
+        cycle started; afterwards every generator is as the real cycle left it, so no metric changes.
+
+        Returns the per-phase samples ``{"t_forecast": [...], "t_forecast_cpu": [...], ...}``.
+        """
+        after = rngs.capture()
+        samples: dict[str, list[float]] = {}
+        try:
+            with torch.no_grad():
+                for _ in range(repeats):
+                    rngs.restore()
+                    state = _copy_state(before)
+                    s0 = timer.stamp()
+                    state = self.method.forecast(state)
+                    s1 = timer.stamp()
+                    s2 = timer.stamp()
+                    state = self.method.analysis(state, self.observations[t - 1])
+                    s3 = timer.stamp()
+                    self.method.estimate(state)
+                    s4 = timer.stamp()
+                    for k, v in _phase_times(s0, s1, s2, s3, s4).items():
+                        samples.setdefault(k, []).append(v)
+        finally:
+            rngs.restore(after)
+        return samples
+
+    def assimilate(self, rows: list[dict], snapshot_cycles: int = 3) -> Assimilation:
+        """Bind, fit (timed) and run every cycle, appending one row per cycle to ``rows`` as it goes (so a
+        divergence keeps the cycles computed before it); raises :class:`~assimbench.errors.Diverged`."""
+        cell, problem, method = self.cell, self.problem, self.method
+        T = self.n_cycles
+        if cell.spinup >= T:
+            raise ValueError(f"spinup={cell.spinup} leaves no cycle to average (the problem has {T} cycles)")
+        self.observations, self.initial  # noqa: B018  (drawn before fit, as always)
+        timer = Timer(self.device)
+        self.bind()
+        t0 = timer.now()
+        self.fit()
+        time_fit = timer.now() - t0
+        state = self.init()
+        scale = self.divergence_scale()
+        snap_at = sorted({max(1, T // 4), max(1, T // 2), T})[:max(snapshot_cycles, 0)] \
+            if len(problem.state_shape) == 3 else []
+        snaps = {"cycles": [], "truth": [], "mean": []}
+        latents: list = []
+        fracs = [j / (cell.score_between + 1) for j in range(1, cell.score_between + 1)]
+        repeats = int(getattr(cell, "timing_repeats", 0) or 0)
+        for t in range(1, T + 1):
+            before = state
+            rngs = _RandomState(method, state, self.device) if repeats else None
+            try:
+                state, r, xa, fstate = self.cycle(t, state, timer, scale)
+            except Diverged as e:  # raised by the runner's check or by the method itself
+                msg = str(e) if str(e).startswith("diverged at cycle") else f"diverged at cycle {t}: {e}"
+                raise Diverged(msg) from None
+            r["warmup"] = t == 1
+            if repeats:  # the cycle's samples become the median of its 1 + R timings
+                more = self.retime(t, before, rngs, timer, repeats)
+                for k, v in more.items():
+                    r[k] = float(np.median([r[k], *v]))
+                r["t_online"] = r["t_forecast"] + r["t_analysis"] + r["t_reconstruct"]
+                r["t_online_cpu"] = r["t_forecast_cpu"] + r["t_analysis_cpu"] + r["t_reconstruct_cpu"]
+            r["timing_repeats"] = repeats
+            r["rmse_between"] = r["rrmse_between"] = float("nan")
+            if fracs:  # untimed: the truth and the estimate inside the interval (t-1, t)
+                r.update(_score_between(method, before, fstate, fracs, self.truth[t - 1], self.truth_params,
+                                        problem))
+            r["spinup"] = t <= cell.spinup
+            rows.append(r)
+            with torch.no_grad():
+                lat = method.latent(state)
+            if lat is not None:
+                latents.append(lat.detach().float().cpu().numpy())
+            if t in snap_at:
+                snaps["cycles"].append(t)
+                snaps["truth"].append(self.truth[t].float().cpu().numpy())
+                snaps["mean"].append(xa.float().mean(0).cpu().numpy())
+        means, timings = _summarise(rows, time_fit)
+        snapshots = {"cycles": np.array(snaps["cycles"]), "truth": np.stack(snaps["truth"]),
+                     "mean": np.stack(snaps["mean"]), "obs_points": self.observer.points.numpy(),
+                     "field_names": np.array(problem.field_names)} if snaps["cycles"] else {}
+        latent = {"cycles": np.arange(1, len(latents) + 1), "analysis": np.stack(latents)} if latents else {}
+        surrogate = _flat_numbers(getattr(method, "training_summary", None) or {})
+        return Assimilation(means, timings, snapshots, latent, surrogate)
+
+
+def _tuning(cell: Cell) -> tuple:
+    """The extra seed part of a tuning truth (none for the test truths, whose seeds stay as they were)."""
+    return () if cell.truth_split == "test" else (cell.truth_split,)
 
 
 def initial_ensemble(cell: Cell, problem, truth0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +453,7 @@ def initial_ensemble(cell: Cell, problem, truth0: torch.Tensor) -> tuple[torch.T
     twin experiment that draws truth and members from ``N(x0, s^2 I)`` does: ``truth0 + s (c + e_i)``, with the
     offset ``c ~ N(0, I)`` shared by the members (seeded by problem and seed only) and ``e_i ~ N(0, I)``.
     """
-    tuning = () if cell.truth_split == "test" else (cell.truth_split,)
+    tuning = _tuning(cell)
     g_init = generator("init", problem.label, cell.seed, cell.n_ens, *tuning)
     params0 = problem.sample_params(cell.n_ens, g_init)
     if cell.init == "climatology":
@@ -277,6 +464,75 @@ def initial_ensemble(cell: Cell, problem, truth0: torch.Tensor) -> tuple[torch.T
                     dtype=torch.float64)
     e = torch.randn((cell.n_ens, *x.shape), generator=g_init, dtype=torch.float64)
     return x + s * (c + e), params0
+
+
+def prepare(cell: Cell, cache_dir: Path | None = None, progress: bool = False) -> PreparedCell:
+    """The one way to set up a cell: problem, dataset, observer, bound method, truth, observations, seeds.
+
+    Used by :func:`run_cell`, the conformance suite, the asv suite and ``bench train``; see
+    :class:`PreparedCell` for what it holds and when each part is built.
+    """
+    return PreparedCell(cell, cache_dir=cache_dir, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def run_cell(cell: Cell, cache_dir: Path | None = None, raise_errors: bool = False, progress: bool = False,
+             snapshot_cycles: int = 3, threads: int | None = None, jobs: int | None = None) -> CellResult:
+    """Run one cell; returns its :class:`CellResult` (never raises unless ``raise_errors``).
+
+    ``threads``: torch intra-op threads for this cell (restored afterwards; None keeps the process's setting);
+    ``jobs``: how many cells the executor runs side by side (recorded with the timings, not used).
+    """
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        result = _run_cell(cell, cache_dir, raise_errors, progress, snapshot_cycles)
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+    result.row["jobs"] = jobs if jobs is not None else float("nan")
+    return result
+
+
+def _run_cell(cell: Cell, cache_dir: Path | None, raise_errors: bool, progress: bool,
+              snapshot_cycles: int) -> CellResult:
+    prep = prepare(cell, cache_dir=cache_dir, progress=progress)
+    problem, method = prep.problem, prep.method
+    row: dict[str, Any] = {"cell_id": cell.cell_id}
+    cycles: list[dict] = []
+    result = Assimilation({k: float("nan") for k in METRICS}, {k: float("nan") for k in TIMINGS}, {}, {}, {})
+    t_start = time.perf_counter()
+    status, error = "ok", ""
+    try:
+        observer = prep.observer
+        row.update(param_columns(cell, problem, observer, method))
+        row.update({"obs_coverage": observer.actual_coverage, "n_obs": observer.n_obs})
+        if prep.skip_reason:
+            status, error = "skipped", prep.skip_reason
+        else:
+            with PeakMemory(prep.device) as mem:
+                result = prep.assimilate(cycles, snapshot_cycles)
+            result.timings["peak_mem_mb"] = mem.peak
+    except Diverged as e:
+        status, error = "failed", str(e)
+    except Exception as e:  # a failed method is data, the sweep goes on
+        if raise_errors:
+            raise
+        status = "failed"
+        error = f"{type(e).__name__}: {e}\n" + "".join(traceback.format_exc()[-2000:])
+    if "p_problem" not in row:  # failed before the observer was bound: still give the row its parameters
+        row.update(param_columns(cell, problem, None, method))
+    timings = {**{k: float("nan") for k in TIMINGS}, **result.timings}
+    timings["time_total_s"] = time.perf_counter() - t_start
+    row.update(result.means)
+    row.update(timings)
+    row.update({"status": status, "error": error, "n_cycles": len(cycles),
+                "timing_repeats": int(getattr(cell, "timing_repeats", 0) or 0)})
+    row.update(provenance(prep.device, cell.dtype))
+    pcols = {k: v for k, v in row.items() if k.startswith("p_")}
+    cycles = [{"cell_id": cell.cell_id, **pcols, **c} for c in cycles]
+    return CellResult(cell.to_dict(), row, cycles, result.snapshots, result.latent, result.surrogate)
 
 
 def _score_between(method, before, after, fracs, x_prev, truth_params, problem) -> dict:
@@ -292,67 +548,98 @@ def _score_between(method, before, after, fracs, x_prev, truth_params, problem) 
     return {"rmse_between": float(np.mean(rm)), "rrmse_between": float(np.mean(rr))}
 
 
-def _one_cycle(t, method, state, ys, timer, truth, truth_params, dataset, problem, scale):
-    """Forecast, analysis, estimate (timed) and the cycle's metrics (untimed)
-    -> (state, row, analysis ensemble, forecast state)."""
-    tc0 = timer.now()
-    state = method.forecast(state)
-    fstate = state
-    tc1 = timer.now()
-    with torch.no_grad():
-        xf = method.estimate(state)  # untimed: only for the forecast metrics
-        if not bool(torch.isfinite(xf).all()):
-            raise Diverged(f"diverged at cycle {t}: the forecast ensemble has non-finite values (the model blew up "
-                           "from the previous analysis)")
-    tc2 = timer.now()
-    try:
-        state = method.analysis(state, ys[t - 1])
-    except torch.linalg.LinAlgError as e:  # an ill-conditioned update is a divergence of this cell, not a crash
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise Diverged(f"diverged at cycle {t}: the analysis failed numerically ({first}); the forecast ensemble "
-                       f"spread is {float(xf.double().std(0).mean()):.3g}") from None
-    tc3 = timer.now()
-    xa = method.estimate(state)
-    tc4 = timer.now()
-    # ---- metrics, outside the timers
-    if not bool(torch.isfinite(xa).all()) or float(xa.double().abs().max()) > DIVERGENCE_FACTOR * scale:
-        raise Diverged(f"diverged at cycle {t}: the analysis ensemble has "
-                       f"{'non-finite values' if not bool(torch.isfinite(xa).all()) else 'left the plausible range'}")
-    mf = ensemble_metrics(xf, truth[t])
-    ma = ensemble_metrics(xa, truth[t])
-    pe = method.estimate_params(state)
-    r = {"cycle": t, "time": float(dataset.times[t]), "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
-         "rmse_a": ma["rmse"], "rrmse_a": ma["rrmse"], "rrmse_member_a": ma["rrmse_member"],
-         "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params),
-         "t_forecast": tc1 - tc0, "t_analysis": tc3 - tc2, "t_reconstruct": tc4 - tc3,
-         "t_cycle": timer.now() - tc0}
-    for i, name in enumerate(problem.param_names):
-        r[f"param_mean_{name}"] = float(pe[:, i].double().mean()) if pe is not None and pe.numel() else float("nan")
-        r[f"param_true_{name}"] = float(truth_params[i])
-    return state, r, xa, fstate
+def _phase_times(s0, s1, s2, s3, s4) -> dict:
+    """Wall and CPU seconds of forecast (s0-s1), analysis (s2-s3), reconstruction (s3-s4) and their sum."""
+    out = {}
+    for i, suffix in ((0, ""), (1, "_cpu")):
+        f, a, r = s1[i] - s0[i], s3[i] - s2[i], s4[i] - s3[i]
+        out.update({f"t_forecast{suffix}": f, f"t_analysis{suffix}": a, f"t_reconstruct{suffix}": r,
+                    f"t_online{suffix}": f + a + r})
+    return out
 
 
-def _summarise(rows, timings_fit, snaps, latents, observer, problem, method):
+def _quartiles(v: np.ndarray) -> tuple[float, float]:
+    """(median, interquartile range) of the finite values; NaN when there are none."""
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return float(med), float(q3 - q1)
+
+
+def _summarise(rows: list[dict], time_fit: float) -> tuple[dict, dict]:
+    """Metric means over the scored cycles; timing statistics over the timed cycles (all but the warm-up).
+
+    Per phase: the mean (``time_<phase>_s``, comparable with older runs), the median and the interquartile
+    range over cycles (``time_<phase>_med_s``, ``time_<phase>_iqr_s``) and the median CPU time
+    (``time_<phase>_cpu_s``); ``cpu_per_wall`` is total CPU over total wall time of the online phases (about the
+    number of busy threads; well below it when the process waited for a core); the forecast's sub-steps (mean per
+    cycle over all cycles), the largest speed that set a CFL count, and the median forecast time per sub-step.
+    """
     scored = [r for r in rows if not r["spinup"]]
     means = {m: float(np.nanmean([r[m] for r in scored])) if scored and not all(
         isinstance(r[m], float) and math.isnan(r[m]) for r in scored) else float("nan") for m in METRICS}
     timed = rows[1:] if len(rows) > 1 else rows  # cycle 1 is the warm-up
-    mean_t = lambda key: float(np.mean([r[key] for r in timed]))  # noqa: E731
-    timings = {"time_fit_s": timings_fit, "time_forecast_s": mean_t("t_forecast"),
-               "time_analysis_s": mean_t("t_analysis"), "time_reconstruct_s": mean_t("t_reconstruct")}
-    timings["time_online_s"] = timings["time_forecast_s"] + timings["time_analysis_s"] + timings["time_reconstruct_s"]
-    timings["time_per_cycle_s"] = mean_t("t_cycle")
-    if snaps["cycles"]:
-        snaps = {"cycles": np.array(snaps["cycles"]), "truth": np.stack(snaps["truth"]),
-                 "mean": np.stack(snaps["mean"]), "obs_points": observer.points.numpy(),
-                 "field_names": np.array(problem.field_names)}
-    else:
-        snaps = {}
-    extras = {"surrogate": _flat_numbers(getattr(method, "training_summary", None) or {})}
-    if latents:
-        extras["latent"] = {"cycles": np.arange(1, len(latents) + 1), "analysis": np.stack(latents)}
-    snaps["_extras"] = extras
-    return rows, means, timings, snaps
+    col = lambda key, rs=timed: np.array([r.get(key, np.nan) for r in rs], dtype=float)  # noqa: E731
+    timings = {"time_fit_s": time_fit, "timed_cycles": float(len(timed))}
+    for key, stem in PHASES.items():
+        v = col(key)
+        timings[f"time_{stem}_s"] = float(np.mean(v)) if len(v) else float("nan")
+        timings[f"time_{stem}_med_s"], timings[f"time_{stem}_iqr_s"] = _quartiles(v)
+    for stem in ("forecast", "analysis", "reconstruct", "online"):
+        timings[f"time_{stem}_cpu_s"] = _quartiles(col(f"t_{stem}_cpu"))[0]
+    wall, cpu = np.nansum(col("t_online")), np.nansum(col("t_online_cpu"))
+    timings["cpu_per_wall"] = float(cpu / wall) if wall > 0 else float("nan")
+    subs = col("forecast_substeps", rows)
+    timings["forecast_substeps"] = float(np.nanmean(subs)) if np.isfinite(subs).any() else float("nan")
+    speeds = col("forecast_speed", rows)
+    timings["forecast_speed"] = float(np.nanmax(speeds)) if np.isfinite(speeds).any() else float("nan")
+    per = col("forecast_substeps")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        timings["time_forecast_per_substep_s"] = _quartiles(np.where(per > 0, col("t_forecast") / per, np.nan))[0]
+        timings["time_forecast_per_substep_cpu_s"] = _quartiles(
+            np.where(per > 0, col("t_forecast_cpu") / per, np.nan))[0]
+    return means, timings
+
+
+class _RandomState:
+    """The states of every random generator a cycle can draw from: the method's and its state's
+    ``torch.Generator`` attributes, torch's global CPU generator and, on CUDA, the device's."""
+
+    def __init__(self, method: Any, state: Any, device: torch.device):
+        gens = [v for v in vars(method).values() if isinstance(v, torch.Generator)]
+        holders = [state, *(vars(state).values() if hasattr(state, "__dict__") else ()),
+                   *(getattr(state, "extra", {}) or {}).values()] if state is not None else []
+        gens += [v for v in holders if isinstance(v, torch.Generator)]
+        self.gens = list({id(g): g for g in gens}.values())
+        self.cuda = device.type == "cuda"
+        self.saved = self.capture()
+
+    def capture(self) -> tuple:
+        return ([g.get_state() for g in self.gens], torch.get_rng_state(),
+                torch.cuda.get_rng_state() if self.cuda else None)
+
+    def restore(self, saved: tuple | None = None) -> None:
+        gens, cpu, cuda = saved if saved is not None else self.saved
+        for g, st in zip(self.gens, gens):
+            g.set_state(st)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+
+
+def _copy_state(x: Any) -> Any:
+    """A copy of a method state that the method may modify in place: tensors cloned, containers rebuilt."""
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, dict):
+        return {k: _copy_state(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_copy_state(v) for v in x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _copy_state(getattr(x, f.name)) for f in dataclasses.fields(x)
+                                         if f.init})
+    return x
 
 
 def _flat_numbers(d: dict, prefix: str = "") -> dict:

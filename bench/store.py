@@ -2,14 +2,17 @@
 
 Layout of a run folder ``DIR``::
 
-    DIR/grid.yaml              the config as given (for provenance and `bench show`)
-    DIR/cells/<cell_id>.json   one finished cell: {"cell", "row", "cycles"}, written atomically
-    DIR/snapshots/<id>.npz     field snapshots (gridded problems)
-    DIR/results.parquet        one row per cell (consolidated from cells/)
-    DIR/cycles.parquet         one row per (cell, cycle)
-    DIR/run.json               provenance, timings
-    DIR/.lock                  held by the running `bench run`
+    DIR/grid.yaml                    the config as given (for provenance and `bench show`)
+    DIR/cells/<cell_id>.json         one finished cell: {"cell", "row", "cycles"}, written atomically
+    DIR/snapshots/<cell_id>.npz      field snapshots (gridded problems)
+    DIR/extras/<cell_id>.json        the method's training summary (surrogate errors), when it has one
+    DIR/extras/<cell_id>.latent.npz  analysis latents of latent methods
+    DIR/results.parquet              one row per cell (consolidated from cells/)
+    DIR/cycles.parquet               one row per (cell, cycle)
+    DIR/run.json                     provenance, timings
+    DIR/.lock                        held by the running `bench run`
 
+This module is the only one that knows these paths: the sweep, the executors, the CLI and the report ask it.
 A cell file is JSON with a ``checksum`` of its payload, so a partial or corrupt file is detected and the cell
 rerun rather than read.
 """
@@ -17,18 +20,72 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from assimbench.errors import ConfigError
 
+if TYPE_CHECKING:
+    from bench.runner import CellResult
+
 FORMAT_VERSION = 1
+
+RESULTS_FILE = "results.parquet"
+CYCLES_FILE = "cycles.parquet"
+RUN_FILE = "run.json"
+GRID_FILE = "grid.yaml"
+LOCK_FILE = ".lock"
+CELLS_DIR = "cells"
+SNAPSHOTS_DIR = "snapshots"
+EXTRAS_DIR = "extras"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# paths of a run folder
+
+
+def results_path(run_dir: Path) -> Path:
+    return Path(run_dir) / RESULTS_FILE
+
+
+def cycles_path(run_dir: Path) -> Path:
+    return Path(run_dir) / CYCLES_FILE
+
+
+def run_info_path(run_dir: Path) -> Path:
+    return Path(run_dir) / RUN_FILE
+
+
+def grid_path(run_dir: Path) -> Path:
+    return Path(run_dir) / GRID_FILE
+
+
+def cells_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CELLS_DIR
+
+
+def cell_path(run_dir: Path, cell_id: str) -> Path:
+    return cells_dir(run_dir) / f"{cell_id}.json"
+
+
+def snapshot_path(run_dir: Path, cell_id: str) -> Path:
+    return Path(run_dir) / SNAPSHOTS_DIR / f"{cell_id}.npz"
+
+
+def surrogate_path(run_dir: Path, cell_id: str) -> Path:
+    return Path(run_dir) / EXTRAS_DIR / f"{cell_id}.json"
+
+
+def latent_path(run_dir: Path, cell_id: str) -> Path:
+    return Path(run_dir) / EXTRAS_DIR / f"{cell_id}.latent.npz"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -66,7 +123,27 @@ def write_cell(run_dir: Path, cell_id: str, payload: dict) -> None:
                       allow_nan=False)
     checksum = hashlib.sha256(body.encode()).hexdigest()
     blob = json.dumps({"format": FORMAT_VERSION, "checksum": checksum, "body": body})
-    atomic_write_bytes(run_dir / "cells" / f"{cell_id}.json", blob.encode())
+    atomic_write_bytes(cell_path(run_dir, cell_id), blob.encode())
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_result(run_dir: Path, result: "CellResult") -> None:
+    """Write a :class:`bench.runner.CellResult`: its arrays first, then the cell file, whose presence marks the
+    cell finished (a writer killed before that leaves the cell to be rerun)."""
+    cell_id = result.row["cell_id"]
+    if result.snapshots:
+        _write_npz(snapshot_path(run_dir, cell_id), result.snapshots)
+    if result.latent:
+        _write_npz(latent_path(run_dir, cell_id), result.latent)
+    if result.surrogate:
+        atomic_write_bytes(surrogate_path(run_dir, cell_id),
+                           json.dumps({"surrogate": result.surrogate}, indent=1).encode())
+    write_cell(run_dir, cell_id, {"cell": result.cell, "row": result.row, "cycles": result.cycles})
 
 
 def read_cell(path: Path) -> dict | None:
@@ -84,7 +161,7 @@ def read_cell(path: Path) -> dict | None:
 def finished_cells(run_dir: Path) -> dict[str, dict]:
     """cell_id -> payload of every valid cell file; corrupt ones are removed (they will be rerun)."""
     out = {}
-    for p in sorted((run_dir / "cells").glob("*.json")):
+    for p in sorted(cells_dir(run_dir).glob("*.json")):
         payload = read_cell(p)
         if payload is None:
             p.unlink(missing_ok=True)
@@ -97,7 +174,7 @@ class RunLock:
     """An exclusive advisory lock on a run folder: two `bench run` never write the same cells."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.path = Path(run_dir) / LOCK_FILE
         self.fd: int | None = None
 
     def __enter__(self):
@@ -145,22 +222,47 @@ def consolidate(run_dir: Path, cell_ids: list[str] | None = None) -> tuple[pd.Da
     cyc = [r for c in ids for r in cells[c]["cycles"]]
     df = _normalise_columns(pd.DataFrame(rows))
     cdf = _normalise_columns(pd.DataFrame(cyc))
-    for name, table in (("results.parquet", df), ("cycles.parquet", cdf)):
-        tmp = run_dir / f".{name}.tmp{os.getpid()}"
+    for path, table in ((results_path(run_dir), df), (cycles_path(run_dir), cdf)):
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         table.to_parquet(tmp, index=False)
-        os.replace(tmp, run_dir / name)
+        os.replace(tmp, path)
     return df, cdf
 
 
-def load_results(run_dir: str | Path) -> pd.DataFrame:
-    """The results table of a run folder, with a clear error for a folder that is not one."""
+def remove_stale_tmp(run_dir: Path) -> None:
+    """Remove the ``.tmp`` files a killed writer left behind (call it holding the lock: no writer is alive)."""
     run_dir = Path(run_dir)
-    path = run_dir / "results.parquet"
-    if not path.exists():
-        if (run_dir / "cells").is_dir():
-            return consolidate(run_dir)[0]
-        raise ConfigError(f"{run_dir} is not a results folder (no results.parquet and no cells/); "
-                          f"give the --out folder of a `bench run`")
+    for sub in (CELLS_DIR, SNAPSHOTS_DIR, EXTRAS_DIR):
+        for p in (run_dir / sub).glob(".*.tmp*"):
+            p.unlink(missing_ok=True)
+    for p in run_dir.glob(".*.parquet.tmp*"):
+        p.unlink(missing_ok=True)
+
+
+def resolve_run_dir(run_dir: str | Path) -> Path:
+    """The run folder named by ``run_dir`` (the folder or its ``results.parquet``); ConfigError when it is not one.
+
+    A folder with ``cells/`` but no ``results.parquet`` (a run interrupted before consolidation) is
+    consolidated here.
+    """
+    path = Path(run_dir)
+    if path.is_file() and path.name == RESULTS_FILE:
+        path = path.parent
+    if not results_path(path).is_file():
+        if not path.exists():
+            raise ConfigError(f"run directory {str(path)!r} does not exist")
+        if cells_dir(path).is_dir():
+            consolidate(path)
+        else:
+            raise ConfigError(f"{path} is not a results folder (no {RESULTS_FILE} and no {CELLS_DIR}/); "
+                              f"give the --out folder of a `bench run`")
+    return path
+
+
+def load_results(run_dir: str | Path) -> pd.DataFrame:
+    """The results table of a run folder (one row per cell), with a clear error for a folder that is not one
+    or that an older or foreign version wrote."""
+    path = results_path(resolve_run_dir(run_dir))
     try:
         df = pd.read_parquet(path)
     except Exception as e:
@@ -170,3 +272,29 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
         raise ConfigError(f"{path} is from an older or foreign version (missing columns "
                           f"{sorted(need - set(df.columns))}); rerun `bench run` to rebuild it")
     return df
+
+
+def load_cycles(run_dir: str | Path) -> pd.DataFrame:
+    """The per-cycle table of a run folder, or an empty frame when the run wrote none."""
+    path = cycles_path(resolve_run_dir(run_dir))
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+
+def load_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """``DIR/run.json`` (config, provenance, start and end times, command), or ``{}`` when absent/unreadable."""
+    path = run_info_path(resolve_run_dir(run_dir))
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"could not read {path}: {e}", stacklevel=2)
+        return {}
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an ``.npz`` file of a run folder, or None (with a warning) when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        warnings.warn(f"could not read {path}: {e}", stacklevel=2)
+        return None

@@ -32,7 +32,7 @@ def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path
     cache_dir = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     with store.RunLock(run_dir):
-        _remove_stale_tmp(run_dir)
+        store.remove_stale_tmp(run_dir)
         done = store.finished_cells(run_dir)
         if retry_failed:
             done = {k: v for k, v in done.items() if v["row"]["status"] != "failed"}
@@ -49,15 +49,6 @@ def run_grid(cells: list[Cell], run_dir: Path, *, jobs: int = 1, cache_dir: Path
                 bar.close()
         store.consolidate(run_dir, [c.cell_id for c in cells])
     return counts
-
-
-def _remove_stale_tmp(run_dir: Path) -> None:
-    """Remove the ``.tmp`` files a killed writer left behind (we hold the lock, so no writer is alive)."""
-    for sub in ("cells", "snapshots"):
-        for p in (run_dir / sub).glob(".*.tmp*"):
-            p.unlink(missing_ok=True)
-    for p in run_dir.glob(".*.parquet.tmp*"):
-        p.unlink(missing_ok=True)
 
 
 def _prepare_datasets(cells: list[Cell], cache_dir: Path | None, progress: bool) -> None:

@@ -239,11 +239,11 @@ def _score(cells: list[Cell], out: Path, cache_dir: Path | None, metric: str) ->
 
     rows = []
     for c in cells:
-        path = out / "cells" / f"{c.cell_id}.json"
+        path = store.cell_path(out, c.cell_id)
         payload = store.read_cell(path) if path.exists() else None
         if payload is None:
             res = run_cell(c, cache_dir=cache_dir)
-            payload = {"cell": res["cell"], "row": res["row"], "cycles": []}
+            payload = {"cell": res.cell, "row": res.row, "cycles": []}
             store.write_cell(out, c.cell_id, payload)
         rows.append(payload["row"])
     vals = [r.get(metric) for r in rows]
@@ -349,8 +349,7 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
     records: list[dict] = []
     tuned_blocks: list[tuple[Cell, dict, list[int]]] = []
     with store.RunLock(out):
-        for p_ in (out / "cells").glob(".*.tmp*"):
-            p_.unlink(missing_ok=True)
+        store.remove_stale_tmp(out)
         _prepare_datasets([c for ss in p.settings.values() for s in ss for c in [s.template]], cache_dir, progress)
         storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
         for method, settings in p.settings.items():

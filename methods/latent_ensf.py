@@ -64,6 +64,18 @@ class VAETrainConfig:
     eval_every: int = 2
     eval_max: int = 512
     seed: int = 0
+    recipe: str = "cpu"
+
+    #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("recipe",)
+
+    def identity(self) -> dict:
+        """The dict hashed into the artifact key (later-added fields only when they differ from the default)."""
+        d = dataclasses.asdict(self)
+        for k in self.LATER_FIELDS:
+            if d[k] == getattr(type(self), k):
+                d.pop(k)
+        return d
 
 
 def observer_lattice(problem: Problem, observer: Observer) -> tuple[int, int, int] | None:
@@ -188,6 +200,15 @@ def train_vae(problem: Problem, observer: Observer, dataset: Dataset, cfg: VAETr
     return vae, summary
 
 
+#: Named training recipes of the coupled VAE (see :data:`methods.ldensf.RECIPES` for the rules). ``cpu``: the
+#: class defaults; ``paper``: the published latent map of 4 x 10 x 10 (the other training details of the
+#: authors' VAE are not published; they stay at the ``cpu`` values).
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {"*": {}},
+    "paper": {"*": dict(c_lat=4, h_lat=10)},
+}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The method
 # --------------------------------------------------------------------------------------------------------------
@@ -212,6 +233,8 @@ class LatentEnSF(Method):
     lam : weight of the latent matching term (the spec's lambda = 1).
     obs_train_noise : noise added to the normalised training observations (0 = clean, the spec).
     train_seed : seed of every random draw of the training.
+    recipe : named training recipe (:data:`RECIPES`: ``cpu``, ``paper``); fields left at their class default
+        take the recipe's value, fields set explicitly win.
 
     Filter fields
     -------------
@@ -243,6 +266,7 @@ class LatentEnSF(Method):
     lam: float = _train(default=1.0)
     obs_train_noise: float = _train(default=0.0)
     train_seed: int = _train(default=0)
+    recipe: str = _train(default="cpu")
 
     n_steps: int = 100
     eps_alpha: float = 0.05
@@ -265,6 +289,8 @@ class LatentEnSF(Method):
                 raise ConfigError(f"Latent-EnSF {k}={v} must be a finite number >= 0")
         if self.obs_arch not in ("auto", "conv", "mlp"):
             raise ConfigError(f"Latent-EnSF obs_arch={self.obs_arch!r}; valid: auto, conv, mlp")
+        from methods.training import recipe_values
+        recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
         from methods.score import ScoreConfig
         self._score = ScoreConfig(n_steps=self.n_steps, eps_alpha=self.eps_alpha, eps_beta=self.eps_beta,
                                   prior_score=self.prior_score)
@@ -281,11 +307,13 @@ class LatentEnSF(Method):
             return "Latent-EnSF obs_arch='conv' needs a lattice observer (use obs_arch='auto' or 'mlp')"
         return None
 
-    def vae_config(self) -> VAETrainConfig:
-        return VAETrainConfig(c_lat=self.c_lat, h_lat=self.h_lat, width=self.width, obs_arch=self.obs_arch,
-                              epochs=self.epochs, batch=self.batch, lr=self.lr, schedule=self.schedule,
-                              beta=self.beta, lam=self.lam, obs_train_noise=self.obs_train_noise,
-                              eval_every=max(1, self.epochs // 15), seed=self.train_seed)
+    def vae_config(self, problem_name: str | None = None) -> VAETrainConfig:
+        """The VAE training configuration under :attr:`recipe` for ``problem_name``."""
+        from methods.training import resolve_recipe
+        v = resolve_recipe(self, RECIPES, problem_name)
+        names = {f.name for f in dataclasses.fields(VAETrainConfig)}
+        kw = {k: val for k, val in v.items() if k in names}
+        return VAETrainConfig(**kw, eval_every=max(1, v["epochs"] // 15), seed=v["train_seed"])
 
     # ---- offline ---------------------------------------------------------------------------------------------
     def fit(self, generator: torch.Generator) -> None:
@@ -303,7 +331,7 @@ class LatentEnSF(Method):
         if reason:
             raise ConfigError(reason)
         ds = ctx.dataset if ctx.dataset is not None else pb.dataset(ctx.cache_dir, progress=ctx.progress)
-        cfg = self.vae_config()
+        cfg = self.vae_config(pb.name)
         train_dev = ctx.device
 
         def trainer(tlog):
@@ -311,7 +339,7 @@ class LatentEnSF(Method):
             return {"vae": vae}, {"vae": vae.config()}, summary
 
         data = {"dataset": pb.data_key(), "observer": tr.observer_layout(obs)}
-        art = tr.load_or_train("vae", self.name, pb.label, data, dataclasses.asdict(cfg), trainer,
+        art = tr.load_or_train("vae", self.name, pb.label, data, cfg.identity(), trainer,
                                ctx.cache_dir, ctx.progress)
         vae = CoupledVAE.from_config(art.config["networks"]["vae"])
         vae.load_state_dict(art.weights["vae"])

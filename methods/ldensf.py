@@ -33,6 +33,7 @@ import torch
 
 from assimbench.errors import ConfigError
 from methods.base import Method, Tunable
+from methods.training import recipe_values, resolve_recipe
 from problems.base import Observer, Problem
 
 
@@ -52,6 +53,26 @@ class LatentState:
         return torch.cat([self.s, self.u], dim=1)
 
 
+#: Named training recipes: values of the network/training fields (of :class:`LDEnSF` or, for keys it does not
+#: have, of :class:`methods.training.LDNetTrainConfig` / the encoder), per problem name (``"*"``: any problem).
+#: ``cpu`` is the class defaults (the best found for a 2-core CPU, see ``docs/training.md``); ``paper`` is the
+#: authors' released training scripts (pengpeng-xiao/ld-ensf, ``*/train_ldnet.py``): residual ReLU networks with
+#: Glorot-normal weights, Adam 1e-3 with a step decay every 200 of 2000 epochs, one random subset of grid points
+#: drawn once, min-max (tsunami) / Gaussian (Kolmogorov) normalisation, a frozen Fourier embedding (Kolmogorov),
+#: an LSTM trained for 20,000 epochs. Meant for a GPU: on a CPU one epoch of it takes minutes.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {"*": {}},
+    "paper": {
+        "*": dict(film=False, n_fourier=0, train_fourier=False, epochs=2000, lr=1e-3, schedule="step", amp=False,
+                  rec_arch="resmlp", point_sampling="fixed", act="relu", lstm_epochs=20000),
+        "shallow_water": dict(latent_dim=10, dyn_width=50, dyn_depth=8, rec_width=300, rec_depth=10, batch_traj=2,
+                              points=2000, norm="minmax", step_gamma=0.6),
+        "kolmogorov": dict(latent_dim=9, dyn_width=200, dyn_depth=9, rec_width=500, rec_depth=14, batch_traj=6,
+                           points=5000, n_fourier=10, fourier_scale=1.0, norm="zscore", step_gamma=0.5),
+    },
+}
+
+
 def _train(**kw) -> Any:
     """A training hyperparameter: part of the artifact hash (the filter's own fields are not)."""
     return field(metadata={"train": True}, **kw)
@@ -66,8 +87,16 @@ class LDEnSF(Method):
     latent_dim : d_s (the paper: 10 tsunami, 9 Kolmogorov).
     dt_lat : latent Euler step per observation interval.
     dyn_width, dyn_depth : the dynamics MLP ``F`` (ReLU).
-    rec_arch : ``resmlp`` (LD-EnSF's residual MLP over ``[s, gamma(xi)]``) or ``separable``
-        (``sum_k b_k(s) t_k(xi)``, much cheaper to train on full grids).
+    rec_arch : ``resmlp`` (LD-EnSF's residual MLP over ``[s, gamma(xi)]``), ``separable``
+        (``sum_k b_k(s) t_k(xi)``, much cheaper to train on full grids) or ``registered`` (a sum over
+        ``n_shifts`` moving frames whose origins the latent state predicts, :class:`methods.ldnet.RegisteredDecoder`).
+    n_shifts : frames of the ``registered`` decoder.
+    rec_params : the reconstruction network decodes ``(s, u)`` (the whole augmented latent the filter updates)
+        instead of ``s`` alone (the paper).
+    extra_traj : training trajectories simulated in addition to the dataset's training split (another data
+        seed; validation and test are unchanged).
+    recipe : named training recipe (:data:`RECIPES`: ``cpu``, ``paper``): fields left at their class default take
+        the recipe's value for the problem at hand; fields set explicitly win.
     rec_width, rec_depth, n_basis : reconstruction network sizes (``n_basis`` only for ``separable``).
     n_fourier, fourier_scale, train_fourier : Fourier features of the coordinates (0 = raw coordinates).
     film : FiLM conditioning of ``R`` (the latent state scales and shifts every hidden layer; not in the paper:
@@ -107,7 +136,7 @@ class LDEnSF(Method):
     dt_lat: float = _train(default=0.1)
     dyn_width: int = _train(default=64)
     dyn_depth: int = _train(default=4)
-    rec_arch: Literal["resmlp", "separable"] = _train(default="resmlp")
+    rec_arch: Literal["resmlp", "separable", "registered"] = _train(default="resmlp")
     rec_width: int = _train(default=64)
     rec_depth: int = _train(default=4)
     n_basis: int = _train(default=64)
@@ -127,6 +156,10 @@ class LDEnSF(Method):
     lstm_epochs: int = _train(default=1000)
     lstm_lr: float = _train(default=3e-3)
     train_seed: int = _train(default=0)
+    n_shifts: int = _train(default=0)
+    rec_params: bool = _train(default=False)
+    extra_traj: int = _train(default=0)
+    recipe: str = _train(default="cpu")
 
     n_steps: int = 100
     eps_alpha: float = 0.05
@@ -152,6 +185,11 @@ class LDEnSF(Method):
                 raise ConfigError(f"LD-EnSF {k}={getattr(self, k)} must be > 0")
         if self.sigma_lat < 0:
             raise ConfigError(f"LD-EnSF sigma_lat={self.sigma_lat} must be >= 0 (0 = calibrate on validation)")
+        if self.n_shifts < 0 or self.extra_traj < 0:
+            raise ConfigError("LD-EnSF n_shifts and extra_traj must be >= 0")
+        if self.rec_arch == "registered" and self.n_shifts < 1:
+            raise ConfigError("LD-EnSF rec_arch='registered' needs n_shifts >= 1 (moving frames)")
+        recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
         from methods.score import ScoreConfig
         self._score = ScoreConfig(n_steps=self.n_steps, eps_alpha=self.eps_alpha, eps_beta=self.eps_beta,
                                   prior_score=self.prior_score)
@@ -163,20 +201,25 @@ class LDEnSF(Method):
                     "(its initial states vary freely)")
         return None
 
-    def ldnet_config(self):
-        from methods.training import LDNetTrainConfig
-        return LDNetTrainConfig(
-            latent_dim=self.latent_dim, dt_lat=self.dt_lat, dyn_width=self.dyn_width, dyn_depth=self.dyn_depth,
-            rec_arch=self.rec_arch, rec_width=self.rec_width, rec_depth=self.rec_depth, n_basis=self.n_basis,
-            n_fourier=self.n_fourier, fourier_scale=self.fourier_scale, train_fourier=self.train_fourier,
-            film=self.film, epochs=self.epochs, batch_traj=self.batch_traj, points=self.points, lr=self.lr,
-            schedule=self.schedule, rec_epochs=self.rec_epochs, lbfgs_iters=self.lbfgs_iters, amp=self.amp,
-            eval_every=max(1, self.epochs // 20), seed=self.train_seed)
+    def training_values(self, problem_name: str | None = None) -> dict[str, Any]:
+        """Every training value under :attr:`recipe` for ``problem_name`` (see :func:`resolve_recipe`)."""
+        return resolve_recipe(self, RECIPES, problem_name)
 
-    def encoder_config(self):
+    def ldnet_config(self, problem_name: str | None = None):
+        """The LDNet training configuration for ``problem_name`` (recipes may differ per problem)."""
+        from methods.training import LDNetTrainConfig
+        v = self.training_values(problem_name)
+        names = {f.name for f in dataclasses.fields(LDNetTrainConfig)}
+        kw = {k: val for k, val in v.items() if k in names}
+        kw["seed"] = v["train_seed"]
+        kw["eval_every"] = max(1, v["epochs"] // 20)
+        return LDNetTrainConfig(**kw)
+
+    def encoder_config(self, problem_name: str | None = None):
         from methods.training import EncoderTrainConfig
-        return EncoderTrainConfig(hidden=self.lstm_hidden, epochs=self.lstm_epochs, lr=self.lstm_lr,
-                                  seed=self.train_seed)
+        v = self.training_values(problem_name)
+        return EncoderTrainConfig(hidden=v["lstm_hidden"], epochs=v["lstm_epochs"], lr=v["lstm_lr"],
+                                  seed=v["train_seed"])
 
     # ---- offline ---------------------------------------------------------------------------------------------
     def fit(self, generator: torch.Generator) -> None:
@@ -194,7 +237,7 @@ class LDEnSF(Method):
             raise ConfigError(reason)
         ds = ctx.dataset if ctx.dataset is not None else pb.dataset(ctx.cache_dir, progress=ctx.progress)
         train_dev = ctx.device
-        ld_cfg = self.ldnet_config()
+        ld_cfg = self.ldnet_config(pb.name)
 
         def train_ld(tlog):
             net, summary = tr.train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev)
@@ -205,7 +248,7 @@ class LDEnSF(Method):
         net = LDNet.from_config(art_ld.config["networks"]["ldnet"])
         net.load_state_dict(art_ld.weights["ldnet"])
         net.eval()
-        enc_cfg = self.encoder_config()
+        enc_cfg = self.encoder_config(pb.name)
 
         def train_enc(tlog):
             enc, summary = tr.train_encoder(net.to(train_dev), pb, obs, ds, enc_cfg, tlog, device=train_dev)
@@ -300,7 +343,7 @@ class LDEnSF(Method):
     def estimate(self, state: LatentState) -> torch.Tensor:
         """Decode every member on the full grid: ``(N, *state_shape)`` in physical units."""
         from methods.training import from_points
-        z = self.net.reconstruct(state.s, self._grid, self.decode_chunk)        # (N, P, C) normalised
+        z = self.net.reconstruct(state.s, self._grid, self.decode_chunk, u=state.u)  # (N, P, C) normalised
         x = z * self._field_std + self._field_mean
         return from_points(self.ctx.problem, x)
 
@@ -311,10 +354,12 @@ class LDEnSF(Method):
 
     # ---- continuous time and space ---------------------------------------------------------------------------
     @torch.no_grad()
-    def decode(self, s: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """Fields at arbitrary physical points: ``s (N, d_s)``, ``coords (n, k)`` -> ``(N, n, C)`` physical."""
+    def decode(self, s: torch.Tensor, coords: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """Fields at arbitrary physical points: ``s (N, d_s)``, ``coords (n, k)`` -> ``(N, n, C)`` physical
+        (``u (N, d_u)``, normalised parameters, for networks that decode ``(s, u)``)."""
         ctx = self.ctx
-        z = self.net.decode(s.to(ctx.device, ctx.dtype), coords.to(ctx.device, ctx.dtype), self.decode_chunk)
+        u = u.to(ctx.device, ctx.dtype) if u is not None else None
+        z = self.net.decode(s.to(ctx.device, ctx.dtype), coords.to(ctx.device, ctx.dtype), self.decode_chunk, u)
         return z * self._field_std + self._field_mean
 
     def latent(self, state: LatentState) -> torch.Tensor:

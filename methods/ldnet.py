@@ -164,6 +164,64 @@ class SeparableDecoder(nn.Module):
         return t @ b + self.bias
 
 
+class RegisteredDecoder(nn.Module):
+    """A registered (moving-frame) alternative for ``R``: fields as a sum over ``K`` learned moving frames.
+
+    ``R(s, xi) = sum_k g(s, xi - c_k(s), e_k) + b`` where the frame origins ``c_k(s)`` (``K`` points per
+    snapshot) are predicted from the latent state by a small MLP, ``e_k`` is a learned per-frame code, and ``g``
+    is one FiLM residual MLP (shared by the frames) over the relative coordinates ``d_k = xi - c_k``, their length
+    ``|d_k|``, Fourier features of both, and the absolute coordinates. A field that translates with a parameter
+    (a bump, a wave front, their mirror images at walls) is then a fixed function of the relative coordinates, so
+    the network need not interpolate a translation between the training samples; superposing frames represents
+    reflections (the linear sum of image sources). Frame origins start on a lattice spanning
+    ``[-spread, spread]^k`` (normalised coordinates) and move freely.
+    """
+
+    def __init__(self, latent_dim: int, coord_dim: int, out_dim: int, width: int, depth: int, act: Act,
+                 n_fourier: int, fourier_scale: float, train_fourier: bool, n_shifts: int,
+                 generator: torch.Generator, spread: float = 1.5):
+        super().__init__()
+        self.n_shifts, self.coord_dim = n_shifts, coord_dim
+        self.shift = MLP(latent_dim, n_shifts * coord_dim, width, 2, "tanh", generator)
+        side = max(1, math.ceil(n_shifts ** (1.0 / coord_dim)))
+        axis = torch.linspace(-spread, spread, side) if side > 1 else torch.zeros(1)
+        lattice = torch.cartesian_prod(*([axis] * coord_dim)).reshape(-1, coord_dim)[:n_shifts]
+        with torch.no_grad():  # start at the lattice, small latent dependence
+            self.shift.net[-1].weight.mul_(0.1)
+            self.shift.net[-1].bias.copy_(lattice.reshape(-1))
+        # g's input: d_k, |d_k|, xi (absolute) -> Fourier features of (d_k, |d_k|) + the raw values
+        self.rel = ResMLP(latent_dim, coord_dim + 1, out_dim, width, depth, act, n_fourier, fourier_scale,
+                          train_fourier, generator, film=True)
+        self.raw = nn.Linear(2 * coord_dim + 1, width, bias=False)
+        with torch.no_grad():
+            nn.init.xavier_normal_(self.raw.weight, generator=generator)
+        self.code = nn.Parameter(0.1 * torch.randn(n_shifts, width, generator=generator))
+
+    def centres(self, s: torch.Tensor) -> torch.Tensor:
+        """Frame origins ``(..., K, k)`` of latent states ``s (..., d_s)`` (normalised coordinates)."""
+        return self.shift(s).unflatten(-1, (self.n_shifts, self.coord_dim))
+
+    def forward(self, s: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """``s (..., d_s)`` and ``xi (..., n, k)`` -> ``(..., n, out_dim)``."""
+        c = self.centres(s)                                                     # (..., K, k)
+        d = xi.unsqueeze(-3) - c.unsqueeze(-2)                                  # (..., K, n, k)
+        r = (d.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
+        rel = torch.cat([d, r], dim=-1)                                         # (..., K, n, k+1)
+        raw = torch.cat([rel, xi.unsqueeze(-3).expand(d.shape)], dim=-1)
+        net = self.rel
+        s_k = s.unsqueeze(-2)                                                   # (..., 1, d_s)
+        a0 = net.in_s(s_k).unsqueeze(-2) + net.in_x(net.features(rel)) + self.raw(raw) \
+            + self.code.unsqueeze(-2)
+        h = net.act(a0)
+        mods = [m(s_k).unsqueeze(-2).chunk(2, dim=-1) for m in net.film]
+        for k, (l1, l2) in enumerate(net.blocks):
+            a = l1(h) * (1 + mods[k][0]) + mods[k][1]
+            h = net.act(l2(net.act(a)) + h)
+        if net.extra is not None:
+            h = net.act(net.extra(h) * (1 + mods[-1][0]) + mods[-1][1])
+        return net.out(h).sum(-3)
+
+
 class LDNet(nn.Module):
     """Latent dynamics ``F`` + reconstruction ``R`` (LD-EnSF's modified LDNet), in normalised units.
 
@@ -179,9 +237,11 @@ class LDNet(nn.Module):
 
     def __init__(self, latent_dim: int, n_params: int, n_fields: int, coord_dim: int, dt_lat: float,
                  coord_lo: list[float], coord_hi: list[float], dyn_width: int = 64, dyn_depth: int = 4,
-                 rec_arch: Literal["resmlp", "separable"] = "resmlp", rec_width: int = 64, rec_depth: int = 4,
-                 n_fourier: int = 0, fourier_scale: float = 1.0, train_fourier: bool = True, n_basis: int = 64,
-                 act: Act = "relu", seed: int = 0, film: bool = False):
+                 rec_arch: Literal["resmlp", "separable", "registered"] = "resmlp", rec_width: int = 64,
+                 rec_depth: int = 4, n_fourier: int = 0, fourier_scale: float = 1.0, train_fourier: bool = True,
+                 n_basis: int = 64, act: Act = "relu", seed: int = 0, film: bool = False, n_shifts: int = 0,
+                 out_scale: list[float] | None = None, out_shift: list[float] | None = None,
+                 rec_params: bool = False):
         super().__init__()
         self._config = dict(latent_dim=latent_dim, n_params=n_params, n_fields=n_fields, coord_dim=coord_dim,
                             dt_lat=float(dt_lat), coord_lo=[float(v) for v in coord_lo],
@@ -191,21 +251,45 @@ class LDNet(nn.Module):
                             act=act, seed=seed)
         if film:  # only when on: configs of networks without it stay as they were
             self._config["film"] = True
+        if rec_arch == "registered":
+            self._config["n_shifts"] = n_shifts
+        if rec_params:
+            self._config["rec_params"] = True
+        self.rec_params = bool(rec_params)
+        rec_in = latent_dim + (n_params if rec_params else 0)  # R sees (s, u) when rec_params
         g = torch.Generator().manual_seed(seed)
         self.latent_dim, self.n_params, self.dt_lat = latent_dim, n_params, float(dt_lat)
         self.dyn = MLP(latent_dim + n_params, latent_dim, dyn_width, dyn_depth, act, g)
         if rec_arch == "resmlp":
-            self.rec: nn.Module = ResMLP(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
+            self.rec: nn.Module = ResMLP(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
                                          fourier_scale, train_fourier, g, film=film)
+        elif rec_arch == "registered":
+            self.rec = RegisteredDecoder(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
+                                         fourier_scale, train_fourier, max(1, n_shifts), g)
         else:
-            self.rec = SeparableDecoder(latent_dim, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
+            self.rec = SeparableDecoder(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
                                         fourier_scale, train_fourier, n_basis, g)
+        # output map (z-score units = raw * out_scale + out_shift); not in the state dict, the config holds it
+        self.register_buffer("out_scale", torch.ones(n_fields), persistent=False)
+        self.register_buffer("out_shift", torch.zeros(n_fields), persistent=False)
+        if out_scale is not None or out_shift is not None:
+            self.set_output_map(out_scale if out_scale is not None else [1.0] * n_fields,
+                                out_shift if out_shift is not None else [0.0] * n_fields)
         self.register_buffer("coord_lo", torch.tensor(coord_lo, dtype=torch.float32))
         self.register_buffer("coord_hi", torch.tensor(coord_hi, dtype=torch.float32))
 
     # ---- config ----------------------------------------------------------------------------------------------
     def config(self) -> dict:
         return dict(self._config)
+
+    def set_output_map(self, scale: list[float], shift: list[float]) -> None:
+        """Outputs in z-score units are ``R_raw * scale + shift`` per field (e.g. a min-max normalisation the
+        network was trained in); recorded in the config."""
+        with torch.no_grad():
+            self.out_scale.copy_(torch.tensor(scale, dtype=torch.float32))
+            self.out_shift.copy_(torch.tensor(shift, dtype=torch.float32))
+        self._config["out_scale"] = [float(v) for v in scale]
+        self._config["out_shift"] = [float(v) for v in shift]
 
     @classmethod
     def from_config(cls, cfg: dict) -> "LDNet":
@@ -240,18 +324,33 @@ class LDNet(nn.Module):
         hi = self.coord_hi.to(coords.device, coords.dtype)
         return 2 * (coords - lo) / (hi - lo).clamp_min(1e-30) - 1
 
-    def reconstruct(self, s: torch.Tensor, xi: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    def reconstruct(self, s: torch.Tensor, xi: torch.Tensor, chunk: int = 0, u: torch.Tensor | None = None
+                    ) -> torch.Tensor:
         """``R(s, xi)`` in normalised units: ``s (B, d_s)``, normalised ``xi (n, k)`` -> ``(B, n, C)``.
 
-        ``chunk > 0`` decodes at most ``chunk`` points per call (bounded memory).
+        ``chunk > 0`` decodes at most ``chunk`` points per call (bounded memory). A network built with
+        ``rec_params`` decodes ``(s, u)``: ``u (B, d_u)`` (normalised parameters, broadcast over any extra
+        leading dimension of ``s``, e.g. time) is then required.
         """
+        if self.rec_params:
+            if u is None:
+                raise ValueError("this LDNet decodes (s, u): pass the normalised parameters u")
+            u = u.to(s.dtype)
+            while u.dim() < s.dim():
+                u = u.unsqueeze(-2)
+            s = torch.cat([s, u.expand(*s.shape[:-1], u.shape[-1])], dim=-1)
         if chunk <= 0 or xi.shape[-2] <= chunk:
-            return self.rec(s, xi)
-        return torch.cat([self.rec(s, xi[..., i:i + chunk, :]) for i in range(0, xi.shape[-2], chunk)], dim=-2)
+            z = self.rec(s, xi)
+        else:
+            z = torch.cat([self.rec(s, xi[..., i:i + chunk, :]) for i in range(0, xi.shape[-2], chunk)], dim=-2)
+        if "out_scale" in self._config:
+            z = z * self.out_scale.to(z.dtype) + self.out_shift.to(z.dtype)
+        return z
 
-    def decode(self, s: torch.Tensor, coords: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    def decode(self, s: torch.Tensor, coords: torch.Tensor, chunk: int = 0, u: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """``R`` at physical points: ``s (B, d_s)``, ``coords (n, k)`` -> normalised fields ``(B, n, C)``."""
-        return self.reconstruct(s, self.normalize_coords(coords), chunk)
+        return self.reconstruct(s, self.normalize_coords(coords), chunk, u)
 
 
 class ObsEncoder(nn.Module):

@@ -19,7 +19,7 @@ then ``<cache_dir>/models/<hash>``, else train and save to the cache. When a shi
 method, kind and problem label under another hash, a warning says that the hash no longer matches (and which
 settings differ) and that the network is trained anew.
 
-Entry point for the CLI: :func:`train_method`.
+The CLI's entry point, ``bench train``, is :func:`bench.train.train_method`.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from assimbench.errors import ConfigError
 from assimbench.naming import content_hash
 from problems.base import Dataset, Observer, Problem, default_cache_dir
 
@@ -191,7 +192,8 @@ def load_or_train(kind: str, method: str, problem_label: str, data: dict, train:
     tlog.info(f"training {kind} for {method} on {problem_label} (artifact {key})")
     t0 = time.perf_counter()
     nets, net_cfgs, summary = trainer(tlog)
-    summary = dict(summary, train_wall_s=time.perf_counter() - t0, train_opt_s=tlog.train_s)
+    summary = dict(summary, train_wall_s=time.perf_counter() - t0, train_opt_s=tlog.train_s,
+                   train_cpu_s=tlog.train_cpu_s)
     cfg = dict(hash=key, kind=kind, method=method, problem=problem_label, data=data, train=train,
                networks=net_cfgs, summary=summary, format=ARTIFACT_FORMAT, torch=torch.__version__,
                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -200,6 +202,33 @@ def load_or_train(kind: str, method: str, problem_label: str, data: dict, train:
     save_artifact(root, art, tlog.lines)
     tlog.info(f"saved {kind} artifact to {art.path}")
     return art
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Named training recipes
+# --------------------------------------------------------------------------------------------------------------
+def recipe_values(recipes: dict, recipe: str, problem_name: str | None) -> dict[str, Any]:
+    """The field values of ``recipe`` for ``problem_name`` (its ``"*"`` entries, then the problem's own)."""
+    if recipe not in recipes:
+        raise ConfigError(f"unknown training recipe {recipe!r}; valid: {', '.join(sorted(recipes))}")
+    out = dict(recipes[recipe].get("*", {}))
+    if problem_name is not None:
+        out.update(recipes[recipe].get(problem_name, {}))
+    return out
+
+
+def resolve_recipe(method, recipes: dict, problem_name: str | None) -> dict[str, Any]:
+    """Training values of ``method`` under its ``recipe``: a field the user set (it differs from the class
+    default) wins; a field at its class default takes the recipe's value; keys that are not fields of the method
+    are returned as given by the recipe (they configure the trainer directly)."""
+    vals = recipe_values(recipes, method.recipe, problem_name)
+    defaults = {f.name: f.default for f in dataclasses.fields(method) if f.metadata.get("train")}
+    out = {k: getattr(method, k) for k in defaults}
+    for k, v in vals.items():
+        if k not in defaults or getattr(method, k) == defaults[k]:
+            out[k] = v
+    out["recipe"] = method.recipe
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -213,6 +242,7 @@ class TrainLog:
         self.rows: list[dict] = []
         self.lines: list[str] = []
         self.train_s = 0.0
+        self.train_cpu_s = 0.0  # CPU seconds of this process in the optimisation steps (robust to a shared machine)
         self.t0 = time.perf_counter()
 
     def info(self, msg: str) -> None:
@@ -224,20 +254,22 @@ class TrainLog:
             tqdm.write(line, file=sys.stderr)
 
     def record(self, **row: Any) -> None:
-        row = dict(train_s=round(self.train_s, 3), wall_s=round(time.perf_counter() - self.t0, 3), **row)
+        row = dict(train_s=round(self.train_s, 3), train_cpu_s=round(self.train_cpu_s, 3),
+                   wall_s=round(time.perf_counter() - self.t0, 3), **row)
         self.rows.append(row)
 
 
-def lr_lambda(schedule: Schedule, total: int, final_frac: float = 1e-2, warmup: float = 0.02
-              ) -> Callable[[int], float]:
-    """Multiplier of the base learning rate at optimisation step ``i`` of ``total``."""
+def lr_lambda(schedule: Schedule, total: int, final_frac: float = 1e-2, warmup: float = 0.02,
+              step_gamma: float = 0.6) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at optimisation step ``i`` of ``total`` (``step``: ten decays by
+    ``step_gamma`` spread evenly over the run, i.e. a StepLR every ``total / 10`` steps)."""
     n_warm = max(1, int(warmup * total))
 
     def f(i: int) -> float:
         if schedule == "constant":
             return 1.0
         if schedule == "step":  # LD-EnSF: StepLR, 10 decays of 0.6 over the run
-            return 0.6 ** min(9, int(10 * i / max(total, 1)))
+            return step_gamma ** min(9, int(10 * i / max(total, 1)))
         if schedule == "onecycle":  # 25 % linear warm-up from lr/25, then cosine to lr * final_frac
             w = max(1, int(0.25 * total))
             if i < w:
@@ -252,28 +284,59 @@ def lr_lambda(schedule: Schedule, total: int, final_frac: float = 1e-2, warmup: 
     return f
 
 
+def _save_checkpoint(path: Path, state: dict) -> None:
+    """Write a training checkpoint atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Parameter],
               batches: Callable[[int], Iterable[torch.Tensor]], *, epochs: int, steps_per_epoch: int, lr: float,
               schedule: Schedule, evaluate: Callable[[], dict[str, float]], select: str, eval_every: int,
-              tlog: TrainLog, weight_decay: float = 0.0, grad_clip: float = 0.0) -> dict[str, float]:
+              tlog: TrainLog, weight_decay: float = 0.0, grad_clip: float = 0.0,
+              checkpoint: Path | str | None = None, rng: torch.Generator | None = None,
+              step_gamma: float = 0.6) -> dict[str, float]:
     """Adam over ``epochs`` epochs of ``batches(epoch)`` (each yields scalar losses), keeping the best weights.
 
     Every ``eval_every`` epochs (and after the last) ``evaluate()`` is called outside the training clock; its
     ``select`` entry (lower is better) picks the weights restored into ``modules`` at the end. Shows a tqdm bar
     with the running loss, the last validation error and the time estimate; returns the best evaluation.
+
+    ``checkpoint``: a file written after every evaluation (weights, optimiser, schedule, best weights, ``rng``'s
+    state, the learning curve and the optimisation time so far); when it exists at the start, training resumes
+    from it, so an interrupted run continues and reaches the same weights as an uninterrupted one. Calling again
+    with a larger ``epochs`` continues a finished run (the schedule is re-laid over the new total).
     """
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0 \
         else torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(schedule, epochs * steps_per_epoch,
+                                                             step_gamma=step_gamma))
     best: dict[str, float] = {select: float("inf")}
     best_state: dict[str, dict] = {}
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)
+        for k, m in modules.items():
+            m.load_state_dict(st["modules"][k])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        best, best_state, start = st["best"], st["best_state"], st["epoch"]
+        if rng is not None:
+            rng.set_state(st["rng"])
+        tlog.rows, tlog.lines, tlog.train_s = st["rows"], st["lines"], st["train_s"]
+        tlog.train_cpu_s = st.get("train_cpu_s", 0.0)
+        tlog.info(f"{name}: resumed from {ckpt} at epoch {start} ({tlog.train_s:.0f} s of optimisation)")
     bar = None
     if tlog.progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=epochs, desc=name, unit="ep", leave=False, dynamic_ncols=True)
+        bar = tqdm(total=epochs, initial=min(start, epochs), desc=name, unit="ep", leave=False,
+                   dynamic_ncols=True)
     ev: dict[str, float] = {}
-    for ep in range(epochs):
-        t0 = time.perf_counter()
+    for ep in range(start, epochs):
+        t0, c0 = time.perf_counter(), time.process_time()
         tot, n = 0.0, 0
         for loss in batches(ep):
             opt.zero_grad(set_to_none=True)
@@ -285,6 +348,7 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
             tot += float(loss.detach())
             n += 1
         tlog.train_s += time.perf_counter() - t0
+        tlog.train_cpu_s += time.process_time() - c0
         train_loss = tot / max(n, 1)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"{name}: training loss became {train_loss} at epoch {ep}; lower the lr")
@@ -298,6 +362,12 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
                               for k, m in modules.items()}
             tlog.lines.append(f"{name} ep {ep + 1}: loss {train_loss:.3e} "
                               + " ".join(f"{k} {v:.4g}" for k, v in ev.items()))
+            if ckpt is not None:
+                _save_checkpoint(ckpt, dict(
+                    modules={k: m.state_dict() for k, m in modules.items()}, opt=opt.state_dict(),
+                    sched=sched.state_dict(), best=best, best_state=best_state, epoch=ep + 1,
+                    rng=rng.get_state() if rng is not None else None, rows=tlog.rows, lines=tlog.lines,
+                    train_s=tlog.train_s, train_cpu_s=tlog.train_cpu_s))
         if bar is not None:
             bar.set_postfix_str(f"loss {train_loss:.2e} {select} {ev.get(select, float('nan')):.4f}")
             bar.update(1)
@@ -377,7 +447,15 @@ class LDNetTrainConfig:
     the stored weights stay float32); ``film``: latent FiLM modulation of every hidden layer of ``R`` (see
     :class:`methods.ldnet.ResMLP`); ``point_sampling``: ``uniform`` points per snapshot, or ``signal``: half
     uniform, half drawn with probability proportional to the point's deviation from the field's spatial median
-    in that snapshot (follows the wave fronts; the loss is the plain mean over the drawn points).
+    in that snapshot (follows the wave fronts; the loss is the plain mean over the drawn points), or ``fixed``:
+    one random subset of ``points`` grid points drawn once before training and used for every snapshot of every
+    step (the LD-EnSF authors' recipe); ``norm``: the units the loss is measured in, ``zscore`` (per field, the
+    dataset's normalisation) or ``minmax`` (per field mapped to [-1, 1] by the training split's range; the
+    network stores the map, its outputs stay in z-score units); ``step_gamma``: the decay factor of the ``step``
+    schedule; ``n_shifts``: frames of the ``registered`` decoder; ``rec_params``: the reconstruction network decodes
+    ``(s, u)`` instead of ``s`` (LD-EnSF's analysis state holds both); ``extra_traj``: training trajectories added to
+    the dataset's training split (simulated with another data seed); ``recipe``: the name of the recipe these
+    values came from (see ``methods.ldensf.RECIPES``), recorded in the identity.
     """
 
     latent_dim: int = 10
@@ -407,9 +485,16 @@ class LDNetTrainConfig:
     seed: int = 0
     film: bool = False
     point_sampling: str = "uniform"
+    n_shifts: int = 0
+    rec_params: bool = False
+    extra_traj: int = 0
+    norm: str = "zscore"
+    step_gamma: float = 0.6
+    recipe: str = "cpu"
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
+                                               "norm", "step_gamma", "recipe")
 
     def identity(self) -> dict:
         """The dict hashed into the artifact key (later-added fields only when they differ from the default)."""
@@ -420,18 +505,31 @@ class LDNetTrainConfig:
         return d
 
 
+def extra_training_data(problem: Problem, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` more trajectories ``(snapshots, params)`` from the problem's prior, simulated with another data seed
+    (``data_seed + 1``; cached like any dataset). All three splits of that dataset are returned together."""
+    more = dataclasses.replace(problem, n_traj=max(int(n), 5), data_seed=problem.data_seed + 1).dataset()
+    parts = [more.split(name) for name in ("train", "valid", "test")]
+    x = torch.cat([a for a, _ in parts])[:n]
+    p = torch.cat([b for _, b in parts])[:n]
+    return x, p
+
+
 def _gather_points(Z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``Z (b, T1, P, C)``, ``idx (b, T1, n)`` -> ``(b, T1, n, C)``."""
     return torch.gather(Z, 2, idx.unsqueeze(-1).expand(*idx.shape, Z.shape[-1]))
 
 
 def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog: TrainLog,
-                device: torch.device | str = "cpu") -> tuple["LDNet", dict]:
+                device: torch.device | str = "cpu", checkpoint_dir: Path | str | None = None
+                ) -> tuple["LDNet", dict]:
     """Train an LDNet on the training split, select by validation, report test errors.
 
     Returns the network (best validation weights) and a summary with ``test_rrmse_norm`` and
     ``test_rrmse_phys`` (time- and trajectory-averaged per-snapshot relative L2 on the full test grid, in
-    normalised and physical units).
+    normalised and physical units). ``checkpoint_dir``: the Adam stage checkpoints there (``ldnet.pt``) and
+    resumes from it (see :func:`run_stage`). ``cfg.extra_traj > 0`` adds that many training trajectories,
+    simulated from the same prior with another data seed (the validation and test splits are unchanged).
     """
     from methods.ldnet import LDNet
     g = torch.Generator().manual_seed(cfg.seed)
@@ -440,7 +538,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     net = LDNet(cfg.latent_dim, problem.n_params, problem.n_fields, coords.shape[1], cfg.dt_lat,
                 lo_c.tolist(), hi_c.tolist(), cfg.dyn_width, cfg.dyn_depth, cfg.rec_arch, cfg.rec_width,
                 cfg.rec_depth, cfg.n_fourier, cfg.fourier_scale, cfg.train_fourier, cfg.n_basis, cfg.act,
-                cfg.seed, film=cfg.film).to(device)
+                cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts, rec_params=cfg.rec_params).to(device)
     xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
     plo, phi = param_normalizer(problem)
     splits = {}
@@ -448,12 +546,28 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
         x, p = dataset.split(name)
         splits[name] = (to_points(problem, dataset, x).to(device),
                         normalize_params(p, plo, phi).to(device, torch.float32))
+    if cfg.extra_traj > 0:
+        more = extra_training_data(problem, cfg.extra_traj)
+        x, p = more
+        Ztr, Utr = splits["train"]
+        splits["train"] = (torch.cat([Ztr, to_points(problem, dataset, x).to(device)]),
+                           torch.cat([Utr, normalize_params(p, plo, phi).to(device, torch.float32)]))
+        del x, p, more
     Ztr, Utr = splits["train"]
     n_tr, T1, P, C = Ztr.shape
     n_pts = P if cfg.points <= 0 or cfg.points >= P else cfg.points
-    if cfg.point_sampling not in ("uniform", "signal"):
-        from assimbench.errors import ConfigError
-        raise ConfigError(f"point_sampling={cfg.point_sampling!r}; valid: uniform, signal")
+    from assimbench.errors import ConfigError
+    if cfg.point_sampling not in ("uniform", "signal", "fixed"):
+        raise ConfigError(f"point_sampling={cfg.point_sampling!r}; valid: uniform, signal, fixed")
+    if cfg.norm not in ("zscore", "minmax"):
+        raise ConfigError(f"norm={cfg.norm!r}; valid: zscore, minmax")
+    if cfg.norm == "minmax":  # the network's own output map: z = raw * scale + shift (z-score units)
+        zmin = Ztr.amin(dim=(0, 1, 2)).float().cpu()
+        zmax = Ztr.amax(dim=(0, 1, 2)).float().cpu()
+        net.set_output_map(((zmax - zmin) / 2).clamp_min(1e-12).tolist(), ((zmax + zmin) / 2).tolist())
+    out_scale = net.out_scale.to(device)
+    fixed_idx = torch.randperm(P, generator=g)[:n_pts].to(device) \
+        if cfg.point_sampling == "fixed" and n_pts < P else None
     signal_w = None
     if cfg.point_sampling == "signal" and n_pts < P:  # (n_tr, T1, P) sampling weights, fixed for the run
         dev_ = (Ztr - Ztr.median(dim=2, keepdim=True).values).abs().sum(-1)
@@ -465,7 +579,9 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     # fixed evaluation points per snapshot (validation selects, test is the curve)
     ge = torch.Generator().manual_seed(cfg.seed + 7919)
     eval_sets = {}
-    for name in ("valid", "test"):
+    n_tr_eval = min(n_tr, max(splits["valid"][0].shape[0], 1))  # a fixed training subset: the train error
+    splits["train_eval"] = (Ztr[:n_tr_eval], Utr[:n_tr_eval])
+    for name in ("valid", "test", "train_eval"):
         Z, U = splits[name]
         if cfg.eval_points <= 0 or cfg.eval_points >= P:
             eval_sets[name] = (Z, U, None)
@@ -478,16 +594,17 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
         for i in range(0, U.shape[0], bs):
             s = net.rollout(U[i:i + bs], T1 - 1)                                    # (b, T1, d_s)
             x = xi if idx is None else xi[idx[i:i + bs]]
-            outs.append(net.reconstruct(s, x))
+            outs.append(net.reconstruct(s, x, u=U[i:i + bs]))
         return torch.cat(outs)
 
     def evaluate() -> dict[str, float]:
         out = {}
         for name, (Z, U, idx) in eval_sets.items():
             pred = predict(U, idx)
-            out[f"{name}_rrmse"] = float(rel_l2(pred, Z).mean())
-            if name == "test":
-                out["test_rrmse_phys"] = float(rel_l2(pred, Z, mean, std).mean())
+            key = "train" if name == "train_eval" else name
+            out[f"{key}_rrmse"] = float(rel_l2(pred, Z).mean())
+            if name != "valid":
+                out[f"{key}_rrmse_phys"] = float(rel_l2(pred, Z, mean, std).mean())
         return out
 
     def batches(ep: int) -> Iterable[torch.Tensor]:
@@ -497,7 +614,9 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.amp):
                 s = net.rollout(Utr[b], T1 - 1)
                 if n_pts == P:
-                    pred, true = net.reconstruct(s, xi), Ztr[b]
+                    pred, true = net.reconstruct(s, xi, u=Utr[b]), Ztr[b]
+                elif fixed_idx is not None:
+                    pred, true = net.reconstruct(s, xi[fixed_idx], u=Utr[b]), Ztr[b][:, :, fixed_idx]
                 else:
                     idx = torch.randint(P, (len(b), T1, n_pts), generator=g).to(device)
                     if signal_w is not None:  # replace the second half by signal-following draws
@@ -505,21 +624,24 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
                         w = signal_w[b.cpu()].reshape(-1, P)
                         drawn = torch.multinomial(w, k, replacement=True, generator=g)
                         idx[..., n_pts - k:] = drawn.reshape(len(b), T1, k).to(device)
-                    pred, true = net.reconstruct(s, xi[idx]), _gather_points(Ztr[b], idx)
-            yield (pred.float() - true).pow(2).mean()
+                    pred, true = net.reconstruct(s, xi[idx], u=Utr[b]), _gather_points(Ztr[b], idx)
+            yield ((pred.float() - true) / out_scale).pow(2).mean()
 
     steps = math.ceil(n_tr / cfg.batch_traj)
     best = run_stage("ldnet", {"ldnet": net}, list(p for p in net.parameters() if p.requires_grad), batches,
                      epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, schedule=cfg.schedule,
                      evaluate=evaluate, select="valid_rrmse", eval_every=cfg.eval_every, tlog=tlog,
-                     weight_decay=cfg.weight_decay)
+                     weight_decay=cfg.weight_decay,
+                     checkpoint=Path(checkpoint_dir) / "ldnet.pt" if checkpoint_dir is not None else None, rng=g,
+                     step_gamma=cfg.step_gamma)
     if cfg.rec_epochs > 0:  # stage 2: freeze F (and with it the latent trajectories), retrain R
         for p in net.dyn.parameters():
             p.requires_grad_(False)
         best = run_stage("ldnet-rec", {"ldnet": net}, [p for p in net.rec.parameters() if p.requires_grad],
                          batches, epochs=cfg.rec_epochs, steps_per_epoch=steps, lr=cfg.rec_lr,
                          schedule=cfg.schedule, evaluate=evaluate, select="valid_rrmse",
-                         eval_every=cfg.eval_every, tlog=tlog, weight_decay=cfg.weight_decay)
+                         eval_every=cfg.eval_every, tlog=tlog, weight_decay=cfg.weight_decay,
+                         step_gamma=cfg.step_gamma)
         for p in net.dyn.parameters():
             p.requires_grad_(True)
     if cfg.lbfgs_iters > 0:
@@ -547,12 +669,13 @@ def _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best):
 
     def closure():
         opt.zero_grad(set_to_none=True)
-        loss = (net.reconstruct(net.rollout(Utr, T1 - 1), xi[idx]) - true).pow(2).mean()
+        loss = ((net.reconstruct(net.rollout(Utr, T1 - 1), xi[idx], u=Utr) - true) / net.out_scale).pow(2).mean()
         loss.backward()
         return loss
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loss = float(opt.step(closure))
     tlog.train_s += time.perf_counter() - t0
+    tlog.train_cpu_s += time.process_time() - c0
     with torch.no_grad():
         ev = evaluate()
     tlog.record(stage="lbfgs", epoch=cfg.lbfgs_iters, lr=1.0, train_loss=loss, **ev)
@@ -641,37 +764,3 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
     tlog.info("encoder test: " + " ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("test")))
     return enc, summary
 
-
-# --------------------------------------------------------------------------------------------------------------
-# CLI entry point
-# --------------------------------------------------------------------------------------------------------------
-def train_method(method, problem: Problem, observer: Observer, dataset: Dataset | None = None, *,
-                 generator: torch.Generator | None = None, cache_dir: Path | str | None = None,
-                 progress: bool = True, curve_path: Path | str | None = None) -> dict:
-    """Bind ``method`` to (problem, observer, dataset), run its ``fit`` and summarise the training.
-
-    The method's networks come from the shipped artifacts, the cache, or fresh training (in that order; see the
-    module docstring). ``curve_path``, when given, receives the learning curve(s) as one CSV (a ``network``
-    column tells the artifacts apart). Returns a dict with ``time_fit_s`` (wall-clock of ``fit``), and, from the
-    method's ``training_summary``: per network, its artifact ``hash``, ``source`` (shipped/cache/trained),
-    ``path`` and test errors (e.g. ``test_rrmse_norm``/``test_rrmse_phys`` for an LDNet).
-    """
-    from methods.base import Context
-    if dataset is None:
-        dataset = problem.dataset(cache_dir=cache_dir, progress=progress)
-    ctx = Context(problem=problem, observer=observer, dataset=dataset,
-                  cache_dir=Path(cache_dir) if cache_dir is not None else None, progress=progress)
-    method.bind(ctx)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
-    method.fit(gen)
-    summary = dict(getattr(method, "training_summary", {}) or {})
-    summary["time_fit_s"] = time.perf_counter() - t0
-    summary["method"] = method.label
-    summary["problem"] = problem.label
-    if curve_path is not None:
-        rows = []
-        for name, art in (getattr(method, "artifacts", {}) or {}).items():
-            rows += [dict(network=name, **r) for r in art.curve]
-        write_curve(rows, curve_path)
-    return summary

@@ -4,6 +4,9 @@ Usage::
 
     python scripts/ldnet_ablation.py shallow_water TAG [key=value ...] [--threads 1] [--out results/ablation]
 
+The run checkpoints to ``<out>/<problem>_<TAG>.ckpt`` after every evaluation and resumes from it when started
+again with the same arguments (a larger ``epochs=`` continues a finished run).
+
 Trains :func:`methods.training.train_ldnet` with the LD-EnSF default recipe overridden by ``key=value``
 (fields of :class:`methods.training.LDNetTrainConfig`), and writes ``<out>/<problem>_<TAG>.csv`` (training
 seconds vs validation/test rRMSE) and ``<out>/<problem>_<TAG>.json`` (the summary and the recipe).
@@ -35,19 +38,21 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/ablation")
+    ap.add_argument("--recipe", default="cpu", help="the LD-EnSF training recipe the overrides start from")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     pb = problems.get(args.problem)
     ds = pb.dataset()
-    cfg = methods.get("LD-EnSF").ldnet_config()
+    cfg = methods.get("LD-EnSF", recipe=args.recipe).ldnet_config(args.problem)
     kw = {k: _value(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     cfg = dataclasses.replace(cfg, **kw)
     tlog = TrainLog(progress=False)
-    net, summary = train_ldnet(pb, ds, cfg, tlog)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    net, summary = train_ldnet(pb, ds, cfg, tlog, checkpoint_dir=out / f"{args.problem}_{args.tag}.ckpt")
     write_curve(tlog.rows, out / f"{args.problem}_{args.tag}.csv")
-    summary = dict(summary, train_s=tlog.train_s, threads=args.threads, recipe=dataclasses.asdict(cfg))
+    summary = dict(summary, train_s=tlog.train_s, train_cpu_s=tlog.train_cpu_s, threads=args.threads,
+                   recipe=dataclasses.asdict(cfg))
     (out / f"{args.problem}_{args.tag}.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "recipe"}, default=str))
     return 0

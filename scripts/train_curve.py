@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import problems
     import methods
-    from methods.training import SHIPPED_DIR, train_method
+    from bench.train import train_method
+    from methods.training import SHIPPED_DIR
     from problems.base import bind_observer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -120,7 +120,7 @@ def test_bench_l96_run_cell(benchmark, cache_dir):
                 freeze({"variant": "sqrt", "inflation": 1.04, "loc_radius": 0.0}), 10, 0, "cpu", "float32", 2)
     run_cell(cell, cache_dir=cache_dir)  # builds the dataset once, outside the timing
     out = benchmark.pedantic(run_cell, args=(cell,), kwargs={"cache_dir": cache_dir}, rounds=3, iterations=1)
-    row = out["row"]
+    row = out.row
     assert row["status"] == "ok", row["error"]
     assert row["n_cycles"] == 30
     # assimilating every component with std 1 beats the free climatological spread by far

@@ -67,16 +67,16 @@ def test_run_cell_reports_between_scores(cache_dir):
                 (("noise", 1.0), ("noise_type", "absolute")), "EnKF", (("loc_radius", 0.0),), 10, 0,
                 spinup=4, score_between=1)
     out = run_cell(cell, cache_dir=cache_dir, raise_errors=True)
-    row = out["row"]
+    row = out.row
     assert row["status"] == "ok" and row["p_score_between"] == 1
-    assert all(math.isfinite(c["rrmse_between"]) for c in out["cycles"])
+    assert all(math.isfinite(c["rrmse_between"]) for c in out.cycles)
     # halfway between analysis and forecast: the mid-interval error sits near the two it is between
     assert 0.5 * row["rmse_a"] < row["rmse_between"] < 2.0 * row["rmse_f"]
     plain = Cell(*[getattr(cell, f) for f in ("problem", "problem_params", "observer_params", "method",
                                               "method_params", "n_ens", "seed", "device", "dtype", "spinup")])
     no = run_cell(plain, cache_dir=cache_dir, raise_errors=True)
-    assert math.isnan(no["row"]["rrmse_between"])
-    assert no["row"]["rmse_a"] == row["rmse_a"]  # scoring between observations never touches the filter
+    assert math.isnan(no.row["rrmse_between"])
+    assert no.row["rmse_a"] == row["rmse_a"]  # scoring between observations never touches the filter
 
 
 def test_cell_ids_without_score_between_are_unchanged():

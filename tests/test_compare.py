@@ -149,4 +149,4 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     assert main(["compare", str(a), str(a), "--pair", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert "not a results folder" in err and "valid:" in err and "inflation" in err
+    assert "does not exist" in err and "valid:" in err and "inflation" in err

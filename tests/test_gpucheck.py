@@ -10,7 +10,9 @@ import torch
 
 import methods
 import problems
-from bench.config import expand
+from bench.cli import main
+from bench.compare import compare, format_compare
+from bench.config import expand, load_preset
 from bench.gpucheck import coverage_config, format_table, gpu_check, pde_config
 
 
@@ -30,12 +32,17 @@ def test_the_grids_cover_every_method_and_problem_and_the_default_pde_block():
     assert {c.seed for c in cells} == {0}
     pde = expand(pde_config(seeds=2), device="cpu").cells
     assert {c.problem for c in pde} == {"shallow_water", "kolmogorov"} and {c.seed for c in pde} == {0, 1}
-    assert {c.method for c in pde} == set(methods.names())
+    block = [b for b in load_preset("default")["experiments"] if "kolmogorov" in b["problems"]][0]
+    assert {c.method for c in pde} == set(block["methods"])
     assert all(c.n_ens == 20 and c.pdict.get("n", 64) == 64 for c in pde)
 
 
 def test_dry_run_builds_the_device_table(tmp_path, cache_dir):
-    table = gpu_check(tmp_path / "g", "cpu", parts=("coverage",), cache_dir=cache_dir)
+    """Also the target of two runs of the same code: `bench compare --fail-on-regression` flags nothing.
+
+    One thread per cell: with more threads than free cores, OpenMP threads spin while they wait for each other
+    and the CPU time stops measuring the work (docs/benchmarks.md, timing protocol)."""
+    table = gpu_check(tmp_path / "g", "cpu", parts=("coverage",), cache_dir=cache_dir, threads=1)
     n_cells = len(expand(coverage_config(), device="cpu").cells)
     assert len(table) == n_cells and set(table["part"]) == {"coverage"}
     assert not table["device_mismatch"].any()
@@ -48,3 +55,9 @@ def test_dry_run_builds_the_device_table(tmp_path, cache_dir):
     assert len(pd.read_csv(tmp_path / "g" / "gpu_check.csv")) == n_cells
     text = format_table(table, "cpu (dry run)")
     assert "0 with a different status" in text and "cpu/gpu" in text
+    # the two halves are two runs of the same code: `bench compare` flags nothing and exits 0
+    a, b = tmp_path / "g" / "coverage-cpu", tmp_path / "g" / "coverage-dryrun"
+    cmp = compare(a, b)
+    assert (cmp["match"] == "both").all() and not cmp["regression"].any(), format_compare(cmp, True)
+    assert (cmp.loc[cmp["status_A"] == "ok", "time_basis"] == "cpu").all()
+    assert main(["compare", str(a), str(b), "--fail-on-regression"]) == 0

@@ -53,7 +53,7 @@ def test_perturbed_start_is_recorded_and_the_filter_stays_locked_on(cache_dir):
     (pert,) = expand({**BASE, "init": {"perturbed": 0.0316}}).cells
     rc = run_cell(clim, cache_dir=cache_dir)
     rp = run_cell(pert, cache_dir=cache_dir)
-    assert rp["row"]["p_init"] == "perturbed(std=0.0316)" and rp["row"]["p_init_std"] == 0.0316
-    assert rc["row"]["p_init"] == "climatology" and math.isnan(rc["row"]["p_init_std"])
+    assert rp.row["p_init"] == "perturbed(std=0.0316)" and rp.row["p_init_std"] == 0.0316
+    assert rc.row["p_init"] == "climatology" and math.isnan(rc.row["p_init_std"])
     # started 0.03 from the truth, the first forecast is far better than from climatology (spread ~3.6)
-    assert rp["cycles"][0]["rmse_f"] < 0.2 < 1.0 < rc["cycles"][0]["rmse_f"]
+    assert rp.cycles[0]["rmse_f"] < 0.2 < 1.0 < rc.cycles[0]["rmse_f"]

@@ -5,6 +5,7 @@ initial centre being the parameter); the slow test reloads the shipped default-p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import torch
 from methods.base import Context
 from methods.ldensf import LDEnSF, LatentState
 from methods.ldnet import LDNet, ObsEncoder
+from bench.train import train_method
 from methods import training as tr
 from problems.base import Problem, bind_observer
 
@@ -98,7 +100,7 @@ def setup(tmp_path_factory, one_thread):
     ds = pb.dataset(cache_dir=cache, progress=False)
     obs = bind_observer(pb, ds, layout="lattice", stride=3, noise=0.05)
     m = LDEnSF(**TINY)
-    summary = tr.train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=cache,
+    summary = train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=cache,
                               progress=False, curve_path=cache / "curve.csv")
     return dict(problem=pb, dataset=ds, observer=obs, method=m, summary=summary, cache=cache)
 
@@ -146,7 +148,7 @@ def test_cached_artifact_reloads_bit_identical(setup):
     pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
     m1 = setup["method"]
     m2 = LDEnSF(**TINY)
-    s2 = tr.train_method(m2, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=setup["cache"],
+    s2 = train_method(m2, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=setup["cache"],
                          progress=False)
     assert s2["ldnet"]["source"] == "cache" and s2["encoder"]["source"] == "cache"
     assert s2["ldnet"]["hash"] == setup["summary"]["ldnet"]["hash"]
@@ -173,7 +175,7 @@ def test_stale_shipped_artifact_is_reported(setup, tmp_path, monkeypatch, caplog
     monkeypatch.setattr(tr, "SHIPPED_DIR", tmp_path / "shipped")
     m = LDEnSF(**dict(TINY, epochs=2, lstm_epochs=2))
     with caplog.at_level(logging.WARNING, logger="assimbench.training"):
-        tr.train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=tmp_path / "c",
+        train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=tmp_path / "c",
                         progress=False)
     assert any("no longer matches" in r.getMessage() and "training anew" in r.getMessage() for r in caplog.records)
 
@@ -283,3 +285,137 @@ def test_film_decoder_starts_as_the_plain_network_and_round_trips():
     cfg = tr.LDNetTrainConfig()
     assert "film" not in cfg.identity() and "point_sampling" not in cfg.identity()
     assert tr.LDNetTrainConfig(film=True).identity()["film"] is True
+
+
+# ---- training recipes, checkpoints, the registered decoder ------------------------------------------------------
+def test_default_recipe_keeps_the_shipped_identities():
+    """The ``cpu`` recipe reproduces the training identity the shipped networks were hashed with, so adding the
+    recipe machinery leaves every shipped artifact valid."""
+    from methods.latent_ensf import LatentEnSF
+    from methods.training import SHIPPED_DIR
+    shipped = {}
+    for p in SHIPPED_DIR.glob("*/config.json"):
+        c = json.loads(p.read_text())
+        shipped[(c["kind"], c["method"], c["problem"].split("[")[0])] = c["train"]
+    for name in ("shallow_water", "kolmogorov"):
+        if ("ldnet", "LD-EnSF", name) in shipped:
+            assert LDEnSF().ldnet_config(name).identity() == shipped[("ldnet", "LD-EnSF", name)]
+            assert dataclasses.asdict(LDEnSF().encoder_config(name)) == shipped[("encoder", "LD-EnSF", name)]
+        if ("vae", "Latent-EnSF", name) in shipped:
+            assert LatentEnSF().vae_config(name).identity() == shipped[("vae", "Latent-EnSF", name)]
+
+
+def test_paper_recipe_resolves_per_problem_and_explicit_fields_win():
+    tsu = LDEnSF(recipe="paper").ldnet_config("shallow_water")
+    assert (tsu.rec_width, tsu.rec_depth, tsu.dyn_width, tsu.dyn_depth) == (300, 10, 50, 8)
+    assert (tsu.latent_dim, tsu.points, tsu.point_sampling, tsu.norm, tsu.batch_traj) == (10, 2000, "fixed",
+                                                                                         "minmax", 2)
+    assert (tsu.epochs, tsu.lr, tsu.schedule, tsu.step_gamma, tsu.film, tsu.amp) == (2000, 1e-3, "step", 0.6,
+                                                                                    False, False)
+    kol = LDEnSF(recipe="paper").ldnet_config("kolmogorov")
+    assert (kol.latent_dim, kol.points, kol.norm, kol.n_fourier, kol.step_gamma) == (9, 5000, "zscore", 10, 0.5)
+    assert LDEnSF(recipe="paper").encoder_config("kolmogorov").epochs == 20000
+    mine = LDEnSF(recipe="paper", epochs=7, rec_width=20).ldnet_config("shallow_water")
+    assert (mine.epochs, mine.rec_width, mine.rec_depth) == (7, 20, 10)
+    # the recipe enters the identity (a new hash) and the label
+    assert tsu.identity()["recipe"] == "paper" and "recipe" not in LDEnSF().ldnet_config("x").identity()
+    assert LDEnSF(recipe="paper").label == "LD-EnSF[recipe=paper]"
+
+
+@pytest.mark.parametrize("method", ["LD-EnSF", "Latent-EnSF"])
+def test_unknown_recipe_is_a_config_error_naming_the_valid_ones(method):
+    import methods
+    from assimbench.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown training recipe 'gpu'; valid: cpu, paper"):
+        methods.get(method, recipe="gpu")
+
+
+def test_bench_train_unknown_recipe_exits_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "bench", "train", "--preset", "smoke", "--recipe", "gpu",
+                        "--cache", str(tmp_path)], capture_output=True, text=True, cwd=root, timeout=300)
+    assert r.returncode == 2, r.stderr[-800:]
+    assert "unknown training recipe 'gpu'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "datasets").exists()  # stopped before anything was computed
+
+
+def test_training_resumes_from_its_checkpoint(setup, tmp_path):
+    """An interrupted run continued from its checkpoint ends with the weights of an uninterrupted run."""
+    pb, ds = setup["problem"], setup["dataset"]
+    cfg = tr.LDNetTrainConfig(latent_dim=3, dyn_width=8, dyn_depth=2, rec_width=12, rec_depth=2, epochs=4,
+                              batch_traj=8, points=16, eval_every=1, eval_points=16)
+    straight, s1 = tr.train_ldnet(pb, ds, cfg, tr.TrainLog(progress=False))
+    ck = tmp_path / "ck"
+
+    class Interrupted(tr.TrainLog):  # the run is killed while recording its third evaluation
+        def record(self, **row):
+            if len(self.rows) == 2:
+                raise KeyboardInterrupt
+            super().record(**row)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train_ldnet(pb, ds, cfg, Interrupted(progress=False), checkpoint_dir=ck)
+    assert (ck / "ldnet.pt").exists()
+    log = tr.TrainLog(progress=False)
+    resumed, s2 = tr.train_ldnet(pb, ds, cfg, log, checkpoint_dir=ck)
+    assert any("resumed" in line for line in log.lines)
+    assert [r["epoch"] for r in log.rows] == [1, 2, 3, 4]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert s1["test_rrmse_norm"] == s2["test_rrmse_norm"]
+
+
+def test_minmax_normalisation_and_fixed_points_train_and_round_trip(setup):
+    pb, ds = setup["problem"], setup["dataset"]
+    cfg = tr.LDNetTrainConfig(latent_dim=3, dyn_width=8, dyn_depth=2, rec_width=12, rec_depth=2, epochs=2,
+                              batch_traj=8, points=20, point_sampling="fixed", norm="minmax", eval_every=1)
+    net, summary = tr.train_ldnet(pb, ds, cfg, tr.TrainLog(progress=False))
+    c = net.config()
+    Z = tr.to_points(pb, ds, ds.split("train")[0])
+    lo, hi = Z.amin((0, 1, 2)), Z.amax((0, 1, 2))
+    assert torch.allclose(torch.tensor(c["out_scale"]), (hi - lo) / 2, atol=1e-6)
+    again = LDNet.from_config(c)
+    again.load_state_dict(net.state_dict())
+    s, xi = torch.randn(2, 3), torch.rand(5, 2) * 2 - 1
+    assert torch.equal(again.reconstruct(s, xi), net.reconstruct(s, xi))
+    assert math.isfinite(summary["test_rrmse_phys"])
+    from assimbench.errors import ConfigError
+    with pytest.raises(ConfigError, match="norm='l2'; valid: zscore, minmax"):
+        tr.train_ldnet(pb, ds, dataclasses.replace(cfg, norm="l2"), tr.TrainLog(progress=False))
+
+
+def test_registered_decoder_moves_with_its_frames():
+    """A field given relative to a frame moves when the frame origin moves: shifting every point and every
+    frame origin by the same vector leaves the output unchanged (absolute-coordinate weights off)."""
+    kw = dict(latent_dim=4, n_params=2, n_fields=3, coord_dim=2, dt_lat=0.1, coord_lo=[0.0, 0.0],
+              coord_hi=[1.0, 1.0], rec_arch="registered", rec_width=16, rec_depth=3, n_fourier=6, n_shifts=4,
+              seed=1)
+    net = LDNet(**kw)
+    assert net.config()["n_shifts"] == 4 and net.rec.centres(torch.zeros(1, 4)).shape == (1, 4, 2)
+    with torch.no_grad():
+        net.rec.raw.weight[:, 3:] = 0  # the columns of the absolute coordinates
+    s, xi, v = torch.randn(3, 4), torch.rand(20, 2) * 2 - 1, torch.tensor([0.3, -0.2])
+    out = net.reconstruct(s, xi)
+    with torch.no_grad():
+        net.rec.shift.net[-1].bias += v.repeat(4)
+    assert torch.allclose(net.reconstruct(s, xi + v), out, atol=1e-5)
+    assert not torch.allclose(net.reconstruct(s, xi), out, atol=1e-3)
+    again = LDNet.from_config(net.config())
+    again.load_state_dict(net.state_dict())
+    assert torch.equal(again.reconstruct(s, xi), net.reconstruct(s, xi))
+
+
+def test_decoder_of_the_whole_augmented_latent(setup, tmp_path):
+    """``rec_params``: R decodes (s, u); LD-EnSF trains it, and its estimates use the members' parameters."""
+    pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
+    m = LDEnSF(**dict(TINY, epochs=4, lstm_epochs=4, rec_params=True))
+    train_method(m, pb, obs, ds, cache_dir=tmp_path, progress=False)
+    assert m.net.config()["rec_params"] is True
+    st = m.init(None, pb.sample_params(3, torch.Generator().manual_seed(1)), torch.Generator().manual_seed(2))
+    est = m.estimate(st)
+    moved = LatentState(st.s, st.u.flip(0), st.t, st.hc)  # same latent states, other parameters
+    assert est.shape == (3, *pb.state_shape) and not torch.allclose(m.estimate(moved), est)
+    with pytest.raises(ValueError, match="pass the normalised parameters"):
+        m.net.reconstruct(st.s, m._grid)

@@ -27,7 +27,7 @@ def test_l96_twin_reaches_the_expected_rmse(cache_dir):
     for exp in cfg["expected"]:
         match = [c for c in cells if c.n_ens == exp["n_ens"] and methods.get(c.method, **c.mdict).label == exp["method"]]
         assert len(match) == 1, exp
-        row = run_cell(match[0], cache_dir=cache_dir)["row"]
+        row = run_cell(match[0], cache_dir=cache_dir).row
         assert row["status"] == "ok", row["error"]
         assert abs(row["rmse_a"] - exp["rmse_a"]) < exp["tol"], (exp, row["rmse_a"])
 
@@ -59,8 +59,8 @@ def _expected_runs(name: str, cache_dir, overrides: dict | None = None, seeds=No
 
 
 def _scored_series(res: dict, metric: str = "rmse_a") -> list[float]:
-    assert res["row"]["status"] == "ok", res["row"]["error"]
-    return [c[metric] for c in res["cycles"] if not c["spinup"]]
+    assert res.row["status"] == "ok", res.row["error"]
+    return [c[metric] for c in res.cycles if not c["spinup"]]
 
 
 @pytest.mark.parametrize("name", ["sakov2008"])

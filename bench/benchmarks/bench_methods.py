@@ -101,50 +101,28 @@ def make_cell(problem: str, method: str):
                 "float32", SPINUP)
 
 
-def _bound(cell, cache_dir: Path, fit: bool = True):
-    """(problem, observer, method, dataset) of ``cell``, the method bound (and fitted) as the runner does it."""
-    import methods
-    import problems
-    from bench.runner import generator
-    from methods.base import Context
-    problem = problems.get(cell.problem, **cell.pdict)
-    dataset = problem.dataset(cache_dir=cache_dir, progress=False)
-    observer = problems.bind_observer(problem, dataset, **cell.odict)
-    method = methods.get(cell.method, **cell.mdict)
-    reason = method.skip(problem, observer)
-    if reason:
-        raise NotImplementedError(reason)
-    method.bind(Context(problem, observer, dataset, device=torch.device(cell.device),
-                        dtype=getattr(torch, cell.dtype), cache_dir=cache_dir))
-    if fit:
-        method.fit(generator("fit", problem.label, observer.label, method.label))
-    return problem, observer, method, dataset
-
-
 def prepared_state(cell, cache_dir: Path):
-    """(method, initial state, forecast state, first observation) with the runner's seeds (fit loads the cache).
+    """(method, initial state, forecast state, first observation) of ``cell``, prepared by
+    :func:`bench.runner.prepare` exactly as ``bench run`` prepares it (fit loads the cached artifact).
 
-    The truth is test trajectory ``seed % n_test``; the observation, the initial ensemble and the method's
-    generator come from the same seeds as in :func:`bench.runner.run_cell`.
+    NotImplementedError (asv's skip) when the method skips the combination.
     """
-    from bench.runner import generator
-    pb, obs, method, ds = _bound(cell, cache_dir, fit=True)
-    dtype = getattr(torch, cell.dtype)
-    truth = ds.test[cell.seed % ds.test.shape[0]].to(dtype)
-    y = obs.sample(truth[1:2].double(), generator("obs", pb.label, obs.label, cell.seed)).to(dtype)[0]
-    g_init = generator("init", pb.label, cell.seed, cell.n_ens)
-    params0 = pb.sample_params(cell.n_ens, g_init)
-    x0 = pb.sample_initial(params0, g_init).to(dtype)
-    state0 = method.init(x0, params0.to(dtype), generator("method", pb.label, obs.label, method.label, cell.n_ens,
-                                                          cell.seed))
-    return method, state0, method.forecast(state0), y
+    from bench.runner import prepare
+    prep = prepare(cell, cache_dir=cache_dir)
+    if prep.skip_reason:
+        raise NotImplementedError(prep.skip_reason)
+    prep.observations, prep.initial  # noqa: B018  (drawn before fit, as the runner does)
+    prep.bind()
+    prep.fit()
+    state0 = prep.init()
+    return prep.method, state0, prep.method.forecast(state0), prep.observations[0]
 
 
 def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
-def prepare(problem: str, method: str, cache_dir: Path) -> tuple[str | None, str | None]:
+def try_once(problem: str, method: str, cache_dir: Path) -> tuple[str | None, str | None]:
     """Build the dataset and train (and cache) a learned method, then try both benchmark paths once.
 
     Returns ``(time_reason, run_reason)``: why the ``time_*`` benchmarks (one forecast + analysis) and the
@@ -168,7 +146,7 @@ def prepare(problem: str, method: str, cache_dir: Path) -> tuple[str | None, str
         m.analysis(state_f, y)
     except Exception as e:
         time_reason = f"the first analysis failed: {_first_line(e)}"
-    row = run_cell(cell, cache_dir=cache_dir)["row"]
+    row = run_cell(cell, cache_dir=cache_dir).row
     run_reason = None if row["status"] == "ok" else \
         f"the smoke run {row['status']}: {row['error'].splitlines()[0] if row['error'] else ''}"
     return time_reason, run_reason
@@ -177,13 +155,11 @@ def prepare(problem: str, method: str, cache_dir: Path) -> tuple[str | None, str
 def _skip_reason(problem: str, method: str) -> str | None:
     """Why (problem, method) cannot be benchmarked, or None."""
     try:
-        cell = make_cell(problem, method)
-        import methods
+        from bench.runner import prepare
         import problems
-        pb = problems.get(cell.problem, **cell.pdict)
+        prep = prepare(make_cell(problem, method))
         # the skip check needs only the observer geometry, not the dataset
-        obs = problems.bind_observer(pb, None, **cell.odict)
-        return methods.get(method, **cell.mdict).skip(pb, obs) or None
+        return prep.method.skip(prep.problem, problems.bind_observer(prep.problem, None, **prep.cell.odict)) or None
     except NotImplementedError as e:
         return str(e)
     except Exception as e:  # does not import, or bad parameters
@@ -202,7 +178,7 @@ def setup_cache():
     skip: dict[str, dict[str, str]] = {"time": {}, "run": {}}
     for p in PROBLEMS:
         for m in METHODS:
-            for kind, reason in zip(("time", "run"), prepare(p, m, cache_dir)):
+            for kind, reason in zip(("time", "run"), try_once(p, m, cache_dir)):
                 if reason:
                     skip[kind][f"{p}|{m}"] = reason
                     print(f"assimbench asv: skipping the {kind} benchmarks of {m} on {p}: {reason}", file=sys.stderr)
@@ -259,7 +235,7 @@ class MethodRun(_Suite):
 
     def _run(self) -> dict:
         from bench.runner import run_cell
-        row = run_cell(self.cell, cache_dir=self.cache_dir)["row"]
+        row = run_cell(self.cell, cache_dir=self.cache_dir).row
         if row["status"] != "ok":
             raise RuntimeError(f"run_cell {row['status']}: {row['error']}")
         return row
