@@ -347,7 +347,7 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
-    tuned_blocks: list[tuple[Cell, dict, list[int]]] = []
+    tuned_blocks: list[tuple[Cell, dict, list[int], bool]] = []
     with store.RunLock(out):
         store.remove_stale_tmp(out)
         _prepare_datasets([c for ss in p.settings.values() for s in ss for c in [s.template]], cache_dir, progress)
@@ -359,7 +359,7 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
                 rec = tune_setting(s, out, storage, budget=p.budget, tune_seeds=p.tune_seeds, metric=p.metric,
                                    sampler=p.sampler, cache_dir=cache_dir, progress=progress)
                 records.append(rec)
-                tuned_blocks.append((s.template, {**s.base, **rec["best"]}, s.seeds))
+                tuned_blocks.append((s.template, {**s.base, **rec["best"]}, s.seeds, not rec["all_failed"]))
     # the tuned preset: tuned settings, then every other cell of the grid as it was
     tuned_methods = set(p.settings)
     experiments, index = [], {}
@@ -378,8 +378,8 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
         if tuned and cell.method not in e["tuned"]:
             e["tuned"].append(cell.method)
 
-    for tmpl, mp, seeds in tuned_blocks:
-        add(tmpl, mp, seeds, tuned=True)
+    for tmpl, mp, seeds, tuned in tuned_blocks:  # every trial failed: the grid's own values, not marked tuned
+        add(tmpl, mp, seeds, tuned=tuned)
     rest: dict[str, tuple[Cell, list[int]]] = {}
     for c in p.grid_cells:
         if c.method in tuned_methods and any(c.problem == s.template.problem for s in p.settings[c.method]):
