@@ -16,47 +16,99 @@ from pathlib import Path
 from assimbench.errors import ConfigError
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="bench", description="assimbench: data-assimilation benchmark suite")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help text as written, with ``(default: X)`` appended where an option has a real default."""
 
-    r = sub.add_parser("run", help="run a grid (default: the `default` preset into results/<timestamp>/)")
-    r.add_argument("config", nargs="?", help="YAML grid file (see bench/config.py)")
-    r.add_argument("--preset", help="a named preset instead of a file (see `bench list`)")
-    r.add_argument("--out", help="output folder (rerunning into it resumes)")
-    r.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings and not isinstance(action, argparse._VersionAction)):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("assimbench")
+    except Exception:  # not installed (a plain checkout on PYTHONPATH): the package's own constant
+        from bench import __version__
+        return __version__
+
+
+def _common() -> argparse.ArgumentParser:
+    """-q / -v, accepted by every subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="print only results and errors: no progress bars, no status lines")
+    g.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more detail: -v logs what runs (INFO), -vv debug output and full tracebacks")
+    return p
+
+
+EPILOG = """examples:
+  bench run                                  the default preset into results/<timestamp>/
+  bench run --preset smoke --out runs/smoke  seconds
+  bench show runs/smoke                      summary table in the terminal
+  bench report runs/smoke                    HTML report in runs/smoke/report/
+  bench COMMAND --help                       the options of one command
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench", description="assimbench: data-assimilation benchmark suite",
+                                 epilog=EPILOG, formatter_class=_HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"%(prog)s (assimbench) {_version()}")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", title="commands")
+    common = [_common()]
+
+    def add(name: str, help: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", parents=common,
+                              formatter_class=_HelpFormatter, **kw)
+
+    r = add("run", "run a grid (default: the `default` preset into results/<timestamp>/)")
+    r.add_argument("config", nargs="?", help="YAML grid file (see bench/config.py); default: --preset default")
+    r.add_argument("--preset", help="a named preset instead of a file (see `bench list`); default: default")
+    r.add_argument("--out", metavar="DIR",
+                   help="output folder; rerunning into it resumes (default: results/<timestamp>)")
+    r.add_argument("--device", help="cpu, cuda or cuda:N; overrides the config (default: the config's, else cpu)")
     r.add_argument("--executor", choices=("local", "dask"), default=None,
                    help="where cells run: local (this machine; default) or dask (a dask.distributed cluster; "
                         "pip install 'assimbench[dask]')")
-    r.add_argument("--jobs", type=int, default=1,
-                   help="--executor local: cells in parallel in a process pool (default 1: sequential)")
-    r.add_argument("--workers", type=int, default=None,
-                   help="--executor dask: start a local cluster of N worker processes on 127.0.0.1")
-    r.add_argument("--scheduler", default=None,
-                   help="--executor dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786")
-    r.add_argument("--cache", help="dataset/model cache folder (default $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
-    r.add_argument("--raise", dest="raise_errors", action="store_true", help="stop at the first failing cell")
-    r.add_argument("--retry-failed", action="store_true", help="rerun cells recorded as failed")
-    r.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--threads", type=int, default=None,
+    r.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="--executor local: cells in parallel in a process pool (1: sequential)")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="--executor dask: start a local cluster of N worker processes on 127.0.0.1 "
+                        "(default: one per core)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="--executor dask: address of a running scheduler, e.g. tcp://10.0.0.5:8786 "
+                        "(default: start a local cluster)")
+    r.add_argument("--cache", metavar="DIR",
+                   help="dataset/model cache folder (default: $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
+    r.add_argument("--raise", dest="raise_errors", action="store_true",
+                   help="stop at the first failing cell with its traceback (default: record it as failed)")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="rerun cells recorded as failed (default: keep them)")
+    r.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (default: write it)")
+    r.add_argument("--threads", type=int, default=None, metavar="T",
                    help="torch threads per cell (default: the cores divided by the cells run side by side, "
                         "--jobs or --workers); recorded in the results")
     r.add_argument("--timing-repeats", type=int, default=None, metavar="R",
-                   help="time every cycle R more times from the same state (metrics unchanged; overrides the "
-                        "grid's timing_repeats)")
+                   help="time every cycle R more times from the same state (metrics unchanged; default: the "
+                        "grid's timing_repeats, else 0)")
 
-    sub.add_parser("list", help="problems, methods and presets with their parameters and defaults")
+    add("list", "problems, methods and presets with their parameters and defaults")
 
-    s = sub.add_parser("show", help="summary table of a results folder")
-    s.add_argument("dir")
+    s = add("show", "summary table of a results folder, sized to the terminal")
+    s.add_argument("dir", metavar="DIR", help="a results folder (the --out of `bench run`)")
 
-    rp = sub.add_parser("report", help="build the HTML report of a results folder")
-    rp.add_argument("dir")
+    rp = add("report", "build the HTML report of a results folder")
+    rp.add_argument("dir", metavar="DIR", help="a results folder; the report goes to DIR/report/")
 
-    c = sub.add_parser("compare", help="compare two results folders cell by cell")
-    c.add_argument("dir_a")
-    c.add_argument("dir_b")
+    c = add("compare", "compare two results folders cell by cell")
+    c.add_argument("dir_a", metavar="DIR_A", help="the reference results folder")
+    c.add_argument("dir_b", metavar="DIR_B", help="the candidate results folder")
     c.add_argument("--threshold", type=float, default=0.1,
                    help="accuracy: relative growth of the seed-mean rRMSE flagged (if also beyond the seed spread)")
     c.add_argument("--min-effect", type=float, default=0.25,
@@ -68,48 +120,65 @@ def _parser() -> argparse.ArgumentParser:
                         "(CPU time for CPU cells that recorded it)")
     c.add_argument("--pair", metavar="NAME[=A,B]",
                    help="match cells that differ in this one parameter (e.g. inflation, or inflation=1.05,1.1 "
-                        "to pick a value from each run; give one folder twice to compare inside a run)")
+                        "to pick a value from each run; give one folder twice to compare inside a run; "
+                        "default: cells match on every parameter)")
     c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when something regressed")
     c.add_argument("--only-regressions", action="store_true", help="list only the flagged cells")
 
-    g = sub.add_parser("gpu-check", help="run every method and problem, and the default preset's PDE block, on "
-                                         "the GPU and the CPU; print a CPU / GPU table")
-    g.add_argument("--out", default="results/gpu-check", help="folder for the run folders and gpu_check.csv")
+    g = add("gpu-check", "run every method and problem, and the default preset's PDE block, on the GPU and the "
+                         "CPU; print a CPU / GPU table")
+    g.add_argument("--out", metavar="DIR", default="results/gpu-check",
+                   help="folder for the run folders and gpu_check.csv")
     g.add_argument("--device", default="cuda", help="cuda or cuda:N (cpu: dry-run the check without a GPU)")
     g.add_argument("--part", action="append", choices=("coverage", "pde"),
-                   help="run only this part (repeatable; default both)")
-    g.add_argument("--seeds", type=int, default=1, help="seeds of the PDE block (default 1)")
+                   help="run only this part (repeatable; default: both)")
+    g.add_argument("--seeds", type=int, default=1, help="seeds of the PDE block")
     g.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: every core)")
-    g.add_argument("--cache", help="dataset/model cache folder")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--cache", metavar="DIR",
+                   help="dataset/model cache folder (default: $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
 
-    t = sub.add_parser("train", help="train the networks of the learned methods in a grid, without assimilating")
-    t.add_argument("config", nargs="?")
-    t.add_argument("--preset")
-    t.add_argument("--cache")
+    t = add("train", "train the networks of the learned methods in a grid, without assimilating")
+    t.add_argument("config", nargs="?", help="YAML grid file; default: --preset default")
+    t.add_argument("--preset", help="a named preset instead of a file; default: default")
+    t.add_argument("--cache", metavar="DIR",
+                   help="dataset/model cache folder (default: $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
     t.add_argument("--ship", action="store_true", help="also copy the artifacts into methods/artifacts/")
-    t.add_argument("--curve", help="CSV path prefix for time-to-accuracy curves")
-    t.add_argument("--recipe", help="training recipe for every learned method (e.g. cpu, paper)")
+    t.add_argument("--curve", metavar="PREFIX",
+                   help="write time-to-accuracy curves to PREFIX-<method>-<problem>.csv (default: none)")
+    t.add_argument("--recipe", help="training recipe for every learned method, e.g. cpu or paper "
+                                    "(default: each method's own)")
 
-    tu = sub.add_parser("tune", help="tune methods' declared hyperparameters on validation truths; writes a tuned "
-                                     "preset (OUT/tuned.yaml) for `bench run`")
+    tu = add("tune", "tune methods' declared hyperparameters on validation truths; writes a tuned preset "
+                     "(OUT/tuned.yaml) for `bench run`")
     tu.add_argument("config", nargs="?", help="YAML grid file (default: --preset default)")
-    tu.add_argument("--preset")
+    tu.add_argument("--preset", help="a named preset instead of a file (default: default)")
     tu.add_argument("--method", action="append", help="method to tune (repeatable; default: every method of the "
                                                       "grid that declares tunables)")
-    tu.add_argument("--problem", help="only this problem's cells of the grid")
+    tu.add_argument("--problem", help="only this problem's cells of the grid (default: every problem)")
     tu.add_argument("--params", help="comma-separated tunables to search (default: all the method declares)")
     tu.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH",
-                    help="override a tunable's search range (repeatable)")
+                    help="override a tunable's search range (repeatable; default: the method's declared range)")
     tu.add_argument("--budget", type=int, default=24, help="cells per setting (a trial costs --tune-seeds cells)")
-    tu.add_argument("--tune-seeds", type=int, default=2, help="validation truths per trial (default 2)")
-    tu.add_argument("--metric", default="rrmse_a", help="score to minimise (default rrmse_a)")
+    tu.add_argument("--tune-seeds", type=int, default=2, help="validation truths per trial")
+    tu.add_argument("--metric", default="rrmse_a", help="score to minimise")
     tu.add_argument("--sampler", default="auto", help="auto (grid for one parameter, else TPE), tpe or grid")
-    tu.add_argument("--out", help="tuning folder (rerunning into it resumes; default tune/<timestamp>)")
-    tu.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
-    tu.add_argument("--cache")
-    tu.add_argument("--quiet", action="store_true")
+    tu.add_argument("--out", metavar="DIR",
+                    help="tuning folder (rerunning into it resumes; default: tune/<timestamp>)")
+    tu.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's, else cpu)")
+    tu.add_argument("--cache", metavar="DIR",
+                    help="dataset/model cache folder (default: $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
     return ap
+
+
+def _progress(args) -> bool:
+    """Progress bars only for a person at a terminal: never with -q, never into a log file or a pipe."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _status(args, msg: str) -> None:
+    """A status line on stderr (silenced by -q)."""
+    if not args.quiet:
+        print(msg, file=sys.stderr)
 
 
 def _load_config(args) -> tuple[dict, str]:
@@ -152,19 +221,21 @@ def cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     store.grid_path(out).write_text(yaml.safe_dump(config, sort_keys=False))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    print(f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}", file=sys.stderr)
+    _status(args, f"bench run: {len(grid.cells)} cells ({grid.name}) -> {out}")
     t0 = time.perf_counter()
+    # where the cells ran is part of the outcome (kept under -q, like the counts below)
     print(f"executor: {executor.describe()}", file=sys.stderr)
     counts = run_grid(grid.cells, out, cache_dir=cache, raise_errors=args.raise_errors,
-                      retry_failed=args.retry_failed, progress=not args.quiet, executor=executor,
+                      retry_failed=args.retry_failed, progress=_progress(args), executor=executor,
                       plugins=grid.plugins)
     store.run_info_path(out).write_text(json.dumps({
         "config": config, "name": grid.name, "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "wall_s": time.perf_counter() - t0,
         "command": " ".join(sys.argv), "executor": executor.describe(), "counts": counts}, indent=2, default=str))
+    # the counts line is kept under -q: it is the run's result, and scripts read "N already done" from it
     print(f"cells: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped, "
           f"{counts['cached']} already done", file=sys.stderr)
-    print(_summary_text(out))
+    _print_summary(out)
     if not args.no_report:
         try:
             from bench.report import build_report
@@ -176,20 +247,19 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _summary_text(run_dir: Path) -> str:
-    import pandas as pd
-    from bench.store import load_results
-    try:
-        from bench.report import format_summary, summary_table
-        return format_summary(summary_table(run_dir))
-    except ImportError:
-        df = load_results(run_dir)
-        ok = df[df.status == "ok"]
-        keys = ["p_problem", "p_method", "p_n_ens", "p_coverage", "p_noise"]
-        tab = ok.groupby(keys).agg(rrmse_a=("rrmse_a", "mean"), rmse_a=("rmse_a", "mean"),
-                                   time_online_s=("time_online_s", "mean"), seeds=("p_seed", "count")).reset_index()
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 200):
-        return tab.to_string(index=False)
+def _print_summary(run_dir: Path) -> None:
+    """The summary tables of a run folder on stdout: in colour and at the terminal's width on a terminal,
+    plain text otherwise (``$COLUMNS`` wide where set)."""
+    from rich.console import Console
+
+    from bench.report import format_summary, summary_renderables, summary_table
+    summary = summary_table(run_dir)
+    console = Console(highlight=False, emoji=False)
+    if console.is_terminal and not summary.empty:
+        for r in summary_renderables(summary, console.width):
+            console.print(r)
+    else:
+        print(format_summary(summary))
 
 
 def cmd_list(args) -> int:
@@ -236,7 +306,7 @@ def cmd_list(args) -> int:
 def cmd_show(args) -> int:
     from bench.store import load_results
     load_results(args.dir)  # clear error for a folder that is not a (current) results folder
-    print(_summary_text(Path(args.dir)))
+    _print_summary(Path(args.dir))
     return 0
 
 
@@ -262,7 +332,7 @@ def cmd_compare(args) -> int:
 def cmd_gpu_check(args) -> int:
     from bench.gpucheck import format_table, gpu_check
     table = gpu_check(Path(args.out), args.device, parts=tuple(args.part or ("coverage", "pde")), seeds=args.seeds,
-                      cache_dir=Path(args.cache) if args.cache else None, progress=not args.quiet,
+                      cache_dir=Path(args.cache) if args.cache else None, progress=_progress(args),
                       threads=args.threads)
     print(format_table(table, table.attrs.get("gpu_name", args.device)))
     print(f"table: {Path(args.out) / 'gpu_check.csv'}")
@@ -276,7 +346,7 @@ def cmd_train(args) -> int:
     config, name = _load_config(args)
     grid = expand(config, name=name)
     train_grid(grid, cache_dir=Path(args.cache) if args.cache else None, ship=args.ship, curve=args.curve,
-               recipe=args.recipe)
+               recipe=args.recipe, progress=_progress(args))
     return 0
 
 
@@ -291,9 +361,9 @@ def cmd_tune(args) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     n = sum(len(s) for s in p.settings.values())
-    print(f"bench tune: {n} setting(s), up to {p.n_trials} trial(s) x {len(p.tune_seeds)} cell(s) each -> {out}",
-          file=sys.stderr)
-    path = run_tune(p, out, cache_dir=Path(args.cache) if args.cache else None, progress=not args.quiet,
+    _status(args, f"bench tune: {n} setting(s), up to {p.n_trials} trial(s) x {len(p.tune_seeds)} cell(s) each "
+                  f"-> {out}")
+    path = run_tune(p, out, cache_dir=Path(args.cache) if args.cache else None, progress=_progress(args),
                     command=" ".join(["bench", *sys.argv[1:]]))
     print(f"tuned preset: {path}  (bench run {path})")
     return 0
@@ -303,11 +373,29 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "report": cmd_re
             "train": cmd_train, "tune": cmd_tune, "gpu-check": cmd_gpu_check}
 
 
+def _logging(args) -> None:
+    """-v: INFO log lines of the project (and its libraries) on stderr; -vv: DEBUG. Without -v logging is left
+    as the libraries set it up (dask keeps its own quiet defaults)."""
+    if args.verbose:
+        import logging
+        logging.basicConfig(level=logging.INFO if args.verbose == 1 else logging.DEBUG,
+                            format="%(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Entry point of the ``bench`` console script; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.cmd is None:  # `bench` alone: the help, as a successful answer to "what can this do?"
+        ap.print_help()
+        return 0
+    _logging(args)
     try:
         return COMMANDS[args.cmd](args)
     except ConfigError as e:
+        if args.verbose >= 2:
+            import traceback
+            traceback.print_exc()
         print(f"bench {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

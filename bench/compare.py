@@ -55,7 +55,7 @@ _LABELS = {"p_method_": ("p_method",), "p_problem_": ("p_problem",), "p_obs_": (
 
 def _canon(v: Any) -> str:
     """A type-stable text form of a parameter value so that 1, 1.0 and 1.0000000000001 match, NaN = None."""
-    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, (float, np.floating)) and math.isnan(v)):
         return "∅"
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -45,16 +47,67 @@ def _style() -> dict:
     return rc
 
 
-def method_palette(methods: Sequence[str]) -> dict[str, tuple]:
-    """A fixed colour per method, shared by every figure of a report (baselines in grey)."""
-    methods = sorted(dict.fromkeys(methods))
-    others = [m for m in methods if not m.startswith(("FreeRun", "Climatology", "Persistence"))]
-    colours = sns.color_palette("colorblind" if len(others) <= 10 else "husl", max(len(others), 1))
-    pal = {m: colours[i] for i, m in enumerate(others)}
-    greys = [(0.35, 0.35, 0.35), (0.6, 0.6, 0.6), (0.15, 0.15, 0.15)]
-    for i, m in enumerate(m for m in methods if m not in pal):
-        pal[m] = greys[i % len(greys)]
-    return pal
+def method_palette(methods: Sequence[str]) -> dict[str, dict]:
+    """Per full method name on a page: ``{"color", "linestyle", "marker", "label"}``.
+
+    The colour is fixed by the method's registry name (:func:`bench.labels.method_colour`: the same in every
+    figure, page and README image, colour-blind safe); variants of one method differ by line style and marker;
+    ``label`` is the page's short label (:func:`bench.labels.short_labels`).
+    """
+    from bench.labels import method_styles, short_labels
+    styles = method_styles(methods)
+    labels = short_labels(styles)
+    return {m: {**st, "label": labels[m]} for m, st in styles.items()}
+
+
+def _style_of(palette: dict, m: str) -> dict:
+    st = palette.get(m)
+    if st is None:  # a method the page's palette does not know: its fixed colour, default style
+        from bench.labels import method_colour
+        return {"color": method_colour(m), "linestyle": "-", "marker": "o", "label": m}
+    return st
+
+
+def _line_kw(palette: dict, m: str) -> dict:
+    st = _style_of(palette, m)
+    return {"color": st["color"], "linestyle": st["linestyle"]}
+
+
+def _band_quantiles(n_seeds: int) -> tuple[float, float, str]:
+    """(low, high, words) of the uncertainty band over seeds: the full range for up to 10 seeds, else the
+    10-90 % percentile interval. Both stay inside the data, so they are valid on log axes (unlike mean ± std,
+    which can dip below zero)."""
+    if n_seeds <= 10:
+        return 0.0, 1.0, f"range over the {n_seeds} seeds" if n_seeds > 1 else "single seed"
+    return 0.1, 0.9, f"10-90 % percentile interval over {n_seeds} seeds"
+
+
+def _mean_band(d: pd.DataFrame, x: str, y: str, n_seeds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x values, mean over seeds, and the band's lower and upper edges (see :func:`_band_quantiles`)."""
+    lo_q, hi_q, _ = _band_quantiles(n_seeds)
+    g = d.groupby(x)[y]
+    mean = g.mean()
+    lo, hi = g.quantile(lo_q), g.quantile(hi_q)
+    return mean.index.to_numpy(dtype=float), mean.to_numpy(float), lo.to_numpy(float), hi.to_numpy(float)
+
+
+def _tidy_log_axis(ax, axis: str = "y") -> None:
+    """Readable ticks on a log axis: decades when the range spans them, else a few plain numbers; never the
+    crowded minor-tick labels matplotlib shows on short log ranges."""
+    from matplotlib import ticker
+    a = ax.yaxis if axis == "y" else ax.xaxis
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if not (lo > 0 and hi > lo):
+        return
+    decades = math.log10(hi / lo)
+    if decades >= 2.5:
+        a.set_major_locator(ticker.LogLocator(base=10, numticks=6))
+        a.set_major_formatter(ticker.LogFormatterSciNotation())
+    else:
+        subs = (1.0, 3.0) if decades >= 1.5 else (1.0, 2.0, 5.0) if decades >= 0.6 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+        a.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
+        a.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    a.set_minor_formatter(ticker.NullFormatter())
 
 
 def _varies(df: pd.DataFrame, col: str) -> bool:
@@ -92,22 +145,34 @@ def _grid(n_rows: int, n_cols: int, w: float = 3.6, h: float = 2.8, **kw) -> tup
 
 
 def _save(fig: MplFigure, img_dir: Path, name: str) -> str:
+    for ax in fig.axes:  # shared axes: labels and tick labels on the outer panels only
+        ss = ax.get_subplotspec()
+        if ss is not None and ss.get_gridspec().nrows * ss.get_gridspec().ncols > 1 and (
+                ax.get_shared_x_axes().get_siblings(ax) != [ax] or ax.get_shared_y_axes().get_siblings(ax) != [ax]):
+            ax.label_outer()
     img_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(img_dir / name, format="png")
     return name
 
 
-def _method_legend(fig: MplFigure, palette: dict, methods: Sequence[str], extra: Sequence = ()) -> None:
-    # long parametrized names are wrapped, so the legend never squeezes the panels to nothing
-    handles = [Line2D([], [], color=palette[m], lw=2, label=_wrap_name(m, 40)) for m in methods] + list(extra)
-    fig.legend(handles=handles, loc="outside right upper", frameon=False)
+def _method_legend(fig: MplFigure, palette: dict, methods: Sequence[str], extra: Sequence = (),
+                   marker: bool = False) -> None:
+    """The figure's legend of methods by their short labels (the page's legend table gives the full names)."""
+    handles = []
+    for m in methods:
+        st = _style_of(palette, m)
+        handles.append(Line2D([], [], color=st["color"], ls=st["linestyle"], lw=2,
+                              marker=st["marker"] if marker else None, label=_wrap_name(st["label"], 26)))
+    fig.legend(handles=handles + list(extra), loc="outside right upper", frameon=False)
 
 
-def _log_if_spread(ax, values, axis: str = "y", ratio: float = 20.0) -> None:
+def _log_if_spread(ax, values, axis: str = "y", ratio: float = 20.0) -> bool:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
     if v.size and v.max() / v.min() > ratio:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        return True
+    return False
 
 
 def _n_seeds(df: pd.DataFrame) -> int:
@@ -120,7 +185,8 @@ def _n_seeds(df: pd.DataFrame) -> int:
 
 def cycles_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
                   metric: str = "rrmse_a") -> list[Figure]:
-    """rRMSE over assimilation cycles, one line per method, band = one std over seeds.
+    """rRMSE over assimilation cycles, one line per method (mean over seeds) with a band over seeds (the range
+    for up to 10 seeds, else the 10-90 % interval: valid on the log axis used when errors span decades).
 
     Facets: rows by noise and columns by coverage where they vary; one figure per ensemble size when it
     varies. Spin-up cycles (excluded from averages) are shaded.
@@ -130,13 +196,14 @@ def cycles_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
     row = "p_noise" if _varies(cyc, "p_noise") else None
     col = "p_coverage" if _varies(cyc, "p_coverage") else None
     ens_values = _values(cyc, "p_n_ens") if _varies(cyc, "p_n_ens") else [None]
-    errorbar = "sd" if _n_seeds(cyc) > 1 else None
+    n_seeds = _n_seeds(cyc)
     out = []
-    for k, n_ens in enumerate(ens_values):
+    for n_ens in ens_values:
         d = _select(cyc, p_n_ens=n_ens)
         rows, cols = _values(d, row), _values(d, col)
         fig, axes = _grid(len(rows), len(cols), sharex=True, sharey=True)
         methods = sorted(d["p_method"].unique())
+        log = False
         for i, rv in enumerate(rows):
             for j, cv in enumerate(cols):
                 ax = axes[i, j]
@@ -144,24 +211,32 @@ def cycles_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
                 if sub.empty:
                     ax.set_visible(False)
                     continue
-                sns.lineplot(data=sub, x="cycle", y=metric, hue="p_method", palette=palette, errorbar=errorbar,
-                             ax=ax, legend=False, linewidth=1.4)
+                for m, g in sub.groupby("p_method"):
+                    x, mean, lo, hi = _mean_band(g.dropna(subset=[metric]), "cycle", metric, n_seeds)
+                    ax.plot(x, mean, lw=1.5, **_line_kw(palette, m))
+                    if n_seeds > 1:
+                        ax.fill_between(x, lo, hi, color=_style_of(palette, m)["color"], alpha=0.15, lw=0)
                 if "spinup" in sub.columns and sub["spinup"].astype(bool).any():
                     last = sub.loc[sub["spinup"].astype(bool), "cycle"].max()
                     ax.axvspan(sub["cycle"].min() - 0.5, last + 0.5, color="0.5", alpha=0.15, lw=0)
-                _log_if_spread(ax, d[metric])
+                log = _log_if_spread(ax, d[metric]) or log
                 ax.set_title(_facet_title(**{row or "_r": rv, col or "_c": cv}), fontsize=9)
                 ax.set_xlabel("cycle")
                 ax.set_ylabel("rRMSE (analysis)" if metric == "rrmse_a" else metric)
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=6))
+        if log:
+            for ax in axes.flat:
+                if ax.get_visible():
+                    _tidy_log_axis(ax, "y")
         extra = [matplotlib.patches.Patch(color="0.5", alpha=0.15, label="spin-up")] \
             if "spinup" in d.columns and d["spinup"].astype(bool).any() else []
         _method_legend(fig, palette, methods, extra)
         if n_ens is not None:
             fig.suptitle(f"N = {n_ens}", fontsize=10)
         name = _save(fig, img_dir, f"{tag}_cycles{'_N' + str(n_ens) if n_ens is not None else ''}.png")
-        band = "band: ± one std over seeds" if errorbar else "single seed"
+        band = _band_quantiles(n_seeds)[2]
         out.append(Figure(name, f"Analysis rRMSE over cycles{f' (N = {n_ens})' if n_ens is not None else ''}; "
-                                f"line: mean over seeds, {band}; grey: spin-up.", "rRMSE over cycles"))
+                                f"line: mean over seeds, band: {band}; grey: spin-up.", "rRMSE over cycles"))
     return out
 
 
@@ -171,11 +246,12 @@ def cycles_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
 
 def sensitivity_figures(res: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
                         metric: str = "rrmse_a") -> list[Figure]:
-    """rRMSE against each grid axis that varies (N, coverage, noise), facets over the other varying axes."""
+    """rRMSE against each grid axis that varies (N, coverage, noise), facets over the other varying axes; bars:
+    the band over seeds of :func:`_band_quantiles` (inside the data, so valid on log axes)."""
     ok = res[res["status"] == "ok"] if "status" in res.columns else res
     ok = ok[ok[metric].notna()] if metric in ok.columns else ok.iloc[:0]
     varying = [a for a in GRID_AXES if _varies(ok, a)]
-    errorbar = "sd" if _n_seeds(ok) > 1 else None
+    n_seeds = _n_seeds(ok)
     out = []
     for x in varying:
         others = [a for a in varying if a != x]
@@ -184,6 +260,9 @@ def sensitivity_figures(res: pd.DataFrame, img_dir: Path, palette: dict, tag: st
         rows, cols = _values(ok, row), _values(ok, col)
         fig, axes = _grid(len(rows), len(cols), w=3.4, h=2.7, sharex=True, sharey=True)
         methods = sorted(ok["p_method"].unique())
+        xs = ok[x].astype(float)
+        logx = bool((xs > 0).all() and xs.max() / xs.min() >= 8)
+        logy = False
         for i, rv in enumerate(rows):
             for j, cv in enumerate(cols):
                 ax = axes[i, j]
@@ -191,19 +270,30 @@ def sensitivity_figures(res: pd.DataFrame, img_dir: Path, palette: dict, tag: st
                 if sub.empty:
                     ax.set_visible(False)
                     continue
-                sns.lineplot(data=sub, x=x, y=metric, hue="p_method", palette=palette, errorbar=errorbar,
-                             err_style="bars", marker="o", ax=ax, legend=False, linewidth=1.3, markersize=5)
-                xs = ok[x].astype(float)
-                if (xs > 0).all() and xs.max() / xs.min() >= 8:
+                for m, g in sub.groupby("p_method"):
+                    st = _style_of(palette, m)
+                    xv, mean, lo, hi = _mean_band(g, x, metric, n_seeds)
+                    yerr = np.vstack([mean - lo, hi - mean]) if n_seeds > 1 else None
+                    ax.errorbar(xv, mean, yerr=yerr, color=st["color"], ls=st["linestyle"], marker=st["marker"],
+                                markersize=5, lw=1.3, capsize=2)
+                if logx:
                     ax.set_xscale("log", base=2 if x == "p_n_ens" else 10)
-                _log_if_spread(ax, ok[metric])
+                logy = _log_if_spread(ax, ok[metric]) or logy
                 ax.set_title(_facet_title(**{row or "_r": rv, col or "_c": cv}), fontsize=9)
                 ax.set_xlabel(GRID_AXES[x])
                 ax.set_ylabel("rRMSE (analysis)")
-        _method_legend(fig, palette, methods)
+        for ax in axes.flat:
+            if ax.get_visible():
+                if logy:
+                    _tidy_log_axis(ax, "y")
+                if logx:
+                    ax.set_xticks(sorted(xs.unique()), [f"{v:g}" for v in sorted(xs.unique())])
+                    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        _method_legend(fig, palette, methods, marker=True)
         name = _save(fig, img_dir, f"{tag}_vs_{x[2:]}.png")
+        band = _band_quantiles(n_seeds)[2]
         out.append(Figure(name, f"Analysis rRMSE against {GRID_AXES[x]}: mean over seeds"
-                                f"{', bars: ± one std' if errorbar else ''}.", f"rRMSE vs {GRID_AXES[x]}"))
+                                f"{', bars: ' + band if n_seeds > 1 else ''}.", f"rRMSE vs {GRID_AXES[x]}"))
     return out
 
 
@@ -245,6 +335,7 @@ def cost_accuracy_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: s
     sizes = {n: 25 + 75 * k / max(len(ens) - 1, 1) for k, n in enumerate(ens)}
     fig, axes = _grid(len(rows), len(cols), w=3.8, h=3.0, sharex=True, sharey=True)
     methods = sorted(agg["p_method"].unique())
+    logy = False
     for i, rv in enumerate(rows):
         for j, cv in enumerate(cols):
             ax = axes[i, j]
@@ -253,24 +344,32 @@ def cost_accuracy_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: s
                 ax.set_visible(False)
                 continue
             for m, g in sub.groupby("p_method"):
+                st = _style_of(palette, m)
                 g = g.sort_values("p_n_ens") if "p_n_ens" in g.columns else g
-                ax.plot(g[time_col], g[metric], color=palette[m], lw=1, alpha=0.7)
+                ax.plot(g[time_col], g[metric], color=st["color"], ls=st["linestyle"], lw=1, alpha=0.7)
                 s = [sizes.get(n, 40) for n in g["p_n_ens"]] if "p_n_ens" in g.columns else 40
-                ax.scatter(g[time_col], g[metric], s=s, color=palette[m], edgecolor="white", lw=0.5, zorder=3)
+                ax.scatter(g[time_col], g[metric], s=s, color=st["color"], marker=st["marker"], edgecolor="white",
+                           lw=0.5, zorder=3)
             front = _pareto(sub[time_col].to_numpy(float), sub[metric].to_numpy(float))
             if len(front) > 1:
                 ax.step(sub[time_col].to_numpy()[front], sub[metric].to_numpy()[front], where="post",
                         color="black", ls="--", lw=0.9, zorder=2)
             ax.set_xscale("log")
-            _log_if_spread(ax, agg[metric])
+            logy = _log_if_spread(ax, agg[metric]) or logy
             ax.set_title(_facet_title(**{row or "_r": rv, col or "_c": cv}), fontsize=9)
             ax.set_xlabel("online time per cycle [s]" if time_col == "time_online_s" else time_col)
             ax.set_ylabel("rRMSE (analysis)")
+    for ax in axes.flat:
+        if ax.get_visible():
+            ax.margins(x=0.15, y=0.1)
+            _tidy_log_axis(ax, "x")
+            if logy:
+                _tidy_log_axis(ax, "y")
     extra = [Line2D([], [], color="black", ls="--", lw=0.9, label="front")]
     if len(ens) > 1:
         extra += [Line2D([], [], ls="", marker="o", color="0.5", markersize=math.sqrt(sizes[n]), label=f"N={n}")
                   for n in ens]
-    _method_legend(fig, palette, methods, extra)
+    _method_legend(fig, palette, methods, extra, marker=True)
     name = _save(fig, img_dir, f"{tag}_cost_accuracy.png")
     return [Figure(name, "Cost-accuracy: analysis rRMSE against online wall-clock time per cycle (forecast + "
                          "analysis + reconstruction, log scale), mean over seeds; marker size grows with N; "
@@ -282,12 +381,18 @@ def cost_accuracy_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: s
 
 
 TIME_PARTS = {"time_forecast_s": "forecast", "time_analysis_s": "analysis", "time_reconstruct_s": "reconstruction"}
+#: greys for the parts of a cycle, so that no part is mistaken for a method's colour
+TIME_COLOURS = {"time_forecast_s": "#D0D0D0", "time_analysis_s": "#808080", "time_reconstruct_s": "#383838"}
 
 
-def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str, min_fit_s: float = 0.01) -> list[Figure]:
+def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str, min_fit_s: float = 0.01,
+                   palette: dict | None = None) -> list[Figure]:
     """Stacked bars of the online time per cycle (forecast / analysis / reconstruction) per method and N,
-    and a bar chart of the offline fit time where any method takes longer than ``min_fit_s`` seconds."""
+    and a bar chart of the offline fit time where any method takes longer than ``min_fit_s`` seconds.
+    Methods are named by the page's short labels (``palette``)."""
     ok = res[res["status"] == "ok"] if "status" in res.columns else res
+    palette = palette or method_palette(ok["p_method"].astype(str).unique().tolist())
+    label = lambda m: _style_of(palette, m)["label"]  # noqa: E731
     parts = [c for c in TIME_PARTS if c in ok.columns]
     out = []
     if parts and ok[parts].notna().any().any():
@@ -295,8 +400,11 @@ def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str, min_fit_s: float 
         agg = ok.groupby(keys, dropna=False)[parts].mean().fillna(0.0).reset_index()
         ens = _values(agg, "p_n_ens") if _varies(agg, "p_n_ens") else [None]
         methods = sorted(agg["p_method"].unique())
-        fig, axes = _grid(1, len(ens), w=max(2.6, 0.9 * len(methods) + 0.8), h=3.2, sharey=True)
-        colours = dict(zip(TIME_PARTS, sns.color_palette("Set2", 3)))
+        names = [_wrap_name(label(m), 12) for m in methods]
+        longest = max(len(ln) for n in names for ln in n.splitlines())
+        fig, axes = _grid(1, len(ens), w=max(2.6, (0.35 + 0.06 * longest) * len(methods) + 0.8), h=3.4,
+                          sharey=True)
+        colours = TIME_COLOURS
         for j, n in enumerate(ens):
             ax = axes[0, j]
             sub = _select(agg, p_n_ens=n).set_index("p_method").reindex(methods).fillna(0.0)
@@ -305,7 +413,7 @@ def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str, min_fit_s: float 
                 ax.bar(range(len(methods)), sub[c].to_numpy() * 1e3, bottom=bottom, color=colours[c],
                        label=TIME_PARTS[c], width=0.7)
                 bottom += sub[c].to_numpy() * 1e3
-            ax.set_xticks(range(len(methods)), [_wrap_name(m, 14) for m in methods], fontsize=7)
+            ax.set_xticks(range(len(methods)), names, fontsize=7)
             ax.set_title(f"N = {n}" if n is not None else "", fontsize=9)
             ax.set_ylabel("time per cycle [ms]")
             ax.grid(axis="x", visible=False)
@@ -317,18 +425,22 @@ def timing_figures(res: pd.DataFrame, img_dir: Path, tag: str, min_fit_s: float 
                           "time per cycle"))
     if "time_fit_s" in ok.columns and (ok["time_fit_s"].fillna(0) > min_fit_s).any():
         fit = ok.groupby("p_method")["time_fit_s"].agg(["mean", "max"]).fillna(0.0).sort_index()
-        fig = MplFigure(figsize=(6.0, 0.35 * len(fit) + 1.2), layout="constrained")
+        labels = [label(m) for m in fit.index]
+        longest = max(len(x) for x in labels)
+        fig = MplFigure(figsize=(4.2 + 0.065 * longest, 0.32 * len(fit) + 1.3), layout="constrained")
         ax = fig.subplots()
-        colours = sns.color_palette("Set2", 4)
-        ax.barh(range(len(fit)), fit["mean"], color=colours[3])
-        ax.set_yticks(range(len(fit)), fit.index, fontsize=8)
+        ax.barh(range(len(fit)), fit["mean"], color=[_style_of(palette, m)["color"] for m in fit.index])
+        ax.set_yticks(range(len(fit)), labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("offline fit time [s] (mean over cells; 0 = nothing to train or a cache hit)")
+        ax.set_xlim(0, float(fit["mean"].max()) * 1.3 or 1.0)
+        ax.set_xlabel("offline fit time [s], mean over cells")
+        ax.grid(axis="y", visible=False)
         for k, v in enumerate(fit["mean"]):
             ax.text(v, k, f" {v:.3g} s", va="center", fontsize=7)
         name = _save(fig, img_dir, f"{tag}_fit_time.png")
         out.append(Figure(name, "Offline fit time (training of surrogates, encoders, latent dynamics) per "
-                                "method.", "offline fit time"))
+                                "method; 0: nothing to train, or the trained networks came from the cache.",
+                          "offline fit time"))
     return out
 
 
@@ -354,7 +466,7 @@ def _wrap_name(name: str, width: int = 18) -> str:
 
 
 def snapshot_figures(snaps: dict[str, dict[str, np.ndarray]], img_dir: Path, tag: str,
-                     max_cycles: int = 3) -> list[Figure]:
+                     max_cycles: int = 3, palette: dict | None = None) -> list[Figure]:
     """Fields of truth, ensemble-mean estimate and error, one row per method, at up to ``max_cycles`` cycles.
 
     Parameters
@@ -440,7 +552,8 @@ def snapshot_figures(snaps: dict[str, dict[str, np.ndarray]], img_dir: Path, tag
                 cax.tick_params(labelsize=6)
         for i, m in enumerate(methods):
             yc = bottom + col_h - (i * (ph + gap_in) + ph / 2)
-            fig.text((left - 0.08) / fw, yc / fh, _wrap_name(m), fontsize=7, ha="right", va="center")
+            lab = _style_of(palette, m)["label"] if palette else m
+            fig.text((left - 0.08) / fw, yc / fh, _wrap_name(lab, 18), fontsize=7, ha="right", va="center")
         fig.suptitle(f"cycle {cyc}", fontsize=10, y=1 - 0.12 / fh)
         name = _save(fig, img_dir, f"{tag}_snapshot_c{cyc}.png")
         out.append(Figure(name, f"Fields at cycle {cyc}: truth, ensemble-mean estimate and error (estimate - "
@@ -449,8 +562,10 @@ def snapshot_figures(snaps: dict[str, dict[str, np.ndarray]], img_dir: Path, tag
     return out
 
 
-def parameter_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str, title: str = "") -> list[Figure]:
-    """Ensemble-mean parameter estimate against the true value over cycles, one panel per parameter."""
+def parameter_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str, title: str = "",
+                     unit: str = "") -> list[Figure]:
+    """Ensemble-mean parameter estimate against the true value over cycles, one panel per parameter
+    (``unit``: the problem's parameter unit, on the y axis)."""
     names = [c[len("param_mean_"):] for c in cyc.columns
              if c.startswith("param_mean_") and cyc[c].notna().any()]
     if not names:
@@ -461,14 +576,15 @@ def parameter_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str, 
         ax = axes[0, j]
         for m in methods:
             g = cyc[cyc["p_method"] == m].sort_values("cycle")
-            ax.plot(g["cycle"], g[f"param_mean_{n}"], color=palette[m], lw=1.4)
+            ax.plot(g["cycle"], g[f"param_mean_{n}"], lw=1.4, **_line_kw(palette, m))
         tcol = f"param_true_{n}"
         if tcol in cyc.columns and cyc[tcol].notna().any():
             g = cyc.dropna(subset=[tcol]).groupby("cycle")[tcol].first()
             ax.plot(g.index, g.to_numpy(), color="black", ls="--", lw=1.2)
         ax.set_title(n, fontsize=9)
         ax.set_xlabel("cycle")
-        ax.set_ylabel("estimate")
+        ax.set_ylabel(f"estimate [{unit}]" if unit else "estimate")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=6))
     _method_legend(fig, palette, methods, [Line2D([], [], color="black", ls="--", label="truth")])
     name = _save(fig, img_dir, f"{tag}_params.png")
     return [Figure(name, "Parameter estimates (ensemble mean) against the true value (dashed) over cycles"
@@ -476,7 +592,7 @@ def parameter_figure(cyc: pd.DataFrame, img_dir: Path, palette: dict, tag: str, 
 
 
 def latent_figure(latents: dict[str, dict[str, np.ndarray]], img_dir: Path, tag: str,
-                  max_dims: int = 4) -> list[Figure]:
+                  max_dims: int = 4, palette: dict | None = None) -> list[Figure]:
     """Latent trajectories of latent methods: the first ``max_dims`` coordinates over cycles.
 
     Each entry of ``latents`` (one per method) is the content of ``extras/<cell_id>.latent.npz``: an optional
@@ -513,9 +629,10 @@ def latent_figure(latents: dict[str, dict[str, np.ndarray]], img_dir: Path, tag:
                 ax.plot(x, mu[:, d], color=dim_colours[d], ls=ls, lw=1.2)
                 if sd is not None:
                     ax.fill_between(x, mu[:, d] - sd[:, d], mu[:, d] + sd[:, d], color=dim_colours[d], alpha=0.15)
-        ax.set_title(m, fontsize=9)
+        ax.set_title(_wrap_name(_style_of(palette, m)["label"] if palette else m, 40), fontsize=9)
         ax.set_xlabel("cycle")
         ax.set_ylabel("latent coordinate")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=6))
     for k in range(n, nrows * ncols):
         axes[k // ncols, k % ncols].set_visible(False)
     handles = [Line2D([], [], color=dim_colours[d], lw=1.5, label=f"z[{d}]") for d in range(max_dims)]

@@ -48,8 +48,8 @@ SUMMARY_METRICS: tuple[str, ...] = (
     # timing uncertainty (median and interquartile range over cycles) and what produced it
     "time_online_med_s", "time_online_iqr_s", "cpu_per_wall", "threads", "jobs",
 )
-PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "torch_version", "device_name", "dtype", "threads", "host",
-                                       "date")
+PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "git_dirty", "torch_version", "device_name", "cpu_model", "dtype",
+                                       "threads", "host", "date")
 _FRIENDLY = {"p_problem": "problem", "p_method": "method", "p_n_ens": "n_ens", "p_coverage": "coverage",
              "p_noise": "noise", "p_device": "device"}
 
@@ -108,6 +108,9 @@ def summary_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         out = out.join(df.assign(_t=df["p_tuned"].fillna(False).astype(bool)).groupby(keys, dropna=False)["_t"]
                        .any().rename("tuned"))
     out = out.reset_index()
+    if "param_unit" in df.columns:  # the unit each problem declares for its parameter error
+        units = df.dropna(subset=["param_unit"]).groupby("p_problem")["param_unit"].first()
+        out["param_unit"] = out["p_problem"].map(units)
     others = [k for k in keys if k != "p_method"]
     if "rrmse_a_mean" in out.columns:
         finite = out["rrmse_a_mean"].where(np.isfinite(out["rrmse_a_mean"]))
@@ -162,16 +165,17 @@ def _pm(mean: Any, std: Any) -> str:
     return f"{m} ± {_fmt_num(std, 2)}" if ok and m != "–" else m
 
 
-def _online_text(r: pd.Series) -> str:
+def _online_text(r: pd.Series, ms: bool = False) -> str:
     """Online time per cycle: the median over cycles with its interquartile range (means over seeds), or the
-    mean for runs made before the runner kept per-cycle spreads."""
+    mean for runs made before the runner kept per-cycle spreads; ``ms``: bare numbers in milliseconds."""
+    fmt = (lambda x: _fmt_num(_scaled(x, 1e3))) if ms else _fmt_time  # noqa: E731
     med, iqr = r.get("time_online_med_s_mean"), r.get("time_online_iqr_s_mean")
     try:
         if math.isfinite(float(med)):
-            return f"{_fmt_time(med)} ({_fmt_time(iqr)})" if math.isfinite(float(iqr)) else _fmt_time(med)
+            return f"{fmt(med)} ({fmt(iqr)})" if math.isfinite(float(iqr)) else fmt(med)
     except (TypeError, ValueError):
         pass
-    return _fmt_time(r.get("time_online_s_mean"))
+    return fmt(r.get("time_online_s_mean"))
 
 
 def timing_note(results: pd.DataFrame) -> str:
@@ -179,20 +183,18 @@ def timing_note(results: pd.DataFrame) -> str:
     if results.empty:
         return ""
     ok = results[results["status"] == "ok"] if "status" in results.columns else results
+    num = lambda c: pd.to_numeric(ok[c], errors="coerce") if c in ok.columns else pd.Series(dtype=float)  # noqa: E731
     parts = []
-    for col, word in (("threads", "thread"), ("jobs", "cell")):
-        if col in ok.columns:
-            vals = sorted({int(v) for v in pd.to_numeric(ok[col], errors="coerce").dropna()})
-            if vals:
-                v = "/".join(map(str, vals))
-                parts.append(f"{v} {word}{'s' if vals != [1] else ''}" + (" side by side" if col == "jobs" else
-                                                                         " per cell"))
-    if "cpu_per_wall" in ok.columns and pd.to_numeric(ok["cpu_per_wall"], errors="coerce").notna().any():
-        parts.append(f"CPU / wall {float(pd.to_numeric(ok['cpu_per_wall'], errors='coerce').median()):.2f} "
-                     "(median over cells; well below the threads means the cells waited for a core)")
-    if "timing_repeats" in ok.columns and pd.to_numeric(ok["timing_repeats"], errors="coerce").fillna(0).max() > 0:
-        parts.append(f"{int(pd.to_numeric(ok['timing_repeats'], errors='coerce').max())} timing repeats")
-    if not parts:
+    for col, what in (("threads", "thread{} per cell"), ("jobs", "cell{} side by side")):
+        vals = sorted({int(v) for v in num(col).dropna()})
+        if vals:
+            parts.append(f"{'/'.join(map(str, vals))} " + what.format("" if vals == [1] else "s"))
+    if num("cpu_per_wall").notna().any():
+        parts.append(f"CPU / wall {float(num('cpu_per_wall').median()):.2f} (median over cells; well below the "
+                     "threads: the cells waited for a core)")
+    if num("timing_repeats").fillna(0).max() > 0:
+        parts.append(f"{int(num('timing_repeats').max())} timing repeats")
+    if not parts or not num("time_online_med_s").notna().any():
         return ""
     return ("timing: median over the cycles after the warm-up (interquartile range), mean over seeds; "
             + "; ".join(parts))
@@ -209,37 +211,156 @@ def _method_text(r: pd.Series) -> str:
     return str(r["method"]) + (" (tuned)" if r.get("tuned") is True or r.get("tuned") == 1 else "")
 
 
-def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as a fixed-width text table for the terminal (``bench show``); ``*`` marks the best method."""
+#: Units of the metrics, shown in table headers. rRMSE is relative (a ratio); spread and CRPS are in the
+#: physical units of the state; the parameter error is in the unit its problem declares (``param_unit``).
+UNITS = {"rrmse": "rel.", "spread_a": "state", "crps_a": "state"}
+
+
+def _setting_axes(summary: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(varying, constant) setting columns of some summary rows, as (column, short header)."""
+    axes = [("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise"), ("device", "device")]
+    varying, constant = [], []
+    for c, h in axes:
+        if c not in summary.columns:
+            continue
+        (varying if summary[c].nunique(dropna=False) > 1 else constant).append((c, h))
+    return varying, constant
+
+
+def _param_unit(rows: pd.DataFrame) -> str:
+    if "param_unit" not in rows.columns:
+        return ""
+    units = sorted({str(u) for u in rows["param_unit"].dropna() if str(u)})
+    return ", ".join(units)
+
+
+def _summary_table_columns(rows: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
+    """(key, header with unit, formatter) of the metric columns of ``bench show``, most important first."""
+    has = lambda c: c in rows.columns and rows[c].notna().any()  # noqa: E731
+    cols: list[tuple[str, str, Callable[[pd.Series], str]]] = [
+        ("rrmse_a", f"rRMSE_a [{UNITS['rrmse']}]", lambda r: _pm(r.get("rrmse_a_mean"), r.get("rrmse_a_std")))]
+    if has("rrmse_between_mean"):
+        cols.append(("rrmse_between", f"between [{UNITS['rrmse']}]", lambda r: _fmt_num(r.get("rrmse_between_mean"))))
+    if has("param_rmse_a_mean"):
+        unit = _param_unit(rows)
+        cols.append(("param_rmse_a", f"param RMSE [{unit}]" if unit else "param RMSE",
+                     lambda r: _fmt_num(r.get("param_rmse_a_mean"))))
+    cols.append(("time_online_s", "online [ms/cyc]", lambda r: _online_text(r, ms=True)))
+    cols.append(("spread_a", f"spread_a [{UNITS['spread_a']}]", lambda r: _fmt_num(r.get("spread_a_mean"))))
+    cols.append(("crps_a", f"CRPS_a [{UNITS['crps_a']}]", lambda r: _fmt_num(r.get("crps_a_mean"))))
+    cols.append(("time_fit_s", "fit [s]", lambda r: _fmt_num(r.get("time_fit_s_mean"))))
+    return cols
+
+
+def _rich_table(rows: pd.DataFrame, labels: dict[str, str], keep: int):
+    """The rich table of one problem's summary rows with the first ``keep`` metric columns."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    varying, constant = _setting_axes(rows)
+    title = Text(str(rows["problem"].iloc[0]), style="bold")
+    if constant:
+        title.append("  " + " · ".join(f"{h}={_val(rows[c].iloc[0])}" for c, h in constant), style="dim")
+    t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, padding=(0, 1),
+              collapse_padding=True, show_edge=False)
+    t.add_column("", no_wrap=True, width=1)
+    for _, h in varying:
+        t.add_column(Text(h), justify="right", no_wrap=True)
+    t.add_column("method", justify="left", overflow="fold", min_width=8)
+    t.add_column(Text("ok/fail/skip"), justify="right", no_wrap=True)
+    cols = _summary_table_columns(rows)[:keep]
+    for _, h, _ in cols:
+        t.add_column(Text(h), justify="right", no_wrap=True)
+    for _, r in rows.iterrows():
+        best = bool(r.get("best"))
+        cells = ["*" if best else ""] + [_val(r[c]) for c, _ in varying] + [
+            labels[str(r["method"])] + (" (tuned)" if _method_text(r).endswith(" (tuned)") else ""),
+            f"{r['n_ok']}/{r['n_failed']}/{r['n_skipped']}"] + [f(r) for _, _, f in cols]
+        t.add_row(*(Text(c) for c in cells), style="bold" if best else None)
+    return t
+
+
+def summary_renderables(summary: pd.DataFrame, width: int = 120) -> list:
+    """The summary as rich renderables: per problem, a table and the legend of its method labels.
+
+    The best method of each setting is marked ``*`` in a column of its own (so the marker lines up) and its
+    row is bold; methods are shown by their short labels (:func:`bench.labels.short_labels`) with a legend
+    below the table mapping each shortened label to its full parametrized name. Setting values that are the
+    same on every row go into the title. When the table is wider than ``width``, the least important metric
+    columns (fit time, CRPS, spread, ...) are left out, and a note says which.
+    """
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    from bench.labels import short_labels
+
+    probe = Console(width=width, file=__import__("io").StringIO(), color_system=None)
+    out: list = []
+    dropped: set[str] = set()
+    for _, rows in summary.groupby("problem", sort=True):
+        labels = short_labels(rows["method"].astype(str))
+        all_cols = _summary_table_columns(rows)
+        keep = len(all_cols)
+        label_w = max(len(x) for x in labels.values())
+        while True:
+            t = _rich_table(rows, labels, keep)
+            # the natural width, less what folding long method labels down to 24 characters saves
+            natural = Measurement.get(probe, probe.options.update_width(10_000), t).maximum
+            if keep <= 1 or natural - max(0, label_w - 24) <= width:
+                break
+            keep -= 1
+        dropped |= {h for _, h, _ in all_cols[keep:]}
+        out.append(t)
+        legend = {lab: full for full, lab in labels.items() if lab != full}
+        if legend:
+            lt = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+            lt.add_column("label", style="dim", no_wrap=True)
+            lt.add_column("full name", overflow="fold")
+            for lab, full in sorted(legend.items()):
+                lt.add_row(Text(f"  {lab} ="), Text(full))
+            out.append(lt)
+        out.append(Text(""))
+    out.append(Text("* lowest mean analysis rRMSE of its setting; mean ± std over seeds; rel.: relative to the "
+                    "truth's RMS; state: the physical units of the state; _a: analysis; between: rRMSE between "
+                    "observation times", style="dim"))
+    if summary.attrs.get("timing_note"):
+        out.append(Text(summary.attrs["timing_note"], style="dim"))
+    if dropped:
+        out.append(Text(f"left out for the width ({width} columns; widen the terminal or set COLUMNS): "
+                        + ", ".join(sorted(dropped)), style="dim"))
+    return out
+
+
+def _scaled(x: Any, factor: float) -> Any:
+    try:
+        return float(x) * factor
+    except (TypeError, ValueError):
+        return x
+
+
+def format_summary(summary: pd.DataFrame, width: int | None = None) -> str:
+    """The summary as plain text for the terminal (``bench show``), at most ``width`` columns wide.
+
+    ``width`` defaults to the terminal's (``$COLUMNS`` where set, else 120 when the output is not a terminal).
+    One table per problem; ``*`` marks the best method of each setting.
+    """
+    import io
+    import shutil
+
+    from rich.console import Console
+
     if summary.empty:
         return "(no cells)"
-    rows = []
-    has_param = "param_rmse_a_mean" in summary.columns and summary["param_rmse_a_mean"].notna().any()
-    has_between = "rrmse_between_mean" in summary.columns and summary["rrmse_between_mean"].notna().any()
-    show_device = "device" in summary.columns and summary["device"].nunique() > 1
-    for _, r in summary.iterrows():
-        row = {"problem": r["problem"], "N": _val(r.get("n_ens")), "coverage": _val(r.get("coverage")),
-               "noise": _val(r.get("noise"))}
-        if show_device:
-            row["device"] = r["device"]
-        row.update({
-            "method": ("* " if r.get("best") else "  ") + _method_text(r),
-            "ok/fail/skip": f"{r['n_ok']}/{r['n_failed']}/{r['n_skipped']}",
-            "rRMSE_a": _pm(r.get("rrmse_a_mean"), r.get("rrmse_a_std")),
-            "spread_a": _fmt_num(r.get("spread_a_mean")),
-            "CRPS_a": _fmt_num(r.get("crps_a_mean")),
-        })
-        if has_between:
-            row["rRMSE_between"] = _fmt_num(r.get("rrmse_between_mean"))
-        if has_param:
-            row["param_RMSE"] = _fmt_num(r.get("param_rmse_a_mean"))
-        row["online/cycle"] = _online_text(r)
-        row["fit"] = _fmt_time(r.get("time_fit_s_mean"))
-        rows.append(row)
-    text = pd.DataFrame(rows).to_string(index=False)
-    note = summary.attrs.get("timing_note", "")
-    return (text + "\n(* lowest mean analysis rRMSE of its setting; mean ± std over seeds)"
-            + (f"\n({note})" if note else ""))
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system=None, force_terminal=False, soft_wrap=False,
+                      highlight=False, emoji=False)
+    for r in summary_renderables(summary, width):
+        console.print(r)
+    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines())
 
 
 # ==============================================================================================================
@@ -251,15 +372,20 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5
      padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 h3{font-size:1.05em;margin-top:1.2em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+.tbl{max-width:100%;overflow-x:auto;margin:.5em 0}
+table{border-collapse:collapse;font-size:.85em}
 th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right;vertical-align:top}
-th{background:#f3f3f3}td.l,th.l{text-align:left}td{white-space:nowrap}td.l:last-child{white-space:normal}
+th{background:#f3f3f3;white-space:normal;min-width:4em}td.l,th.l{text-align:left}td{white-space:nowrap}
+td.l:last-child{white-space:normal;overflow-wrap:anywhere}td.pm{white-space:normal}.nw{white-space:nowrap}
+.swatch{display:inline-block;width:2.2em;height:0;vertical-align:middle}
+.name{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.95em;overflow-wrap:anywhere}
 tr.best td{background:#e3f4e1;font-weight:600}
 tr.failed td{background:#fbe7e6}tr.skipped td{background:#f6f3e4}
-pre{background:#f6f6f6;padding:.5em;overflow-x:auto;font-size:.8em;max-height:28em}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+pre{background:#f6f6f6;padding:.5em;overflow:auto;font-size:.8em;max-height:28em;white-space:pre}
+details pre{max-width:100%}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
-nav a{margin-right:1em}.muted{color:#777;font-size:.85em}
+nav a{margin-right:1em}.muted{color:#777;font-size:.85em}.setting{margin:.3em 0;font-size:.85em;color:#444}
 .note{background:#fff6d8;padding:.4em .6em;border-left:3px solid #e0b400;font-size:.85em}
 """
 
@@ -280,13 +406,36 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str], row_classes: Se
            left: int = 0, raw: bool = False) -> str:
     """An HTML table; the first ``left`` columns are left-aligned; cells are escaped unless ``raw``."""
     cls = lambda j: ' class="l"' if j < left else ""  # noqa: E731
+
+    def cell(j: int, c: str) -> str:
+        if raw:
+            return f"<td{cls(j)}>{c}</td>"
+        if " ± " in c:  # "mean ± std" may break before the ± (never inside a number) to let the table fit
+            mean, _, sd = c.partition(" ± ")
+            return f'<td class="pm"><span class="nw">{_e(mean)}</span> <span class="nw">± {_e(sd)}</span></td>'
+        return f"<td{cls(j)}>{_e(c)}</td>"
+
     out = ["<table>", "<tr>" + "".join(f"<th{cls(j)}>{_e(h)}</th>" for j, h in enumerate(header)) + "</tr>"]
     for i, row in enumerate(rows):
         rc = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-        cells = "".join(f"<td{cls(j)}>{c if raw else _e(c)}</td>" for j, c in enumerate(row))
+        cells = "".join(cell(j, c) for j, c in enumerate(row))
         out.append(f"<tr{rc}>{cells}</tr>")
     out.append("</table>")
-    return "\n".join(out)
+    return '<div class="tbl">' + "\n".join(out) + "</div>"
+
+
+def _legend_html(palette: dict) -> str:
+    """The page's legend table: each method's colour and line, its short label and its full parametrized name."""
+    rows = []
+    for full, st in sorted(palette.items(), key=lambda kv: kv[1]["label"].lower()):
+        dash = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dashed"}.get(st["linestyle"], "dotted") \
+            if isinstance(st["linestyle"], str) else "dotted"
+        swatch = (f'<span class="swatch" style="border-top:3px {dash} {st["color"]}" '
+                  f'title="{_e(st["color"])}"></span>')
+        rows.append([swatch, f"<b>{_e(st['label'])}</b>", f'<span class="name">{_e(full)}</span>'])
+    return ("<h2>Methods on this page</h2>\n<p class=\"muted\">Figures and tables name methods by these short "
+            "labels; colours are fixed per method on every page.</p>\n"
+            + _table(rows, ["", "label", "full parametrized name"], left=3, raw=True))
 
 
 def _slug(name: str, taken: set[str]) -> str:
@@ -298,44 +447,60 @@ def _slug(name: str, taken: set[str]) -> str:
     return slug
 
 
-def _summary_columns(summ: pd.DataFrame) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
-    """(key, header, formatter) of the summary columns worth showing for these rows."""
+def _summary_columns(summ: pd.DataFrame, labels: dict[str, str] | None = None, constant: Sequence[str] = ()
+                     ) -> list[tuple[str, str, Callable[[pd.Series], str]]]:
+    """(key, header with unit, formatter) of the summary columns worth showing for these rows; methods by their
+    short ``labels`` where given (the page's legend table maps them to the full names); setting columns named
+    in ``constant`` are left out (the caller states them once above the table)."""
+    labels = labels or {}
     def has(c: str) -> bool:
         return c in summ.columns and summ[c].notna().any()
 
     cols: list[tuple[str, str, Callable[[pd.Series], str]]] = []
     for c, h in (("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise")):
-        if c in summ.columns:
+        if c in summ.columns and c not in constant:
             cols.append((c, h, lambda r, c=c: _val(r[c])))
     if "device" in summ.columns and summ["device"].nunique() > 1:
         cols.append(("device", "device", lambda r: _val(r["device"])))
-    cols.append(("method", "method", _method_text))
-    cols.append(("cells", "ok / failed / skipped", lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
-    for m, h in (("rrmse_a", "rRMSE analysis"), ("rrmse_f", "rRMSE forecast"),
-                 ("rrmse_between", "rRMSE between observations"), ("rrmse_member_a", "member rRMSE"),
-                 ("spread_a", "spread"), ("crps_a", "CRPS"), ("param_rmse_a", "param RMSE")):
+    cols.append(("method", "method", lambda r: labels.get(str(r["method"]), str(r["method"]))
+                 + _method_text(r)[len(str(r["method"])):]))
+    cols.append(("cells", "cells ok / failed / skipped",
+                 lambda r: f"{r['n_ok']} / {r['n_failed']} / {r['n_skipped']}"))
+    rel, st = UNITS["rrmse"], UNITS["spread_a"]
+    unit = _param_unit(summ)
+    for m, h in (("rrmse_a", f"rRMSE analysis [{rel}]"), ("rrmse_f", f"rRMSE forecast [{rel}]"),
+                 ("rrmse_between", f"rRMSE between obs. [{rel}]"), ("rrmse_member_a", f"member rRMSE [{rel}]"),
+                 ("spread_a", f"spread [{st}]"), ("crps_a", f"CRPS [{st}]"),
+                 ("param_rmse_a", f"param RMSE [{unit}]" if unit else "param RMSE")):
         if has(f"{m}_mean"):
             cols.append((m, h, lambda r, m=m: _pm(r[f"{m}_mean"], r.get(f"{m}_std"))))
     if has("time_online_s_mean"):
-        cols.append(("time_online_s", "online / cycle: median (IQR)" if has("time_online_med_s_mean")
-                     else "online / cycle", _online_text))
+        cols.append(("time_online_s", "online time / cycle: median (IQR)" if has("time_online_med_s_mean")
+                     else "online time / cycle", _online_text))
     if has("time_fit_s_mean"):
-        cols.append(("time_fit_s", "fit", lambda r: _fmt_time(r["time_fit_s_mean"])))
+        cols.append(("time_fit_s", "fit time", lambda r: _fmt_time(r["time_fit_s_mean"])))
     if has("peak_mem_mb_mean"):
-        cols.append(("peak_mem_mb", "peak MB", lambda r: _fmt_num(r["peak_mem_mb_mean"])))
+        cols.append(("peak_mem_mb", "peak memory [MB]", lambda r: _fmt_num(r["peak_mem_mb_mean"])))
     return cols
 
 
-def _summary_html(summ: pd.DataFrame) -> str:
-    cols = _summary_columns(summ)
+def _summary_html(summ: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
+    """The summary rows as an HTML table; setting values shared by every row are stated once above it."""
+    _, constant = _setting_axes(summ)
+    constant = [(c, h) for c, h in constant if c != "device" or summ["device"].nunique() == 1]
+    cols = _summary_columns(summ, labels, constant=[c for c, _ in constant])
     rows = [[f(r) for _, _, f in cols] for _, r in summ.iterrows()]
     classes = ["best" if r.get("best") else "" for _, r in summ.iterrows()]
     left = [k for k, _, _ in cols].index("method") + 1
-    return _table(rows, [h for _, h, _ in cols], classes, left=left)
+    head = ""
+    if constant and len(summ):
+        head = ('<p class="setting">' + " · ".join(f"{_e(h)} = {_e(_val(summ[c].iloc[0]))}" for c, h in constant)
+                + "</p>\n")
+    return head + _table(rows, [h for _, h, _ in cols], classes, left=left)
 
 
-def _summary_markdown(summ: pd.DataFrame) -> str:
-    cols = _summary_columns(summ)
+def _summary_markdown(summ: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
+    cols = _summary_columns(summ, labels)
     lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, r in summ.iterrows():
         cells = [f(r).replace("|", "\\|") for _, _, f in cols]
@@ -527,8 +692,11 @@ def _figure_html(figs: Sequence) -> str:
 
 
 def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: pd.DataFrame,
-                  summ: pd.DataFrame, palette: dict) -> str:
+                  summ: pd.DataFrame) -> str:
     from bench import plots
+
+    palette = plots.method_palette(res["p_method"].astype(str).unique().tolist())
+    labels = {m: st["label"] for m, st in palette.items()}
 
     res_ok = res[res["status"] == "ok"] if "status" in res.columns else res
     ok_ids = set(res_ok["cell_id"]) if "cell_id" in res_ok.columns else set()
@@ -539,7 +707,7 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
              f'{int((res.get("status") == "failed").sum()) if "status" in res else 0} failed, '
              f'{int((res.get("status") == "skipped").sum()) if "status" in res else 0} skipped. '
              "Highlighted: lowest mean analysis rRMSE of its setting.</p>",
-             "<h2>Summary</h2>", _summary_html(summ)]
+             _legend_html(palette), "<h2>Summary</h2>", _summary_html(summ, labels)]
     if timing_note(res):
         parts.append(f'<p class="muted">{_e(timing_note(res))}.</p>')
 
@@ -547,7 +715,7 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         ("rRMSE over cycles", b.figures(plots.cycles_figure, cyc, b.img, palette, slug)),
         ("Sensitivity to the grid", b.figures(plots.sensitivity_figures, res, b.img, palette, slug)),
         ("Cost against accuracy", b.figures(plots.cost_accuracy_figure, res, b.img, palette, slug)),
-        ("Time per cycle", b.figures(plots.timing_figures, res, b.img, slug)),
+        ("Time per cycle", b.figures(plots.timing_figures, res, b.img, slug, palette=palette)),
     ]
     # one setting and seed for the fields, parameters and latent trajectories
     snap = lambda c: store.snapshot_path(b.run_dir, c)  # noqa: E731
@@ -559,7 +727,7 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
             z = store.load_npz(snap(r["cell_id"]))
             if z is not None:
                 snaps[r["p_method"]] = z
-        figs = b.figures(plots.snapshot_figures, snaps, b.img, slug)
+        figs = b.figures(plots.snapshot_figures, snaps, b.img, slug, palette=palette)
         sections.append((f"Fields ({_setting_text(setting)})", figs))
     param_cols = [c for c in cyc.columns if c.startswith("param_mean_")] if not cyc.empty else []
     if param_cols and cyc[param_cols].notna().any().any():
@@ -567,7 +735,8 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         setting = _pick_setting(res_ok[res_ok["cell_id"].isin(set(has_param["cell_id"]))])
         rows = _match(has_param, setting)
         sections.append((f"Parameter estimates ({_setting_text(setting)})",
-                          b.figures(plots.parameter_figure, rows, b.img, palette, slug, _setting_text(setting))))
+                          b.figures(plots.parameter_figure, rows, b.img, palette, slug, _setting_text(setting),
+                                    unit=_param_unit(res))))
     latent_html = ""
     if len(res_ok):
         latent_html = _surrogate_html(res_ok, b.run_dir)
@@ -580,7 +749,7 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
                 picked.setdefault(m, g.sort_values([c for c in ("p_seed",) if c in g])["cell_id"].iloc[0])
             lat = {m: z for m, c in picked.items() if (z := store.load_npz(store.latent_path(b.run_dir, c))) is not None}
             sections.append((f"Latent trajectories ({_setting_text(setting)})",
-                             b.figures(plots.latent_figure, lat, b.img, slug)))
+                             b.figures(plots.latent_figure, lat, b.img, slug, palette=palette)))
     for title, figs in sections:
         if figs:
             parts.append(f"<h2>{_e(title)}</h2>\n{_figure_html(figs)}")
@@ -622,14 +791,15 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     res.to_csv(b.out / "results.csv", index=False)
 
     from bench import plots
-    palette = plots.method_palette(res["p_method"].astype(str).unique().tolist())
+    palette = plots.method_palette(res["p_method"].astype(str).unique().tolist())  # the index page's labels
+    labels = {m: st["label"] for m, st in palette.items()}
     problems = list(dict.fromkeys(sorted(res["p_problem"].astype(str))))
     taken: set[str] = {"index", "summary", "results"}
     slugs = {p: _slug(p, taken) for p in problems}
     for p in problems:
         body = _problem_page(b, p, slugs[p], res[res["p_problem"].astype(str) == p],
                              cyc[cyc["p_problem"].astype(str) == p] if "p_problem" in cyc.columns else cyc,
-                             summ[summ["problem"].astype(str) == p], palette)
+                             summ[summ["problem"].astype(str) == p])
         nav = f'<nav><a href="index.html">← index</a>' + "".join(
             f'<a href="{slugs[q]}.html">{_e(q)}</a>' for q in problems if q != p) + "</nav>"
         (b.out / f"{slugs[p]}.html").write_text(_page(f"{p} · {run_dir.name}", body, nav), encoding="utf-8")
@@ -647,13 +817,14 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
                  "cells)</li>" for p in problems) + "</ul>"]
     if b.notes:
         parts.append("".join(f'<p class="note">{_e(n)}</p>' for n in b.notes))
+    parts.append(_legend_html(palette))
     parts.append("<h2>Summary</h2><p class=\"muted\">Mean ± std over seeds of the ok cells; highlighted: the "
                  "lowest mean analysis rRMSE among the methods of a setting. rRMSE: relative RMSE of the "
                  "ensemble mean, all fields pooled, physical units, averaged over cycles after spin-up.</p>")
     for p in problems:
         parts.append(f'<h3><a href="{slugs[p]}.html">{_e(p)}</a></h3>')
-        parts.append(_summary_html(summ[summ["problem"].astype(str) == p]))
-    parts.append("<h2>Grid</h2>" + _table(_grid_rows(res), ["parameter", "n", "values"], left=1))
+        parts.append(_summary_html(summ[summ["problem"].astype(str) == p], labels))
+    parts.append("<h2>Grid</h2>" + _table(_grid_rows(res), ["parameter", "n", "values"], left=3))
     cfg = _config_text(info)
     if cfg:
         parts.append(f"<details><summary>expanded grid configuration</summary><pre>{_e(cfg)}</pre></details>")
@@ -672,6 +843,10 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     if prov_line:
         md += ["", f"Provenance: {prov_line}."]
     for p in problems:
-        md += ["", f"## {p}", "", _summary_markdown(summ[summ["problem"].astype(str) == p])]
+        md += ["", f"## {p}", "", _summary_markdown(summ[summ["problem"].astype(str) == p], labels)]
+    legend = sorted((lab, full) for full, lab in labels.items() if lab != full)
+    if legend:
+        md += ["", "## Method labels", "", "| label | full parametrized name |", "|---|---|"]
+        md += [f"| {lab} | `{full}` |" for lab, full in legend]
     (b.out / "summary.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return index

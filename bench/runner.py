@@ -133,20 +133,47 @@ class PeakMemory:
 _PROVENANCE: dict | None = None
 
 
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS), else the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        if out:
+            return out
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def provenance(device: torch.device, dtype: str) -> dict:
+    """Where and with what a cell ran: code version (git sha, and ``git_dirty``: uncommitted changes to
+    tracked files), library versions, host, CPU model, device, dtype, threads and the date."""
     global _PROVENANCE
     if _PROVENANCE is None:
         root = Path(__file__).resolve().parent.parent
-        try:
-            sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, timeout=5).stdout.strip() or "unknown"
-        except (OSError, subprocess.SubprocessError):
-            sha = "unknown"
+        sha = (_git(root, "rev-parse", "--short", "HEAD") or "").strip() or "unknown"
+        status = _git(root, "status", "--porcelain", "--untracked-files=no")
         import numpy
         import pandas
-        _PROVENANCE = {"git_sha": sha, "torch_version": torch.__version__, "numpy_version": numpy.__version__,
+        _PROVENANCE = {"git_sha": sha, "git_dirty": None if status is None else bool(status.strip()),
+                       "torch_version": torch.__version__, "numpy_version": numpy.__version__,
                        "pandas_version": pandas.__version__, "python_version": platform.python_version(),
-                       "host": socket.gethostname(), "cpu": platform.processor() or platform.machine()}
+                       "host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
+                       "cpu_model": cpu_model()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     return {**_PROVENANCE, "device_name": name, "dtype": dtype, "threads": torch.get_num_threads(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -528,7 +555,8 @@ def _run_cell(cell: Cell, cache_dir: Path | None, raise_errors: bool, progress: 
     row.update(result.means)
     row.update(timings)
     row.update({"status": status, "error": error, "n_cycles": len(cycles),
-                "timing_repeats": int(getattr(cell, "timing_repeats", 0) or 0)})
+                "timing_repeats": int(getattr(cell, "timing_repeats", 0) or 0),
+                "param_unit": (problem.param_unit or None) if problem.param_names else None})
     row.update(provenance(prep.device, cell.dtype))
     pcols = {k: v for k, v in row.items() if k.startswith("p_")}
     cycles = [{"cell_id": cell.cell_id, **pcols, **c} for c in cycles]

@@ -199,19 +199,81 @@ class RunLock:
             self.fd = None
 
 
-def _normalise_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Make every object column Parquet-safe (mixed types become strings, None stays missing)."""
-    for c in df.columns:
-        if df[c].dtype == object:
-            vals = df[c].dropna()
-            kinds = {type(v) for v in vals}
-            if kinds <= {bool} or kinds <= {str} or not kinds:
-                continue
-            if kinds <= {int, float}:
-                df[c] = pd.to_numeric(df[c])
-            else:
-                df[c] = df[c].map(lambda v: None if v is None else (str(v) if not isinstance(v, str) else v))
-    return df
+# --------------------------------------------------------------------------------------------------------------
+# the typed schema of results.parquet and cycles.parquet
+
+#: Columns that are always floating point (metrics, timings), even when every value is missing.
+FLOAT_COLUMNS: frozenset[str] = frozenset({
+    "rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
+    "rmse_between", "rrmse_between", "obs_coverage", "peak_mem_mb", "p_coverage", "p_noise", "p_init_std", "time"})
+#: Prefixes of floating-point column families (timings, per-parameter traces).
+FLOAT_PREFIXES: tuple[str, ...] = ("time_", "t_", "param_mean_", "param_true_", "param_std_")
+#: Columns that are always integers (nullable ``Int64`` where a cell lacks the value).
+INT_COLUMNS: frozenset[str] = frozenset({"p_n_ens", "p_seed", "p_spinup", "p_score_between", "n_cycles", "n_obs",
+                                         "threads", "cycle"})
+#: Columns that are always booleans (nullable ``boolean`` where a cell lacks the value).
+BOOL_COLUMNS: frozenset[str] = frozenset({"git_dirty", "spinup"})
+#: How a non-finite float is written in a cell file (JSON has no NaN/inf) and read back.
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def column_type(name: str, values: pd.Series) -> str:
+    """The pandas dtype of a results/cycles column: fixed for the known columns, else from its values.
+
+    Known metric and timing columns are ``float64``; counts, seeds and sizes ``int64``; flags ``bool``. Any
+    other column (the ``p_*`` columns of problem, observer and method parameters) takes the type of its
+    values: integers stay integers, booleans stay booleans, integers mixed with floats become ``float64``,
+    text stays text. Integer and boolean columns with missing values (a parameter that only some problems
+    or methods have) use pandas' nullable ``Int64`` / ``boolean``, so a missing value never turns them into
+    floats or objects.
+    """
+    present = values[[v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values]]
+    missing = len(present) < len(values)
+    if name in FLOAT_COLUMNS or name.startswith(FLOAT_PREFIXES):
+        return "float64"
+    if name in INT_COLUMNS:
+        return "Int64" if missing else "int64"
+    if name in BOOL_COLUMNS:
+        return "boolean" if missing else "bool"
+    kinds = {type(v) for v in present}
+    if not kinds:
+        return "object"
+    if kinds <= {bool, np.bool_}:
+        return "boolean" if missing else "bool"
+    if kinds <= {int, np.int64, np.int32}:
+        return "Int64" if missing else "int64"
+    if kinds <= {int, float, np.int64, np.float64} or (
+            kinds <= {int, float, str} and all(v in _NONFINITE for v in present if isinstance(v, str))):
+        return "float64"
+    return "object"
+
+
+def _typed(v, dtype: str):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if dtype == "float64":
+        return _NONFINITE[v] if isinstance(v, str) and v in _NONFINITE else float(v)
+    if dtype in ("Int64", "int64"):
+        return int(v)
+    if dtype in ("boolean", "bool"):
+        return bool(v)
+    return v if isinstance(v, str) else str(v)
+
+
+def typed_table(records: list[dict]) -> pd.DataFrame:
+    """A DataFrame of ``records`` (one dict per row, as written in the cell files) with every column given
+    its explicit type (:func:`column_type`). Types are read from the Python values before pandas sees them, so
+    an integer parameter that some rows lack stays an integer column (``Int64``), not floats."""
+    columns: dict[str, None] = {}
+    for r in records:
+        columns.update(dict.fromkeys(r))
+    out = {}
+    for c in columns:
+        raw = pd.Series([r.get(c) for r in records], dtype=object)
+        dtype = column_type(c, raw)
+        vals = [_typed(v, dtype) for v in raw]
+        out[c] = pd.Series(vals, dtype=dtype if dtype != "object" else object)
+    return pd.DataFrame(out, index=pd.RangeIndex(len(records)))
 
 
 def consolidate(run_dir: Path, cell_ids: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -220,8 +282,8 @@ def consolidate(run_dir: Path, cell_ids: list[str] | None = None) -> tuple[pd.Da
     ids = [c for c in (cell_ids if cell_ids is not None else sorted(cells)) if c in cells]
     rows = [cells[c]["row"] for c in ids]
     cyc = [r for c in ids for r in cells[c]["cycles"]]
-    df = _normalise_columns(pd.DataFrame(rows))
-    cdf = _normalise_columns(pd.DataFrame(cyc))
+    df = typed_table(rows)
+    cdf = typed_table(cyc)
     for path, table in ((results_path(run_dir), df), (cycles_path(run_dir), cdf)):
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         table.to_parquet(tmp, index=False)

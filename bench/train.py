@@ -62,16 +62,17 @@ def train_method(method: Method, problem: Problem, observer: Observer, dataset: 
 
 
 def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, curve: str | None = None,
-               recipe: str | None = None) -> list[dict]:
+               recipe: str | None = None, progress: bool = True) -> list[dict]:
     """Train every learned method of ``grid``; ``recipe`` (when given) replaces each one's training recipe.
 
-    An unknown recipe raises ConfigError (naming the valid ones) before anything is trained.
+    An unknown recipe raises ConfigError (naming the valid ones) before anything is trained. ``progress``
+    shows progress bars and training log lines (the CLI turns it off when stderr is not a terminal).
     """
     preps = []
     for c in grid.cells:
         if recipe is not None and "recipe" in {f.name for f in dataclasses.fields(methods.cls(c.method))}:
             c = dataclasses.replace(c, method_params=freeze({**c.mdict, "recipe": recipe}))
-        prep = prepare(c, cache_dir=cache_dir, progress=True)  # builds problem and method only
+        prep = prepare(c, cache_dir=cache_dir, progress=progress)  # builds problem and method only
         if is_learned(prep.method):
             preps.append(prep)
     seen, out = set(), []
@@ -91,7 +92,7 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
             curve_path.parent.mkdir(parents=True, exist_ok=True)
         # the training seed of `bench train` is fixed (0), independent of the cell
         summary = train_method(prep.method, prep.problem, prep.observer, prep.dataset,
-                               generator=torch.Generator().manual_seed(0), cache_dir=cache_dir, progress=True,
+                               generator=torch.Generator().manual_seed(0), cache_dir=cache_dir, progress=progress,
                                curve_path=curve_path)
         print(json.dumps(summary, indent=2, default=str))
         if ship:

@@ -142,6 +142,8 @@ class Problem:
     name: ClassVar[str] = "problem"
     field_names: ClassVar[tuple[str, ...]] = ()
     param_names: ClassVar[tuple[str, ...]] = ()
+    #: the unit of the parameters (and of the parameter error ``param_rmse_a``), shown in tables and plots
+    param_unit: ClassVar[str] = ""
     #: fields observed when an observer does not say (e.g. Kolmogorov: u and v)
     default_obs_fields: ClassVar[tuple[str, ...] | None] = None
     #: True where the spatial domain is periodic (used by localisation distances)

@@ -191,6 +191,8 @@ class Kolmogorov(Problem):
     name: ClassVar[str] = "kolmogorov"
     field_names: ClassVar[tuple[str, ...]] = ("u", "v")
     param_names: ClassVar[tuple[str, ...]] = ("Re",)
+    #: the Reynolds number is dimensionless; its error is in Reynolds-number units
+    param_unit: ClassVar[str] = "Re"
     default_obs_fields: ClassVar[tuple[str, ...] | None] = ("u", "v")
     periodic: ClassVar[bool] = True
     sim_batch: ClassVar[int] = 20

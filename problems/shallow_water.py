@@ -120,6 +120,8 @@ class ShallowWater(Problem):
     name: ClassVar[str] = "shallow_water"
     field_names: ClassVar[tuple[str, ...]] = ("u", "v", "eta")
     param_names: ClassVar[tuple[str, ...]] = ("a", "b")
+    #: the bump centre (a, b) is a fraction of the basin side L
+    param_unit: ClassVar[str] = "fraction of L"
     periodic: ClassVar[bool] = False
     #: a batch of 10 trajectories at 150 x 150 holds ~0.3 GB of float64 snapshots (51 of them) while simulating
     sim_batch: ClassVar[int] = 10
