@@ -124,7 +124,7 @@ def build(cls, params: dict[str, Any], kind: str, **internal: Any):
     kwargs = {}
     for k, v in params.items():
         if k not in fields:
-            raise unknown(f"key", k, fields, where=f"{where} (its parameters)")
+            raise unknown("key", k, fields, where=f"{where} (its parameters)")
         kwargs[k] = _coerce(v, hints.get(k, Any), k, where)
     try:
         obj = cls(**kwargs, **internal)

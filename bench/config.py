@@ -33,7 +33,6 @@ twin experiments of Sakov & Oke (2008) and DAPPER do: truth and members are inde
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import typing
@@ -43,8 +42,12 @@ from typing import Any
 
 import yaml
 
+import methods
+import problems
 from assimbench.errors import ConfigError, unknown
 from assimbench.naming import content_hash, public_fields
+from assimbench.registry import load_plugins
+from problems.base import Observer
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -260,11 +263,6 @@ class Grid:
 
 def expand(config: dict, device: str | None = None, name: str = "custom") -> Grid:
     """Validate a config mapping and expand it into cells; every bad input raises ConfigError."""
-    import methods
-    import problems
-    from assimbench.registry import load_plugins
-    from problems.base import Observer
-
     _check_keys(config, TOP_KEYS, "the config's top level")
     plugins = config.get("plugins") or []
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):

@@ -2,8 +2,9 @@
 
 ``check(method_name, problem_name)`` runs a tiny configuration through the real runner path
 (:func:`bench.runner.prepare`: dataset, observer, fit, init, a few of the runner's cycles) and asserts finite
-ensembles of the right shape, dtype and device, or returns the skip reason. The pytest suite (tests/test_conformance.py) parametrizes it over both
-registries; set ``ASSIMBENCH_PLUGINS=pkg.mod,...`` to include plugin classes.
+ensembles of the right shape, dtype and device, or returns the skip reason. The pytest suite
+(tests/test_conformance.py) parametrizes it over both registries; set ``ASSIMBENCH_PLUGINS=pkg.mod,...`` to
+include plugin classes.
 """
 from __future__ import annotations
 

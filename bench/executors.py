@@ -23,10 +23,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
+from assimbench.errors import ConfigError
+from assimbench.registry import load_plugins
 from bench import store
 from bench.config import Cell
 from bench.runner import CellResult, param_columns, run_cell
-from assimbench.errors import ConfigError
 
 #: seconds to wait for a Dask scheduler before giving up with a ConfigError
 CONNECT_TIMEOUT_S = 5.0
@@ -60,8 +61,6 @@ def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bo
     -------
     ``(cell_id, status)`` with status ``ok``, ``failed`` or ``skipped``.
     """
-    from assimbench.registry import load_plugins
-
     if threads:
         import torch
         if torch.get_num_threads() != threads:

@@ -620,7 +620,7 @@ def latent_figure(latents: dict[str, dict[str, np.ndarray]], img_dir: Path, tag:
     keys_seen: dict[str, str] = {}
     for k, (m, (t, series)) in enumerate(sorted(panels.items())):
         ax = axes[k // ncols, k % ncols]
-        for s_i, (key, a) in enumerate(sorted(series.items())):
+        for key, a in sorted(series.items()):
             ls = keys_seen.setdefault(key, styles[len(keys_seen) % len(styles)])
             x = t if t is not None and len(t) == a.shape[0] else np.arange(1, a.shape[0] + 1)
             mu = a.mean(axis=1) if a.ndim == 3 else a

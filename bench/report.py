@@ -1,6 +1,6 @@
 """Tables and the static HTML report of a run directory.
 
-A run directory ``DIR`` (written by the runner, see DESIGN.md "Results") holds ``results.parquet`` (one row per
+A run directory ``DIR`` (laid out by :mod:`bench.store`) holds ``results.parquet`` (one row per
 cell), ``cycles.parquet`` (one row per cell and cycle), ``run.json`` (config and provenance), and optionally
 ``snapshots/<cell_id>.npz`` (gridded fields) and ``extras/<cell_id>.json`` / ``extras/<cell_id>.latent.npz``
 (latent methods). This module reads only those files.
@@ -649,7 +649,8 @@ def _surrogate_html(res_ok: pd.DataFrame, run_dir: Path) -> str:
     body = [[r["method"], str(r["cells"])] + [_fmt_num(r[c], 4) for c in num] + [_val(r[c]) for c in txt]
             for _, r in agg.iterrows()]
     return ("<h2>Surrogates</h2>\n<p>Offline-trained surrogates of the latent methods (from "
-            "<code>extras/</code>; numbers are means over the cells that report them).</p>\n" + _table(body, header, left=1))
+            "<code>extras/</code>; numbers are means over the cells that report them).</p>\n"
+            + _table(body, header, left=1))
 
 
 # ==============================================================================================================
@@ -747,7 +748,8 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
             picked = {r["p_method"]: r["cell_id"] for _, r in chosen.iterrows()}
             for m, g in with_lat.groupby("p_method"):  # methods not in that setting: their first cell
                 picked.setdefault(m, g.sort_values([c for c in ("p_seed",) if c in g])["cell_id"].iloc[0])
-            lat = {m: z for m, c in picked.items() if (z := store.load_npz(store.latent_path(b.run_dir, c))) is not None}
+            lat = {m: z for m, c in picked.items()
+                   if (z := store.load_npz(store.latent_path(b.run_dir, c))) is not None}
             sections.append((f"Latent trajectories ({_setting_text(setting)})",
                              b.figures(plots.latent_figure, lat, b.img, slug, palette=palette)))
     for title, figs in sections:
@@ -800,7 +802,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
         body = _problem_page(b, p, slugs[p], res[res["p_problem"].astype(str) == p],
                              cyc[cyc["p_problem"].astype(str) == p] if "p_problem" in cyc.columns else cyc,
                              summ[summ["problem"].astype(str) == p])
-        nav = f'<nav><a href="index.html">← index</a>' + "".join(
+        nav = '<nav><a href="index.html">← index</a>' + "".join(
             f'<a href="{slugs[q]}.html">{_e(q)}</a>' for q in problems if q != p) + "</nav>"
         (b.out / f"{slugs[p]}.html").write_text(_page(f"{p} · {run_dir.name}", body, nav), encoding="utf-8")
 

@@ -167,10 +167,9 @@ def provenance(device: torch.device, dtype: str) -> dict:
         root = Path(__file__).resolve().parent.parent
         sha = (_git(root, "rev-parse", "--short", "HEAD") or "").strip() or "unknown"
         status = _git(root, "status", "--porcelain", "--untracked-files=no")
-        import numpy
-        import pandas
+        import pandas  # only for its version: the runner itself needs no pandas
         _PROVENANCE = {"git_sha": sha, "git_dirty": None if status is None else bool(status.strip()),
-                       "torch_version": torch.__version__, "numpy_version": numpy.__version__,
+                       "torch_version": torch.__version__, "numpy_version": np.__version__,
                        "pandas_version": pandas.__version__, "python_version": platform.python_version(),
                        "host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
                        "cpu_model": cpu_model()}
@@ -361,8 +360,8 @@ class PreparedCell:
         s4 = timer.stamp()
         # ---- metrics, outside the timers
         if not bool(torch.isfinite(xa).all()) or float(xa.double().abs().max()) > DIVERGENCE_FACTOR * scale:
-            raise Diverged(f"diverged at cycle {t}: the analysis ensemble has "
-                           f"{'non-finite values' if not bool(torch.isfinite(xa).all()) else 'left the plausible range'}")
+            what = "non-finite values" if not bool(torch.isfinite(xa).all()) else "left the plausible range"
+            raise Diverged(f"diverged at cycle {t}: the analysis ensemble has {what}")
         mf = ensemble_metrics(xf, truth[t])
         ma = ensemble_metrics(xa, truth[t])
         pe = method.estimate_params(state)
@@ -463,7 +462,7 @@ class PreparedCell:
                      "mean": np.stack(snaps["mean"]), "obs_points": self.observer.points.numpy(),
                      "field_names": np.array(problem.field_names)} if snaps["cycles"] else {}
         latent = {"cycles": np.arange(1, len(latents) + 1), "analysis": np.stack(latents)} if latents else {}
-        surrogate = _flat_numbers(getattr(method, "training_summary", None) or {})
+        surrogate = _flat_numbers(method.training_summary)
         return Assimilation(means, timings, snapshots, latent, surrogate)
 
 

@@ -49,13 +49,13 @@ def train_method(method: Method, problem: Problem, observer: Observer, dataset: 
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     method.fit(gen)
-    summary = dict(getattr(method, "training_summary", {}) or {})
+    summary = dict(method.training_summary)
     summary["time_fit_s"] = time.perf_counter() - t0
     summary["method"] = method.label
     summary["problem"] = problem.label
     if curve_path is not None:
         rows = []
-        for name, art in (getattr(method, "artifacts", {}) or {}).items():
+        for name, art in method.artifacts.items():
             rows += [dict(network=name, **r) for r in art.curve]
         write_curve(rows, curve_path)
     return summary
@@ -96,7 +96,7 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
                                curve_path=curve_path)
         print(json.dumps(summary, indent=2, default=str))
         if ship:
-            for name, art in (getattr(prep.method, "artifacts", {}) or {}).items():
+            for name, art in prep.method.artifacts.items():
                 src = Path(art.path)
                 dst = ARTIFACT_DIR / src.name
                 if src.resolve() != dst.resolve():

@@ -33,9 +33,13 @@ from typing import Any
 
 import numpy as np
 
+import methods
 from assimbench.errors import ConfigError, unknown
 from assimbench.naming import content_hash
-from bench.config import Cell, freeze
+from bench import store
+from bench.config import Cell, expand, freeze
+from bench.runner import run_cell
+from bench.sweep import _prepare_datasets
 
 #: the score of a trial with a failed, diverged or unscored cell (larger than any filter's relative error)
 FAILED_SCORE = 1e3
@@ -111,7 +115,6 @@ def parse_range(text: str) -> tuple[str, float, float]:
 
 def search_space(method: str, params: list[str] | None, ranges: dict[str, tuple[float, float]]) -> list[Range]:
     """The searched ranges of ``method``: its declared tunables (or those named in ``params``), with overrides."""
-    import methods
     mcls = methods.cls(method)
     declared = dict(getattr(mcls, "tunable", {}) or {})
     if not declared:
@@ -181,9 +184,6 @@ def plan(config: dict, name: str, *, methods_: list[str] | None, problem: str | 
          ranges: list[str], budget: int, tune_seeds: int, metric: str, sampler: str,
          device: str | None = None) -> Plan:
     """Validate every input of `bench tune` and expand the grid; raises ConfigError naming the valid choices."""
-    import methods as mreg
-    from bench.config import expand
-
     if metric not in METRICS:
         raise unknown("--metric", metric, METRICS)
     if sampler not in SAMPLERS:
@@ -198,7 +198,7 @@ def plan(config: dict, name: str, *, methods_: list[str] | None, problem: str | 
             raise unknown("--problem", problem, present, where="the grid")
         cells = [c for c in cells if c.problem == problem]
     in_grid = list(dict.fromkeys(c.method for c in cells))
-    with_tunables = [m for m in in_grid if getattr(mreg.cls(m), "tunable", None)]
+    with_tunables = [m for m in in_grid if getattr(methods.cls(m), "tunable", None)]
     wanted = methods_ or with_tunables
     if not wanted:
         raise ConfigError(f"no method of this grid declares tunable hyperparameters (grid methods: "
@@ -234,9 +234,6 @@ def _trial_cells(setting: Setting, values: dict, seeds: list[int]) -> list[Cell]
 
 def _score(cells: list[Cell], out: Path, cache_dir: Path | None, metric: str) -> tuple[float, list[dict]]:
     """Mean ``metric`` over the cells (run now or read from ``out/cells``); FAILED_SCORE when any cell failed."""
-    from bench import store
-    from bench.runner import run_cell
-
     rows = []
     for c in cells:
         path = store.cell_path(out, c.cell_id)
@@ -340,9 +337,6 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
     import yaml
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-
-    from bench import store
-    from bench.sweep import _prepare_datasets
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,6 @@ class EnsembleState:
 
     x: torch.Tensor
     params: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,16 @@ class Method:
     Subclasses define ``name`` and override ``init``, ``forecast``, ``analysis``, ``estimate`` (and ``fit``,
     ``skip``, ``estimate_params`` where they need to). The default ``init``/``forecast``/``estimate`` implement a
     full-space ensemble advanced by the problem's solver, with parameters carried along unchanged.
+
+    Besides its hyperparameters (the dataclass fields), a method holds, none of them parameters:
+
+    - ``ctx``: the :class:`Context` given by ``bind``;
+    - ``generator``: the random stream of the online cycle, given by ``init`` (every draw of ``analysis`` comes
+      from it, so a cell is reproducible);
+    - ``training_summary``: what ``fit`` reports about its training (test errors, times, calibrated values;
+      nested dicts of numbers and strings), shown by ``bench train`` and the report's surrogate table;
+    - ``artifacts``: the trained network sets ``fit`` used (name -> artifact with ``path`` and ``curve``), which
+      ``bench train --ship`` copies into the package.
     """
 
     name: ClassVar[str] = "method"
@@ -80,6 +89,9 @@ class Method:
     #: the fields ``bench tune`` may search, with default ranges (none: the method has nothing to tune)
     tunable: ClassVar[dict[str, Tunable]] = {}
     ctx: Context | None = field(default=None, init=False, repr=False, compare=False)
+    generator: torch.Generator | None = field(default=None, init=False, repr=False, compare=False)
+    training_summary: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    artifacts: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- configuration ---------------------------------------------------------------------------------------
     @property
@@ -108,7 +120,7 @@ class Method:
 
     def forecast(self, state: Any) -> Any:
         """Advance the ensemble one observation interval."""
-        return EnsembleState(self.ctx.problem.step(state.x, state.params), state.params, state.extra)
+        return EnsembleState(self.ctx.problem.step(state.x, state.params), state.params)
 
     def analysis(self, state: Any, y: torch.Tensor) -> Any:
         """Update with the observation ``y (m,)``."""
@@ -130,7 +142,7 @@ class Method:
             raise ConfigError(f"{self.label} keeps no physical ensemble; it must implement estimate_between to be "
                               "scored between observations (score_between)")
         xs = self.ctx.problem.advance_through(before.x, before.params, fracs)
-        return [self.estimate(EnsembleState(x, before.params, before.extra)) for x in xs]
+        return [self.estimate(EnsembleState(x, before.params)) for x in xs]
 
     def latent(self, state: Any) -> torch.Tensor | None:
         """Latent ensemble ``(N, d_latent)`` for diagnostics (latent trajectories in the report); None when the

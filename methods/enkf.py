@@ -29,6 +29,11 @@ dense observation networks); otherwise the taper against every observed point is
 
 Parameters (``state.params``, ``(N, P)``) have no location: with ``joint=True`` they are augmented to the state
 and updated with the global (untapered) ``G`` from all observations.
+
+References: the EnKF, Evensen (1994), J. Geophys. Res. 99(C5), 10143; perturbed observations, Burgers, van
+Leeuwen & Evensen (1998), Mon. Weather Rev. 126, 1719; the ETKF, Bishop, Etherton & Majumdar (2001), Mon.
+Weather Rev. 129, 420; the LETKF, Hunt, Kostelich & Szunyogh (2007), Physica D 230, 112; the taper, Gaspari &
+Cohn (1999), Q. J. R. Meteorol. Soc. 125, 723.
 """
 from __future__ import annotations
 
@@ -172,7 +177,7 @@ class EnKF(Method):
         p_a = params
         if update_params:
             p_a = pbar + self._apply(glob, Ap)
-        return EnsembleState(x_a, p_a, state.extra)
+        return EnsembleState(x_a, p_a)
 
     def _global_weights(self, S: torch.Tensor, R: torch.Tensor, Q: torch.Tensor | None):
         """Global member weights, either ``(G, None, None)`` with ``G (N, N)`` or, when there are fewer
@@ -295,7 +300,7 @@ class EnKF(Method):
     def _local_analysis(self, xbar: torch.Tensor, A: torch.Tensor, S: torch.Tensor, R: torch.Tensor,
                         Q: torch.Tensor | None) -> torch.Tensor:
         """LETKF-style analysis of every grid point, in chunks. ``A (N, C, P)`` -> analysis ``(N, C, P)``."""
-        pb, obs = self.ctx.problem, self.ctx.observer
+        obs = self.ctx.observer
         N, Cf, P = A.shape
         dev, wdt = A.device, torch.float64
         geom = self._geometry(dev)

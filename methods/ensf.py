@@ -13,7 +13,7 @@ import torch
 
 from assimbench.errors import ConfigError, Diverged
 from methods.base import EnsembleState, Method, Tunable
-from methods.score import ScoreConfig, ensf_update
+from methods.score import SamplerFields, ScoreConfig, ensf_update
 from problems.base import Observer
 
 
@@ -30,7 +30,7 @@ def autograd_loglik_grad(observer: Observer, x: torch.Tensor, y: torch.Tensor, s
 
 
 @dataclass
-class EnSF(Method):
+class EnSF(SamplerFields, Method):
     """Ensemble score filter in the full state space (works on every problem and observer).
 
     Each analysis flattens the forecast ensemble ``x (N, *state_shape)`` to ``(N, d)``, optionally inflates its
@@ -42,7 +42,7 @@ class EnSF(Method):
     ---------------
     n_steps, eps_alpha, eps_beta, prior_score, mixture_batch, damping, clip, restandardize :
         see :class:`methods.score.ScoreConfig`. The defaults (K = 100, eps_alpha = 0.05, eps_beta = 0, paired)
-        are the spec's recommended full-space baseline for the PDE problems. The EnSF paper's Lorenz-96 setting
+        are the full-space baseline used on the PDE problems. The EnSF paper's Lorenz-96 setting
         (CMAME 2024: d = 1e6, arctan observations with std 0.05, observed every 10 RK4 steps of dt = 0.01) is
         ``N = 20, n_steps = 500, eps_alpha = 0.5, eps_beta = 0.025``, no inflation; the explicit step needs
         large K there (``dtau * sigma^2 / sigma_obs^2`` must stay below ~2).
@@ -51,8 +51,8 @@ class EnSF(Method):
         ``param_bounds``, are appended to the state vector. The likelihood gradient with respect to them is
         zero, so with the ``paired`` score each parameter only returns to its own forecast value plus the
         sampler's jitter (variance ~ eps_beta + 1/K in unit-box units), clipped to the prior box: **EnSF cannot
-        learn unobserved parameters** (nor unobserved state components); the ``mixture`` score couples them to the observed
-        components only through the weights. ``joint = False`` carries the parameters along untouched.
+        learn unobserved parameters** (nor unobserved state components); the ``mixture`` score couples them to
+        the observed components only through the weights. ``joint = False`` carries the parameters along untouched.
     inflation : multiplicative inflation of the forecast anomalies (state and parameters) before the analysis.
     normalize : run the sampler on the state z-scored per field with the training statistics (the diffusion
         starts from N(0, I), so a state in physical units such as 1e-2 m/s velocities beside 1 m heights is badly
@@ -73,10 +73,6 @@ class EnSF(Method):
         "n_steps": Tunable(50, 500, log=True, integer=True, doc="K, reverse-SDE steps"),
     }
 
-    n_steps: int = 100
-    eps_alpha: float = 0.05
-    eps_beta: float = 0.0
-    prior_score: Literal["paired", "mixture"] = "paired"
     mixture_batch: int = 0
     damping: Literal["linear", "none", "reweight"] = "linear"
     clip: float = 0.0
@@ -98,9 +94,8 @@ class EnSF(Method):
 
     def score_config(self) -> ScoreConfig:
         """The :class:`ScoreConfig` of these hyperparameters."""
-        return ScoreConfig(n_steps=self.n_steps, eps_alpha=self.eps_alpha, eps_beta=self.eps_beta,
-                           prior_score=self.prior_score, mixture_batch=self.mixture_batch, damping=self.damping,
-                           clip=self.clip, restandardize=self.restandardize)
+        return super().score_config(mixture_batch=self.mixture_batch, damping=self.damping, clip=self.clip,
+                                    restandardize=self.restandardize)
 
     # ---- parameters <-> unit box ------------------------------------------------------------------------------
     def _param_box(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +147,7 @@ class EnSF(Method):
                 g = torch.cat([g, torch.zeros(n, n_par, device=dev, dtype=dt)], dim=1)
             return g
 
-        gen = getattr(self, "generator", None)
+        gen = self.generator
         if gen is None:
             raise RuntimeError("EnSF.analysis called before init(): no generator")
         member_ll = None
@@ -172,4 +167,4 @@ class EnSF(Method):
             # Reynolds number must stay positive for the forecast to exist)
             u_a = post[:, d:].to(lo.device, lo.dtype).clamp(0.0, 1.0)
             params = (lo + width * u_a).to(state.params.dtype)
-        return EnsembleState(x_a, params, state.extra)
+        return EnsembleState(x_a, params)

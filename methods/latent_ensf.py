@@ -34,6 +34,7 @@ import torch
 
 from assimbench.errors import ConfigError
 from methods.base import EnsembleState, Method, Tunable
+from methods.score import SamplerFields
 from problems.base import Dataset, Observer, Problem, lattice_stride
 
 
@@ -46,7 +47,7 @@ class VAETrainConfig:
 
     ``beta``: weight of the two KL terms relative to the reconstruction terms (element means);
     ``lam``: weight of the latent matching term; ``obs_train_noise``: std of Gaussian noise added to the
-    normalised training observations (0 = clean, the spec); ``eval_max``: validation/test snapshots used by the
+    normalised training observations (0 = clean observations); ``eval_max``: validation/test snapshots used by the
     per-epoch evaluation (a fixed random subset; the final test uses the whole split).
     """
 
@@ -218,7 +219,7 @@ def _train(**kw) -> Any:
 
 
 @dataclass
-class LatentEnSF(Method):
+class LatentEnSF(SamplerFields, Method):
     """Latent-EnSF: full-space forecast, EnSF on the coupled-VAE latents ``mu_x(x_i)`` against ``mu_y(y)``.
 
     Network and training fields (defaults sized for the default preset, 64 x 64 grids, a few minutes on one
@@ -230,8 +231,8 @@ class LatentEnSF(Method):
     obs_arch : ``auto`` (``conv`` on lattice layouts, else ``mlp``), ``conv`` or ``mlp``.
     epochs, batch, lr, schedule : Adam on mini-batches of snapshots.
     beta : KL weight relative to the reconstruction (element means; beta-VAE style, default 1e-4).
-    lam : weight of the latent matching term (the spec's lambda = 1).
-    obs_train_noise : noise added to the normalised training observations (0 = clean, the spec).
+    lam : weight of the latent matching term (lambda; default 1).
+    obs_train_noise : noise added to the normalised training observations (0 = clean observations).
     train_seed : seed of every random draw of the training.
     recipe : named training recipe (:data:`RECIPES`: ``cpu``, ``paper``); fields left at their class default
         take the recipe's value, fields set explicitly win.
@@ -239,7 +240,7 @@ class LatentEnSF(Method):
     Filter fields
     -------------
     n_steps, eps_alpha, eps_beta, prior_score : the EnSF reverse SDE (:class:`methods.score.ScoreConfig`).
-    scaling : latents are multiplied by this before EnSF and divided after (the spec tunes it within 1-500).
+    scaling : latents are multiplied by this before EnSF and divided after (worth tuning within 1-500).
     sigma_lat : latent observation std in latent units; 0 = calibrate on the validation split (RMS of
         ``mu_y(y~) - mu_x(x)`` at the observer's noise). The value used and the calibrated RMS are reported in
         ``training_summary['sigma_lat']``.
@@ -268,10 +269,6 @@ class LatentEnSF(Method):
     train_seed: int = _train(default=0)
     recipe: str = _train(default="cpu")
 
-    n_steps: int = 100
-    eps_alpha: float = 0.05
-    eps_beta: float = 0.0
-    prior_score: Literal["paired", "mixture"] = "paired"
     scaling: float = 1.0
     sigma_lat: float = 0.0
     encode_batch: int = 64
@@ -291,9 +288,7 @@ class LatentEnSF(Method):
             raise ConfigError(f"Latent-EnSF obs_arch={self.obs_arch!r}; valid: auto, conv, mlp")
         from methods.training import recipe_values
         recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
-        from methods.score import ScoreConfig
-        self._score = ScoreConfig(n_steps=self.n_steps, eps_alpha=self.eps_alpha, eps_beta=self.eps_beta,
-                                  prior_score=self.prior_score)
+        self._score = self.score_config()
 
     # ---- configuration ---------------------------------------------------------------------------------------
     def skip(self, problem: Problem, observer: Observer) -> str | None:
@@ -417,4 +412,4 @@ class LatentEnSF(Method):
             from assimbench.errors import Diverged
             raise Diverged("Latent-EnSF analysis produced non-finite latents")
         xa = self.decode(post).to(x.device, x.dtype)
-        return EnsembleState(xa, state.params, state.extra)
+        return EnsembleState(xa, state.params)

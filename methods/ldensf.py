@@ -1,4 +1,4 @@
-"""LD-EnSF: the ensemble score filter in the latent space of a latent-dynamics network (LDNet).
+"""LD-EnSF (Xiao, Si & Chen, ICLR 2026): the ensemble score filter in the latent space of an LDNet.
 
 Offline (``fit``, cached artifacts, see :mod:`methods.training`):
 
@@ -33,6 +33,7 @@ import torch
 
 from assimbench.errors import ConfigError
 from methods.base import Method, Tunable
+from methods.score import SamplerFields
 from methods.training import recipe_values, resolve_recipe
 from problems.base import Observer, Problem
 
@@ -79,7 +80,7 @@ def _train(**kw) -> Any:
 
 
 @dataclass
-class LDEnSF(Method):
+class LDEnSF(SamplerFields, Method):
     """LD-EnSF (Xiao, Si & Chen, ICLR 2026): EnSF on the augmented LDNet latent ``(s, u)``.
 
     Network and training fields (defaults sized for the default preset, 64 x 64 grids on a 2-core CPU)
@@ -161,10 +162,6 @@ class LDEnSF(Method):
     extra_traj: int = _train(default=0)
     recipe: str = _train(default="cpu")
 
-    n_steps: int = 100
-    eps_alpha: float = 0.05
-    eps_beta: float = 0.0
-    prior_score: Literal["paired", "mixture"] = "paired"
     scaling: float = 100.0
     sigma_lat: float = 1e-3
     latent_noise: Literal["isotropic", "diagonal"] = "isotropic"
@@ -190,9 +187,7 @@ class LDEnSF(Method):
         if self.rec_arch == "registered" and self.n_shifts < 1:
             raise ConfigError("LD-EnSF rec_arch='registered' needs n_shifts >= 1 (moving frames)")
         recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
-        from methods.score import ScoreConfig
-        self._score = ScoreConfig(n_steps=self.n_steps, eps_alpha=self.eps_alpha, eps_beta=self.eps_beta,
-                                  prior_score=self.prior_score)
+        self._score = self.score_config()
 
     # ---- configuration ---------------------------------------------------------------------------------------
     def skip(self, problem: Problem, observer: Observer) -> str | None:

@@ -1,4 +1,5 @@
-"""Latent-dynamics networks (LDNet, as modified by LD-EnSF) and the causal LSTM observation encoder.
+"""Latent-dynamics networks (LDNet: Regazzoni et al., Nat. Commun. 15, 1834, 2024; as modified by LD-EnSF) and the
+causal LSTM observation encoder.
 
 All networks work in normalised units:
 
@@ -167,7 +168,7 @@ class SeparableDecoder(nn.Module):
 class RegisteredDecoder(nn.Module):
     """A registered (moving-frame) alternative for ``R``: fields as a sum over ``K`` learned moving frames.
 
-    ``R(s, xi) = sum_k g(s, xi - c_k(s), e_k) + b`` where the frame origins ``c_k(s)`` (``K`` points per
+    ``R(s, xi) = (1/K) sum_k g(s, xi - c_k(s), e_k)`` where the frame origins ``c_k(s)`` (``K`` points per
     snapshot) are predicted from the latent state by a small MLP, ``e_k`` is a learned per-frame code, and ``g``
     is one FiLM residual MLP (shared by the frames) over the relative coordinates ``d_k = xi - c_k``, their length
     ``|d_k|``, Fourier features of both, and the absolute coordinates. A field that translates with a parameter
@@ -219,7 +220,7 @@ class RegisteredDecoder(nn.Module):
             h = net.act(l2(net.act(a)) + h)
         if net.extra is not None:
             h = net.act(net.extra(h) * (1 + mods[-1][0]) + mods[-1][1])
-        return net.out(h).sum(-3)
+        return net.out(h).mean(-3)  # the mean, not the sum: K coherent frames would start K times too large
 
 
 class LDNet(nn.Module):

@@ -108,6 +108,25 @@ class ScoreConfig:
             raise ConfigError(f"EnSF clip={self.clip} must be a finite number >= 0 (0 = off)")
 
 
+@dataclass(kw_only=True)
+class SamplerFields:
+    """The reverse-SDE hyperparameters of every score-based method, as keyword-only dataclass fields.
+
+    A method mixes this in before :class:`methods.base.Method` (``class EnSF(SamplerFields, Method)``) and builds
+    its sampler with :meth:`score_config`; see :class:`ScoreConfig` for what each field means.
+    """
+
+    n_steps: int = 100
+    eps_alpha: float = 0.05
+    eps_beta: float = 0.0
+    prior_score: Literal["paired", "mixture"] = "paired"
+
+    def score_config(self, **more) -> ScoreConfig:
+        """The validated :class:`ScoreConfig` of these fields (``more``: the other ScoreConfig fields)."""
+        return ScoreConfig(n_steps=self.n_steps, eps_alpha=self.eps_alpha, eps_beta=self.eps_beta,
+                           prior_score=self.prior_score, **more)
+
+
 def schedule(t, eps_alpha: float, eps_beta: float):
     """Coefficients of the forward diffusion at pseudo-time ``t`` (float or tensor).
 
@@ -149,8 +168,8 @@ def mixture_prior_score(z: torch.Tensor, members: torch.Tensor, alpha: float, be
     the members' mean ``c``, formed in float64 (no cancellation trouble in float32 at d ~ 1e6) by one
     ``addmm``; softmax subtracts the row maximum (logsumexp-stable). The score is
     ``-(z_i - alpha sum_j w_ij x_j) / beta2``. ``log_weight (J,)`` adds unnormalised log mixture weights (the
-    score of ``sum_j exp(log_weight_j) N(alpha x_j, beta2 I)``). Memory: the ``(N, d)`` output, ``(J, d)`` float64 members and
-    per-chunk ``(c, d)`` / ``(c, J)`` temporaries.
+    score of ``sum_j exp(log_weight_j) N(alpha x_j, beta2 I)``). Memory: the ``(N, d)`` output, ``(J, d)``
+    float64 members and per-chunk ``(c, d)`` / ``(c, J)`` temporaries.
     """
     n, d = z.shape
     j = members.shape[0]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import io
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -45,6 +44,9 @@ from torch import nn
 from assimbench.errors import ConfigError
 from assimbench.naming import content_hash
 from problems.base import Dataset, Observer, Problem, default_cache_dir
+
+if TYPE_CHECKING:
+    from methods.ldnet import LDNet, ObsEncoder
 
 log = logging.getLogger("assimbench.training")
 

@@ -1,4 +1,5 @@
-"""The coupled VAE of Latent-EnSF: a state encoder, an observation encoder and one shared decoder.
+"""The coupled VAE of Latent-EnSF (Si & Chen, ICLR 2025): a state encoder, an observation encoder and one shared
+decoder.
 
 All networks work in normalised units (the caller z-scores states per field with the training statistics and
 observations per observed channel with the statistics stored in the network config):
@@ -266,7 +267,7 @@ def vae_loss(vae: CoupledVAE, x: torch.Tensor, y: torch.Tensor, beta: float, lam
     ``L = rec_x + rec_y + beta (KL_x + KL_y) + lam Match`` with ``rec_* = mean (x - D(z_*))^2`` (reparameterised
     ``z_* = mu_* + e^{logvar_*/2} eps``), ``KL_*`` the mean per-element KL to ``N(0, 1)`` and
     ``Match = mean (mu_x - mu_y)^2 + mean (logvar_x - logvar_y)^2``. Means (not sums) over elements: with
-    ``beta = 1`` this is the spec's sum-reduced loss with the KL down-weighted by ``d_lat / d_state``; the
+    ``beta = 1`` this is the sum-reduced loss with the KL down-weighted by ``d_lat / d_state``; the
     default ``beta`` is much smaller (beta-VAE style), so reconstructions stay accurate.
     Returns the loss and its parts (detached).
     """

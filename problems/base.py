@@ -11,11 +11,9 @@ Conventions (all problems):
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import ClassVar, Literal
 import torch
 
 from assimbench.errors import ConfigError
-from assimbench.naming import content_hash, param_name, params_of
+from assimbench.naming import build, content_hash, param_name, params_of
 
 
 class SubstepLog:
@@ -335,7 +333,6 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=n, desc=f"dataset {problem.label}", unit="traj", leave=False)
-    t0 = time.perf_counter()
     for i in range(0, n, problem.sim_batch):
         p = params[i:i + problem.sim_batch]
         x0 = problem.sample_initial(p, g)
@@ -565,6 +562,5 @@ def lattice_stride(shape: tuple[int, ...], coverage: float) -> int:
 
 def bind_observer(problem: Problem, dataset: Dataset | None, **params) -> Observer:
     """Build an :class:`Observer` for ``problem`` from user ``params`` (typed and checked)."""
-    from assimbench.naming import build
     std = tuple(float(s) for s in dataset.field_std) if dataset is not None else ()
     return build(Observer, params, "observer", problem=problem, field_std=std)

@@ -5,7 +5,7 @@ Equations (density 1, viscosity ``nu = 1 / Re``)::
     du/dt + (u . grad) u = -grad p + nu lap u + f - drag * u,    div u = 0,
     f = (forcing_amplitude * sin(forcing_wavenumber * y), 0).
 
-The paper setting (spec section 1.2) is amplitude 1, wavenumber 4, drag 0.1, ``Re ~ U[500, 1500]``, one
+The LD-EnSF authors' setting is amplitude 1, wavenumber 4, drag 0.1, ``Re ~ U[500, 1500]``, one
 shared initial condition (a filtered random divergence-free field, max speed 3, peak wavenumber 4) spun up to
 t = 4, then 40 snapshots 0.2 apart. The paper used jax-cfd's finite-volume solver; this module uses a
 pseudo-spectral one (same PDE, spectral accuracy), see :func:`integrate`.

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import torch
 
+from assimbench.errors import ConfigError
 from problems.base import Problem, record_substeps
 
 
@@ -55,7 +56,6 @@ class Lorenz96(Problem):
     n_traj: int = 10
 
     def __post_init__(self):
-        from assimbench.errors import ConfigError
         if self.dim < 4:
             raise ConfigError(f"lorenz96 dim={self.dim} must be >= 4")
         if self.dt <= 0 or self.steps_per_obs < 1:
@@ -85,7 +85,6 @@ class Lorenz96(Problem):
         return x
 
     def check_subdivision(self, n: int) -> None:
-        from assimbench.errors import ConfigError
         if n < 1 or self.steps_per_obs % n:
             valid = [k for k in range(1, self.steps_per_obs + 1) if self.steps_per_obs % k == 0]
             raise ConfigError(f"lorenz96 with steps_per_obs={self.steps_per_obs} cannot be split into {n} equal "
@@ -93,7 +92,6 @@ class Lorenz96(Problem):
 
     def advance_fraction(self, x: torch.Tensor, params: torch.Tensor, frac: float) -> torch.Tensor:
         """``round(frac * steps_per_obs)`` RK4 steps (``frac`` must be a whole number of steps)."""
-        from assimbench.errors import ConfigError
         k = round(frac * self.steps_per_obs)
         if k < 1 or abs(k - frac * self.steps_per_obs) > 1e-9:
             raise ConfigError(f"lorenz96: {frac} of an interval is not a whole number of its "

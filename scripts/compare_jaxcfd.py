@@ -65,14 +65,14 @@ import problems  # noqa: E402
 from problems.kolmogorov import spectral_ops, velocity_to_vorticity  # noqa: E402
 
 try:
-    import jax  # noqa: E402
+    import jax
     # jax-cfd builds its wavenumbers in the default float type: x64 only for the float64 run
     jax.config.update("jax_enable_x64", args.dtype == "float64")
-    import jax.numpy as jnp  # noqa: E402
-    import jax_cfd.base as cfd  # noqa: E402
-    from jax_cfd.base import funcutils  # noqa: E402
-    from jax_cfd.spectral import equations as spectral_equations  # noqa: E402
-    from jax_cfd.spectral import time_stepping as spectral_time_stepping  # noqa: E402
+    import jax.numpy as jnp
+    import jax_cfd.base as cfd
+    from jax_cfd.base import funcutils
+    from jax_cfd.spectral import equations as spectral_equations
+    from jax_cfd.spectral import time_stepping as spectral_time_stepping
 except Exception as exc:  # report exactly why and stop
     print(f"jax-cfd unavailable: {type(exc).__name__}: {exc}")
     sys.exit(1)

@@ -1,11 +1,12 @@
-"""Time-to-accuracy of one LDNet training recipe (no encoder, no artifact): the ablation behind issue 5's curve.
+"""Time-to-accuracy of one LDNet training recipe (no encoder, no artifact): the ablation in docs/training.md.
 
 Usage::
 
     python scripts/ldnet_ablation.py shallow_water TAG [key=value ...] [--threads 1] [--out results/ablation]
 
 The run checkpoints to ``<out>/<problem>_<TAG>.ckpt`` after every evaluation and resumes from it when started
-again with the same arguments (a larger ``epochs=`` continues a finished run).
+again with the same arguments (a larger ``epochs=`` continues a finished run); ``--curve-only`` writes the
+curve of a run in progress (or interrupted) from its checkpoint.
 
 Trains :func:`methods.training.train_ldnet` with the LD-EnSF default recipe overridden by ``key=value``
 (fields of :class:`methods.training.LDNetTrainConfig`), and writes ``<out>/<problem>_<TAG>.csv`` (training
@@ -39,8 +40,20 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="results/ablation")
     ap.add_argument("--recipe", default="cpu", help="the LD-EnSF training recipe the overrides start from")
+    ap.add_argument("--curve-only", action="store_true",
+                    help="write the curve of the run's checkpoint so far (no training, no full-grid test)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.curve_only:
+        out = Path(args.out)
+        st = torch.load(out / f"{args.problem}_{args.tag}.ckpt" / "ldnet.pt", map_location="cpu",
+                        weights_only=False)
+        write_curve(st["rows"], out / f"{args.problem}_{args.tag}.csv")
+        (out / f"{args.problem}_{args.tag}.json").write_text(json.dumps(dict(
+            partial=True, epoch=st["epoch"], train_s=st["train_s"], train_cpu_s=st.get("train_cpu_s"),
+            overrides=args.overrides), indent=2))
+        print(f"{args.problem}_{args.tag}: {st['epoch']} epochs, curve written (checkpoint, no full-grid test)")
+        return 0
     pb = problems.get(args.problem)
     ds = pb.dataset()
     cfg = methods.get("LD-EnSF", recipe=args.recipe).ldnet_config(args.problem)

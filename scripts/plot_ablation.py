@@ -7,8 +7,8 @@ Usage::
 For every ``<problem>_<tag>.csv`` (with its ``.json`` summary) under the source folders, draws the test rRMSE
 (physical units, the curve's fixed evaluation points per test snapshot) against optimisation minutes (the CPU
 time of the one-thread process where the curve records it, else wall-clock time), one
-colour per recipe tag, with the training error (same points on a fixed training subset; curves recorded before
-that column existed have none) dashed beside it, the 0.10 / 0.05 targets and the paper's value. Writes
+colour per recipe tag, with the training error dashed beside it (same points on a fixed training subset; for
+curves recorded before that column existed, the square root of the training loss, a normalised-units proxy), the 0.10 / 0.05 targets and the paper's value. Writes
 ``OUT_DIR/time_to_accuracy_<problem>.png`` and prints a table of the final errors (full test grid) and times.
 """
 from __future__ import annotations
@@ -56,13 +56,16 @@ def main(argv=None) -> int:
             minutes = (df["train_cpu_s"] if "train_cpu_s" in df and df["train_cpu_s"].notna().all()
                        else df["train_s"]) / 60
             ax.plot(minutes, df["test_rrmse_phys"], color=color, marker=".", label=f"{tag} (test)")
-            if "train_rrmse_phys" in df:
+            if "train_rrmse_phys" in df and df["train_rrmse_phys"].notna().any():
                 ax.plot(minutes, df["train_rrmse_phys"], color=color, ls="--", lw=1, label=f"{tag} (train)")
+            else:  # older curves: the training loss (mean squared error of z-scored fields ~ rRMSE^2, normalised)
+                ax.plot(minutes, df["train_loss"] ** 0.5, color=color, ls="--", lw=1,
+                        label=f"{tag} (train, sqrt loss)")
             rows.append({"problem": problem, "recipe": tag, "epochs": int(df["epoch"].iloc[-1]),
                          "minutes": round(float(minutes.iloc[-1]), 1),
                          "curve test": round(float(df["test_rrmse_phys"].iloc[-1]), 4),
                          "curve train": round(float(df["train_rrmse_phys"].iloc[-1]), 4)
-                         if "train_rrmse_phys" in df else float("nan"),
+                         if "train_rrmse_phys" in df else round(float(df["train_loss"].iloc[-1]) ** 0.5, 4),
                          "full-grid test": round(summ.get("test_rrmse_phys", float("nan")), 4)})
         for y, label in ((0.10, "0.10 target"), (0.05, "0.05 target")):
             ax.axhline(y, color="0.5", ls=":", lw=1)

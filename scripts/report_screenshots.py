@@ -1,6 +1,6 @@
 """Screenshots of a run's HTML report for the README: headless Chromium at 1280 px.
 
-    python scripts/report_screenshots.py RUN_DIR [--out docs/img] [--page kolmogorov] [--height 1800]
+    python scripts/report_screenshots.py RUN_DIR [--out docs/img] [--page shallow-water] [--height 1800]
 
 Builds ``RUN_DIR/report`` (``bench report``) and writes ``report-index.png`` (the index) and
 ``report-<page>.png`` (the problem page whose name starts with ``--page``) into ``--out``, plus a copy of that
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="a results folder")
     ap.add_argument("--out", type=Path, default=Path("docs/img"), help="where the PNG files go (default: docs/img)")
-    ap.add_argument("--page", default="kolmogorov", help="problem page to capture (default: kolmogorov)")
+    ap.add_argument("--page", default="shallow-water", help="problem page to capture (default: shallow-water)")
     ap.add_argument("--width", type=int, default=1280, help="browser width in px (default: 1280)")
     ap.add_argument("--height", type=int, default=1800, help="screenshot height in px (default: 1800)")
     args = ap.parse_args(argv)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import problems
-from methods.base import Context, EnsembleState
+from methods.base import Context
 from methods.enkf import EnKF
 
 pytestmark = pytest.mark.benchmark

@@ -56,12 +56,12 @@ def scaling(K: int = 10, ds=(10_000, 30_000, 100_000, 300_000, 1_000_000), Ns=(1
     for d in ds:
         m, st, y = _l96_ensf(d, N_for_d, K)
         m.analysis(st, y)  # warm-up
-        t_d.append(_best_time(lambda: m.analysis(st, y)))
+        t_d.append(_best_time(lambda m=m, st=st, y=y: m.analysis(st, y)))
     t_N = []
     for N in Ns:
         m, st, y = _l96_ensf(d_for_N, N, K)
         m.analysis(st, y)
-        t_N.append(_best_time(lambda: m.analysis(st, y)))
+        t_N.append(_best_time(lambda m=m, st=st, y=y: m.analysis(st, y)))
     return dict(ds=ds, t_d=t_d, slope_d=loglog_slope(ds, t_d), Ns=Ns, t_N=t_N, slope_N=loglog_slope(Ns, t_N))
 
 

@@ -2,7 +2,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -18,7 +17,9 @@ n_ens: [6]
 seeds: 2
 spinup: 1
 problems:
-  lorenz96: {dim: 12, n_cycles: 6, n_traj: 5, spinup_time: 2.0, observer: {coverage: [1.0, 0.5], noise: 1.0, noise_type: absolute}}
+  lorenz96:
+    {dim: 12, n_cycles: 6, n_traj: 5, spinup_time: 2.0,
+     observer: {coverage: [1.0, 0.5], noise: 1.0, noise_type: absolute}}
 methods:
   EnKF: {inflation: [1.0, 1.05]}
   FreeRun: {}
@@ -92,7 +93,8 @@ def test_resume_after_kill_runs_every_cell_once(bench_cmd, tmp_path, tiny_yaml, 
 
 def test_rerun_is_a_no_op(bench_cmd, tmp_path, tiny_yaml, cache_dir):
     out = tmp_path / "n"
-    assert run(bench_cmd + ["run", str(tiny_yaml), "--out", str(out), "--no-report", "--quiet"], cache_dir).returncode == 0
+    cmd = bench_cmd + ["run", str(tiny_yaml), "--out", str(out), "--no-report", "--quiet"]
+    assert run(cmd, cache_dir).returncode == 0
     r = run(bench_cmd + ["run", str(tiny_yaml), "--out", str(out), "--no-report", "--quiet"], cache_dir)
     assert "12 already done" in r.stderr
     assert len(pd.read_parquet(out / "results.parquet")) == 12
@@ -141,7 +143,8 @@ def test_cuda_without_gpu_is_a_clear_error(bench_cmd, tmp_path, cache_dir):
 
 def test_show_and_list(bench_cmd, tmp_path, tiny_yaml, cache_dir):
     out = tmp_path / "s"
-    assert run(bench_cmd + ["run", str(tiny_yaml), "--out", str(out), "--no-report", "--quiet"], cache_dir).returncode == 0
+    cmd = bench_cmd + ["run", str(tiny_yaml), "--out", str(out), "--no-report", "--quiet"]
+    assert run(cmd, cache_dir).returncode == 0
     r = run(bench_cmd + ["show", str(out)], cache_dir)
     assert r.returncode == 0 and "EnKF" in r.stdout and "FreeRun" in r.stdout
     r = run(bench_cmd + ["show", str(tmp_path)], cache_dir)

@@ -76,7 +76,8 @@ def test_every_argument_has_help_and_shows_its_default():
         takes_value = takes_value and (bool(action.option_strings) or action.nargs == "?")  # not a required DIR
         if takes_value:  # the default is shown as a value, or said in words (what happens without the option)
             assert "default" in text, f"{name}: help does not give the default: {text!r}"
-            if action.default not in (None, [], ()) and "%(default)" in parser._get_formatter()._get_help_string(action):
+            help_string = parser._get_formatter()._get_help_string(action)
+            if action.default not in (None, [], ()) and "%(default)" in help_string:
                 assert str(action.default) in text
 
 

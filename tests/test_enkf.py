@@ -96,7 +96,6 @@ class DriftedDecay(Problem):
 def local_reference(problem, observer, x, y, radius):
     """Per-grid-point LETKF in state space (a Python loop: reference only): the local analysis mean and the
     analysis covariance of the point's fields are the Kalman update with R_p = sigma^2 / taper (taper > 0)."""
-    N = x.shape[0]
     Cf, P = problem.n_fields, problem.n_points
     mf, Pf = sample_stats(x)
     sigma = observer.noise_std(y)

@@ -16,6 +16,9 @@ from bench.config import expand, load_preset
 from bench.gpucheck import coverage_config, format_table, gpu_check, pde_config
 
 
+BUILTIN = ("EnKF", "EnSF", "FreeRun", "LD-EnSF", "Latent-EnSF")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_without_a_gpu_it_says_so_and_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "gpu-check", "--out", str(tmp_path / "g")],
@@ -47,7 +50,11 @@ def test_dry_run_builds_the_device_table(tmp_path, cache_dir):
     assert len(table) == n_cells and set(table["part"]) == {"coverage"}
     assert not table["device_mismatch"].any()
     ok = table[table["status_cpu"] == "ok"]
-    assert len(ok) >= n_cells - 2  # LD-EnSF and Latent-EnSF skip the linear-Gaussian problem
+    # the built-in methods run everywhere but LD-EnSF and Latent-EnSF on the linear-Gaussian problem (skipped);
+    # methods other tests registered in this process may fail or skip
+    builtin = table["method"].astype(str).str.split("[").str[0].isin(BUILTIN)
+    not_ok = table[builtin & (table["status_cpu"] != "ok")]
+    assert set(not_ok["problem"]) <= {"linear_gauss"} and (not_ok["status_cpu"] == "skipped").all()
     # the same device twice: the same numbers (the check would show a device bug as a gap here)
     assert (ok["rrmse_rel_gap"] == 0).all()
     assert (ok["cycle_ms_cpu"] > 0).all() and (ok["cycle_ms_gpu"] > 0).all()

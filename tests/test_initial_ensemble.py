@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 from assimbench.errors import ConfigError
 from bench.config import expand, parse_init

@@ -201,7 +201,7 @@ def test_interpolation_at_observation_times(setup):
 
 def test_cycles_return_finite_estimates(setup):
     m, pb, obs, ds = setup["method"], setup["problem"], setup["observer"], setup["dataset"]
-    truth, p_true = ds.test[0], ds.params_test[0]
+    truth = ds.test[0]
     g = torch.Generator().manual_seed(5)
     st = m.init(None, pb.sample_params(7, g), g)
     assert st.s.shape == (7, 4) and st.u.shape == (7, 2)

@@ -25,7 +25,8 @@ def test_l96_twin_reaches_the_expected_rmse(cache_dir):
     cfg = load_preset("l96_twin")
     cells = expand(cfg).cells
     for exp in cfg["expected"]:
-        match = [c for c in cells if c.n_ens == exp["n_ens"] and methods.get(c.method, **c.mdict).label == exp["method"]]
+        match = [c for c in cells
+                 if c.n_ens == exp["n_ens"] and methods.get(c.method, **c.mdict).label == exp["method"]]
         assert len(match) == 1, exp
         row = run_cell(match[0], cache_dir=cache_dir).row
         assert row["status"] == "ok", row["error"]
@@ -52,7 +53,8 @@ def _expected_runs(name: str, cache_dir, overrides: dict | None = None, seeds=No
     cells = expand(cfg).cells
     out = []
     for exp in cfg["expected"]:
-        match = [c for c in cells if c.n_ens == exp["n_ens"] and methods.get(c.method, **c.mdict).label == exp["method"]]
+        match = [c for c in cells
+                 if c.n_ens == exp["n_ens"] and methods.get(c.method, **c.mdict).label == exp["method"]]
         assert match, exp
         out.append((exp, [run_cell(c, cache_dir=cache_dir) for c in sorted(match, key=lambda c: c.seed)]))
     return out

@@ -1,4 +1,4 @@
-"""Report, summary and compare on a synthetic run directory in the results format of DESIGN.md.
+"""Report, summary and compare on a synthetic run directory in the results format of bench/store.py.
 
 The fixture writes what the runner writes (results.parquet, cycles.parquet, run.json, snapshots/, extras/)
 with metric values given by a closed form, so the expected summary is known exactly.

@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 from types import SimpleNamespace
 from unittest import mock
@@ -34,7 +33,6 @@ import methods
 from bench import store
 from bench.config import Cell, Grid, expand
 from assimbench.errors import ConfigError
-from bench.runner import run_cell
 from bench.sweep import run_grid
 from methods.base import EnsembleState, Method
 
@@ -169,7 +167,7 @@ class NaNAtCycle(Method):
         self.t += 1
         if self.t == self.at:
             x = state.x * 1e12 if self.blow_up else torch.full_like(state.x, float("nan"))
-            return EnsembleState(x, state.params, state.extra)
+            return EnsembleState(x, state.params)
         return state
 
 
@@ -302,7 +300,8 @@ def _safe_import(name, package=None):
     return _real_import(name, package)
 
 
-@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cfg=mutated_configs())
 def test_expand_raises_only_config_error_on_mutated_configs(cfg):
     with mock.patch.object(assimbench.registry, "importlib", SimpleNamespace(import_module=_safe_import)):

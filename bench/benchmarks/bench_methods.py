@@ -30,6 +30,12 @@ from pathlib import Path
 
 import torch
 
+import methods
+import problems
+from bench.config import Cell, freeze
+from bench.runner import prepare, run_cell
+from methods.base import Method
+
 #: one intra-op thread: stable timings on a shared machine
 THREADS = int(os.environ.get("ASSIMBENCH_ASV_THREADS", "1"))
 torch.set_num_threads(THREADS)
@@ -54,7 +60,6 @@ METHOD_PARAMS = {
 
 def _problem_names() -> list[str]:
     """Lorenz-96 plus the PDE problems that import and have a tiny configuration."""
-    import problems
     out = ["lorenz96"]
     for name in ("shallow_water", "kolmogorov"):
         try:
@@ -66,13 +71,11 @@ def _problem_names() -> list[str]:
 
 
 def _method_names() -> list[str]:
-    import methods
     return list(methods.names())
 
 
 def problem_config(name: str) -> tuple[dict, dict]:
     """(problem parameters, observer parameters) of the benchmark configuration of problem ``name``."""
-    import problems
     if name == "lorenz96":
         return dict(L96[0]), dict(L96[1])
     cls = problems.cls(name)
@@ -83,8 +86,6 @@ def problem_config(name: str) -> tuple[dict, dict]:
 
 def method_params(name: str) -> dict:
     """Hyperparameters of method ``name``; ConfigError/ImportError when it cannot be built."""
-    import methods
-    from methods.base import Method
     cls = methods.cls(name)
     params = METHOD_PARAMS.get(name)
     if params is None:
@@ -97,7 +98,6 @@ def method_params(name: str) -> dict:
 
 def make_cell(problem: str, method: str):
     """The :class:`bench.config.Cell` benchmarked for (problem, method)."""
-    from bench.config import Cell, freeze
     pp, op = problem_config(problem)
     return Cell(problem, freeze(pp), freeze(op), method, freeze(method_params(method)), N_ENS, SEED, "cpu",
                 "float32", SPINUP)
@@ -109,7 +109,6 @@ def prepared_state(cell, cache_dir: Path):
 
     NotImplementedError (asv's skip) when the method skips the combination.
     """
-    from bench.runner import prepare
     prep = prepare(cell, cache_dir=cache_dir)
     if prep.skip_reason:
         raise NotImplementedError(prep.skip_reason)
@@ -131,7 +130,6 @@ def try_once(problem: str, method: str, cache_dir: Path) -> tuple[str | None, st
     run benchmarks (``run_cell``) cannot run, or None. A skip or a failed fit rules out both; a smoke run that
     diverges rules out only the run benchmarks (the kernels' speed is still worth tracking).
     """
-    from bench.runner import run_cell
     reason = _skip_reason(problem, method)
     if reason:
         return reason, reason
@@ -176,8 +174,6 @@ def free_run_rrmse(problem: str, cache_dir: Path) -> float:
 def _skip_reason(problem: str, method: str) -> str | None:
     """Why (problem, method) cannot be benchmarked, or None."""
     try:
-        from bench.runner import prepare
-        import problems
         prep = prepare(make_cell(problem, method))
         # the skip check needs only the observer geometry, not the dataset
         return prep.method.skip(prep.problem, problems.bind_observer(prep.problem, None, **prep.cell.odict)) or None
@@ -255,7 +251,6 @@ class MethodRun(_Suite):
         self._check(cache, problem, method)
 
     def _run(self) -> dict:
-        from bench.runner import run_cell
         row = run_cell(self.cell, cache_dir=self.cache_dir).row
         if row["status"] != "ok":
             raise RuntimeError(f"run_cell {row['status']}: {row['error']}")
