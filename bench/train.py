@@ -2,15 +2,18 @@
 
 For each distinct (problem, observer layout, learned method) of the grid it prepares the cell the way the runner
 does (:func:`bench.runner.prepare`: dataset, observer, skip reason), runs the method's ``fit`` (shipped artifact
--> cache -> fresh training, see methods/training.py) and prints the test errors. ``--ship`` copies the resulting
-artifacts into ``methods/artifacts/`` so that they are committed and a cold ``bench run`` uses them;
-``--curve PREFIX`` writes time-to-accuracy curves as CSV.
+-> cache -> fresh training, see methods/training.py) and prints the test errors measured on the data at hand (the
+recorded ones when the artifact's data checksum is the dataset's, else re-scored; a line per network says
+which). ``--ship`` copies the resulting artifacts into ``methods/artifacts/`` so that they are committed and a
+cold ``bench run`` uses them; ``--curve PREFIX`` writes time-to-accuracy curves as CSV. A shipped network whose
+files fail their checksums is refused (exit 1).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import methods
 from bench.config import Grid, freeze
 from bench.runner import prepare
 from methods.base import Context, Method
-from methods.training import SHIPPED_DIR, write_curve
+from methods.training import SHIPPED_DIR, ArtifactError, write_curve
 from problems.base import Dataset, Observer, Problem
 
 ARTIFACT_DIR = SHIPPED_DIR
@@ -75,7 +78,7 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
         prep = prepare(c, cache_dir=cache_dir, progress=progress)  # builds problem and method only
         if is_learned(prep.method):
             preps.append(prep)
-    seen, out = set(), []
+    seen, out, refused = set(), [], []
     for prep in preps:
         c = prep.cell
         key = (c.problem, c.problem_params, c.observer_params, c.method, prep.method.label)
@@ -90,11 +93,17 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
         if curve:
             curve_path = Path(f"{curve}-{c.method}-{c.problem}.csv")
             curve_path.parent.mkdir(parents=True, exist_ok=True)
-        # the training seed of `bench train` is fixed (0), independent of the cell
-        summary = train_method(prep.method, prep.problem, prep.observer, prep.dataset,
-                               generator=torch.Generator().manual_seed(0), cache_dir=cache_dir, progress=progress,
-                               curve_path=curve_path)
+        try:  # the training seed of `bench train` is fixed (0), independent of the cell
+            summary = train_method(prep.method, prep.problem, prep.observer, prep.dataset,
+                                   generator=torch.Generator().manual_seed(0), cache_dir=cache_dir,
+                                   progress=progress, curve_path=curve_path)
+        except ArtifactError as e:  # a corrupt shipped network: refused, said once, the other methods go on
+            print(f"error: {e}", file=sys.stderr)
+            refused.append(str(e))
+            continue
         print(json.dumps(summary, indent=2, default=str))
+        for name, art in (getattr(prep.method, "artifacts", {}) or {}).items():
+            print(f"{name} {art.key} ({art.source}): {art.data_note}")
         if ship:
             for name, art in prep.method.artifacts.items():
                 src = Path(art.path)
@@ -103,6 +112,8 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
                     shutil.copytree(src, dst, dirs_exist_ok=True)
                     print(f"shipped {name} -> {dst}")
         out.append(summary)
-    if not out:
+    if not out and not refused:
         print("no learned method in this grid: nothing to train")
+    if refused:
+        raise SystemExit(1)
     return out

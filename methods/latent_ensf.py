@@ -213,6 +213,34 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 # --------------------------------------------------------------------------------------------------------------
 # The method
 # --------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def score_vae(vae, problem: Problem, observer: Observer, dataset: Dataset) -> dict[str, float]:
+    """A coupled VAE's test errors on ``dataset``, as :func:`train_vae` reports them (whole test split)."""
+    vae.eval()
+    x = _snapshots(problem, dataset, "test")
+    X = dataset.normalize(x, len(problem.state_shape))
+    Y = vae.normalize_obs(observer.observe(x).to(torch.float32))
+    mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
+    rx, ry = [], []
+    for i in range(0, X.shape[0], 256):
+        rx.append(vae.decode(vae.encode_x(X[i:i + 256])[0]))
+        ry.append(vae.decode(vae.encode_y(Y[i:i + 256])[0]))
+    rx, ry = torch.cat(rx), torch.cat(ry)
+    return dict(test_rrmse_norm=float(_rrmse(rx, X).mean()), test_rrmse_phys=float(_rrmse(rx, X, mean, std).mean()),
+                test_rrmse_obs_norm=float(_rrmse(ry, X).mean()),
+                test_rrmse_obs_phys=float(_rrmse(ry, X, mean, std).mean()))
+
+
+def _rescore_vae(problem: Problem, observer: Observer, dataset: Dataset):
+    """``rescore`` for ``load_or_train``: the artifact's VAE scored on ``dataset``."""
+    def rescore(art) -> dict[str, float]:
+        from methods.vae import CoupledVAE
+        vae = CoupledVAE.from_config(art.config["networks"]["vae"])
+        vae.load_state_dict(art.weights["vae"])
+        return score_vae(vae, problem, observer, dataset)
+    return rescore
+
+
 def _train(**kw) -> Any:
     """A training hyperparameter: part of the artifact hash (the filter's own fields are not)."""
     return field(metadata={"train": True}, **kw)
@@ -335,7 +363,7 @@ class LatentEnSF(SamplerFields, Method):
 
         data = {"dataset": pb.data_key(), "observer": tr.observer_layout(obs)}
         art = tr.load_or_train("vae", self.name, pb.label, data, cfg.identity(), trainer,
-                               ctx.cache_dir, ctx.progress)
+                               ctx.cache_dir, ctx.progress, dataset=ds, rescore=_rescore_vae(pb, obs, ds))
         vae = CoupledVAE.from_config(art.config["networks"]["vae"])
         vae.load_state_dict(art.weights["vae"])
         vae.eval()

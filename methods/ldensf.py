@@ -239,7 +239,8 @@ class LDEnSF(SamplerFields, Method):
             return {"ldnet": net}, {"ldnet": net.config()}, summary
 
         art_ld = tr.load_or_train("ldnet", self.name, pb.label, {"dataset": pb.data_key()},
-                                  ld_cfg.identity(), train_ld, ctx.cache_dir, ctx.progress)
+                                  ld_cfg.identity(), train_ld, ctx.cache_dir, ctx.progress,
+                                  dataset=ds, rescore=tr.rescore_ldnet(pb, ds))
         net = LDNet.from_config(art_ld.config["networks"]["ldnet"])
         net.load_state_dict(art_ld.weights["ldnet"])
         net.eval()
@@ -251,7 +252,8 @@ class LDEnSF(SamplerFields, Method):
 
         data = {"dataset": pb.data_key(), "observer": tr.observer_layout(obs), "ldnet": art_ld.key}
         art_enc = tr.load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
-                                   ctx.cache_dir, ctx.progress)
+                                   ctx.cache_dir, ctx.progress, dataset=ds,
+                                   rescore=tr.rescore_encoder(net, pb, obs, ds))
         enc = ObsEncoder.from_config(art_enc.config["networks"]["encoder"])
         enc.load_state_dict(art_enc.weights["encoder"])
         enc.eval()

@@ -10,7 +10,13 @@ A trained network set is an *artifact*: a folder ``<hash>/`` holding
 - ``weights.pt``: ``name -> state_dict``, float32;
 - ``curve.csv``: the learning curve (one row per evaluation: stage, epoch, training seconds, losses, validation
   and test errors);
-- ``log.txt``: the training log.
+- ``log.txt``: the training log;
+- ``SHA256SUMS``: the SHA-256 of every other file (``sha256sum -c SHA256SUMS`` verifies it by hand).
+
+``config.json`` also records ``data_checksum``, the content checksum of the dataset the networks were trained
+and scored on (:attr:`problems.base.Dataset.checksum`). Loading verifies the files (a corrupt cached artifact is
+removed and retrained, a corrupt shipped one refused) and compares ``data_checksum`` with the data at hand; on a
+difference the networks are re-scored on these data (:func:`check_data`).
 
 ``<hash>`` is :func:`assimbench.naming.content_hash` of ``(kind, method, data config, training config)``; the data
 config is ``problem.data_key()`` plus, for encoders of observations, the observer layout and fields (never the
@@ -26,6 +32,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import math
@@ -53,6 +60,10 @@ log = logging.getLogger("assimbench.training")
 #: artifacts shipped with the package (committed; a few MB in all)
 SHIPPED_DIR = Path(__file__).resolve().parent / "artifacts"
 ARTIFACT_FORMAT = 1
+#: per-file checksums of an artifact folder, in ``sha256sum``'s format
+SUMS_FILE = "SHA256SUMS"
+#: re-scored test errors within this relative distance of the recorded ones: the data are equivalent
+RESCORE_RTOL = 1e-3
 
 Schedule = Literal["constant", "cosine", "onecycle", "step"]
 
@@ -70,6 +81,14 @@ class Artifact:
     weights: dict[str, dict[str, torch.Tensor]]
     source: Literal["shipped", "cache", "trained"]
     curve: list[dict] = field(default_factory=list)
+    #: ``file -> sha256`` from ``SHA256SUMS`` (empty: an artifact written before checksums existed)
+    sums: dict[str, str] = field(default_factory=dict)
+    #: how the test errors in ``config['summary']`` relate to the data at hand (see :func:`check_data`)
+    data_note: str = ""
+
+
+class ArtifactError(RuntimeError):
+    """A shipped artifact whose files do not match their checksums: refused, never used."""
 
 
 def artifact_hash(kind: str, method: str, data: dict, train: dict) -> str:
@@ -113,14 +132,64 @@ def write_curve(rows: list[dict], path: Path | str) -> None:
             w.writerow(r)
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path) -> dict[str, str]:
+    """Write ``SHA256SUMS`` (``sha256sum``'s format: ``sha256sum -c SHA256SUMS`` in the folder verifies it) over
+    every file of an artifact folder; returns ``file -> sha256``."""
+    names = sorted(p.name for p in folder.iterdir()
+                   if p.is_file() and p.name != SUMS_FILE and not p.name.startswith("."))
+    sums = {n: file_sha256(folder / n) for n in names}
+    tmp = folder / f".{SUMS_FILE}.tmp{os.getpid()}"
+    tmp.write_text("".join(f"{h}  {n}\n" for n, h in sums.items()))
+    os.replace(tmp, folder / SUMS_FILE)
+    return sums
+
+
+def verify_checksums(folder: Path) -> tuple[dict[str, str], str]:
+    """``(file -> sha256, "")`` when ``SHA256SUMS`` covers ``config.json`` and ``weights.pt`` and every listed
+    file matches; ``({}, "")`` when the folder has no ``SHA256SUMS`` (written before checksums existed);
+    ``({}, what is wrong)`` otherwise."""
+    path = folder / SUMS_FILE
+    if not path.exists():
+        return {}, ""
+    sums = {}
+    for line in path.read_text().splitlines():
+        h, _, name = line.partition("  ")
+        if len(h) != 64 or not name:
+            return {}, f"{SUMS_FILE} is garbled"
+        sums[name] = h
+    for name in ("config.json", "weights.pt"):
+        if name not in sums:
+            return {}, f"{SUMS_FILE} does not list {name}"
+    for name, h in sums.items():
+        f = folder / name
+        if not f.exists():
+            return {}, f"{name} is missing"
+        if file_sha256(f) != h:
+            return {}, f"{name} does not match its checksum in {SUMS_FILE}"
+    return sums, ""
+
+
 def read_artifact(path: Path, source: Literal["shipped", "cache"]) -> Artifact:
+    """Load an artifact folder after verifying its ``SHA256SUMS`` (raises :class:`ArtifactError` when a file does
+    not match; an artifact without the file loads unverified, ``sums`` empty, and is re-scored on use)."""
+    sums, problem = verify_checksums(path)
+    if problem:
+        raise ArtifactError(f"{source} artifact {path} is corrupt: {problem}")
     cfg = json.loads((path / "config.json").read_text())
     weights = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-    return Artifact(cfg["hash"], path, cfg, weights, source, _read_curve(path / "curve.csv"))
+    return Artifact(cfg["hash"], path, cfg, weights, source, _read_curve(path / "curve.csv"), sums)
 
 
 def save_artifact(root: Path, art: Artifact, log_lines: list[str]) -> Path:
-    """Write ``art`` atomically to ``root/<hash>`` (a temporary folder renamed into place)."""
+    """Write ``art`` atomically to ``root/<hash>`` (a temporary folder renamed into place), with ``SHA256SUMS``."""
     dest = root / art.key
     tmp = root / f".{art.key}.tmp{os.getpid()}"
     if tmp.exists():
@@ -132,12 +201,109 @@ def save_artifact(root: Path, art: Artifact, log_lines: list[str]) -> Path:
     (tmp / "config.json").write_text(json.dumps(art.config, indent=2, sort_keys=True, default=str))
     write_curve(art.curve, tmp / "curve.csv")
     (tmp / "log.txt").write_text("\n".join(log_lines) + "\n")
+    art.sums = write_checksums(tmp)
     if dest.exists():  # another worker won the race: keep theirs
         shutil.rmtree(tmp)
     else:
         os.replace(tmp, dest)
     art.path = dest
     return dest
+
+
+def _rewrite_config(art: Artifact, cfg: dict) -> None:
+    """Replace a cached artifact's ``config.json`` (atomically) and refresh its ``SHA256SUMS``."""
+    tmp = art.path / f".config.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, art.path / "config.json")
+    art.sums = write_checksums(art.path)
+
+
+def _match_marker(cache_root: Path, art: Artifact, data_checksum: str) -> Path:
+    """Where the re-scoring of ``art`` (these weights and recorded errors) on these data is remembered (JSON)."""
+    ident = content_hash(art.key, art.sums.get("weights.pt", ""), art.sums.get("config.json", ""), data_checksum,
+                         n=32)
+    return cache_root / ".rescored" / f"{ident}.json"
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, msg: str, *args) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(msg, *args)
+
+
+def check_data(art: Artifact, dataset: Dataset | None, rescore: Callable[[Artifact], dict] | None,
+               cache_root: Path) -> Artifact | None:
+    """Make sure ``art``'s test errors describe ``dataset`` (the data at hand); returns the artifact, or None for
+    a cached artifact that does not fit these data (it is removed: the caller trains anew).
+
+    Same ``data_checksum`` as the dataset: the recorded errors were measured on these very data. Otherwise (other
+    or no recorded checksum, or an artifact without ``SHA256SUMS``) ``rescore(art)`` measures the test errors on
+    the data at hand (once: the result is remembered in the cache): within a relative ``RESCORE_RTOL`` of the
+    recorded ones the data are equivalent (rounding differences between machines) and nothing is said; else one
+    warning line says so, and a shipped artifact is used with the measured errors in ``config['summary']`` (the
+    recorded ones under ``summary['recorded']``), while a cached one is removed and trained anew.
+    """
+    if dataset is None or not dataset.checksum:
+        art.data_note = "recorded test errors (no dataset to compare with)"
+        return art
+    rec, ds_sum = art.config.get("data_checksum"), dataset.checksum
+    here = f"{dataset.key}, checksum {ds_sum[:12]}"
+    if rec == ds_sum and art.sums:
+        art.data_note = f"recorded test errors, measured on these data ({here})"
+        return art
+    what = (f"was trained on other data (checksum {rec[:12]}) than" if rec
+            else "records no checksum of its training data, and its test errors do not reproduce on")
+    label = (f"{art.source} {art.config.get('kind')} artifact {art.key} ({art.config.get('method')} on "
+             f"{art.config.get('problem')})")
+    marker = _match_marker(cache_root, art, ds_sum)
+    result = None
+    if art.sums and marker.exists():
+        try:
+            result = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            result = None
+    recorded = dict(art.config.get("summary", {}))
+    if result is None:
+        if rescore is None:
+            _warn_once(f"{art.key}:{ds_sum}", "%s %s and cannot be re-scored on this machine's %s: its recorded "
+                       "test errors may not hold for these data", label,
+                       f"was trained on other data (checksum {rec[:12]})" if rec else "records no data checksum",
+                       here)
+            art.data_note = "recorded test errors, possibly of other data"
+            return art
+        measured = {k: float(v) for k, v in rescore(art).items()}
+        common = [k for k in measured if isinstance(recorded.get(k), (int, float))]
+        same = bool(common) and all(math.isclose(measured[k], recorded[k], rel_tol=RESCORE_RTOL, abs_tol=1e-6)
+                                    for k in common)
+        result = dict(measured=measured, same=same)
+        if art.sums:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(result))
+            os.replace(tmp, marker)
+    measured = result["measured"]
+    if result["same"]:
+        if art.source == "cache" and (not rec or not art.sums):  # an older cache entry: record the check
+            _rewrite_config(art, dict(art.config, data_checksum=ds_sum))
+        art.data_note = f"test errors re-scored on these data ({here}): as recorded"
+        return art
+    common = [k for k in measured if isinstance(recorded.get(k), (int, float))]
+    k = next((k for k in ("test_rrmse_phys", "test_rel") if k in common), common[0] if common else None)
+    numbers = (f"test {k} {recorded[k]:.3g} as recorded, {measured[k]:.3g} on the data at hand" if k
+               else "its recorded test errors do not say")
+    if art.source == "cache":
+        log.warning("%s %s this machine's %s: %s; removing it and training anew", label, what, here, numbers)
+        shutil.rmtree(art.path, ignore_errors=True)
+        return None
+    _warn_once(f"{art.key}:{ds_sum}", "%s %s this machine's %s: %s; it is used, with the measured errors "
+               "reported (retrain with `bench train` for a network of these data)", label, what, here, numbers)
+    art.config = dict(art.config, summary=dict(recorded, **measured,
+                                               recorded={k: recorded.get(k) for k in measured}))
+    art.data_note = f"test errors re-scored on these data ({here}); the recorded ones were of other data"
+    return art
 
 
 def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -171,24 +337,34 @@ def _warn_stale(kind: str, method: str, problem_label: str, key: str, data: dict
 
 def load_or_train(kind: str, method: str, problem_label: str, data: dict, train: dict,
                   trainer: Callable[["TrainLog"], tuple[dict[str, nn.Module], dict, dict]],
-                  cache_dir: Path | str | None, progress: bool = True) -> Artifact:
+                  cache_dir: Path | str | None, progress: bool = True, *, dataset: Dataset | None = None,
+                  rescore: Callable[[Artifact], dict] | None = None) -> Artifact:
     """Shipped artifact, else cached, else ``trainer(log) -> (networks, network configs, summary)`` and save.
 
     ``networks`` maps a name to a module whose ``state_dict`` is stored; ``network configs`` maps the same
     names to constructor kwargs. The returned artifact's ``weights`` are what the caller loads.
+
+    Every artifact's files are verified against its ``SHA256SUMS``: a corrupt cached artifact is removed and
+    trained anew (with a warning line), a corrupt shipped one is refused (:class:`ArtifactError`). ``dataset``
+    is the data at hand: a new artifact records its checksum (``data_checksum``), and a loaded one whose
+    recorded checksum differs is re-scored with ``rescore(artifact) -> test errors`` (see :func:`check_data`).
     """
     key = artifact_hash(kind, method, data, train)
+    root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models"
     shipped = SHIPPED_DIR / key
     if (shipped / "config.json").exists():
-        return read_artifact(shipped, "shipped")
-    root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models"
+        return check_data(read_artifact(shipped, "shipped"), dataset, rescore, root)
     cached = root / key
     if (cached / "config.json").exists():
         try:
-            return read_artifact(cached, "cache")
+            art = read_artifact(cached, "cache")
         except Exception as e:  # a corrupt cache entry is retrained, not trusted
-            log.warning("cached artifact %s is unreadable (%s); training anew", cached, e)
+            log.warning("cached %s artifact %s is unusable (%s): removing it and training anew", kind, cached, e)
             shutil.rmtree(cached, ignore_errors=True)
+        else:
+            checked = check_data(art, dataset, rescore, root)
+            if checked is not None:
+                return checked
     _warn_stale(kind, method, problem_label, key, data, train)
     tlog = TrainLog(progress=progress)
     tlog.info(f"training {kind} for {method} on {problem_label} (artifact {key})")
@@ -199,9 +375,12 @@ def load_or_train(kind: str, method: str, problem_label: str, data: dict, train:
     cfg = dict(hash=key, kind=kind, method=method, problem=problem_label, data=data, train=train,
                networks=net_cfgs, summary=summary, format=ARTIFACT_FORMAT, torch=torch.__version__,
                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               threads=torch.get_num_threads())
+               threads=torch.get_num_threads(),
+               data_checksum=dataset.checksum if dataset is not None and dataset.checksum else None)
     art = Artifact(key, None, cfg, {n: m.state_dict() for n, m in nets.items()}, "trained", tlog.rows)
     save_artifact(root, art, tlog.lines)
+    art.data_note = "test errors measured on these data at training" if cfg["data_checksum"] else \
+        "test errors measured at training"
     tlog.info(f"saved {kind} artifact to {art.path}")
     return art
 
@@ -685,6 +864,35 @@ def _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best):
     return dict(ev, epoch="lbfgs") if ev["valid_rrmse"] < best["valid_rrmse"] else best
 
 
+@torch.no_grad()
+def score_ldnet(net, problem: Problem, dataset: Dataset, device: torch.device | str = "cpu") -> dict[str, float]:
+    """An LDNet's test errors on ``dataset``, as :func:`train_ldnet` reports them (full test grid, per-snapshot
+    relative L2 averaged): ``test_rrmse_norm`` and ``test_rrmse_phys``."""
+    net = net.to(device).eval()
+    xi = net.normalize_coords(problem.coords().to(device, torch.float32))
+    plo, phi = param_normalizer(problem)
+    x, p = dataset.split("test")
+    mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
+    norm, phys = [], []
+    for i in range(0, x.shape[0], 8):
+        Z = to_points(problem, dataset, x[i:i + 8]).to(device)
+        U = normalize_params(p[i:i + 8], plo, phi).to(device, torch.float32)
+        pred = net.reconstruct(net.rollout(U, Z.shape[1] - 1), xi, u=U)
+        norm.append(rel_l2(pred, Z))
+        phys.append(rel_l2(pred, Z, mean, std))
+    return dict(test_rrmse_norm=float(torch.cat(norm).mean()), test_rrmse_phys=float(torch.cat(phys).mean()))
+
+
+def rescore_ldnet(problem: Problem, dataset: Dataset) -> Callable[[Artifact], dict[str, float]]:
+    """``rescore`` for :func:`load_or_train`: the artifact's LDNet scored on ``dataset``."""
+    def rescore(art: Artifact) -> dict[str, float]:
+        from methods.ldnet import LDNet
+        net = LDNet.from_config(art.config["networks"]["ldnet"])
+        net.load_state_dict(art.weights["ldnet"])
+        return score_ldnet(net, problem, dataset)
+    return rescore
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Observation-encoder (LSTM) training
 # --------------------------------------------------------------------------------------------------------------
@@ -766,3 +974,31 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
     tlog.info("encoder test: " + " ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("test")))
     return enc, summary
 
+
+@torch.no_grad()
+def score_encoder(enc, net, problem: Problem, observer: Observer, dataset: Dataset) -> dict[str, float]:
+    """An observation encoder's test errors on ``dataset`` against the LDNet ``net``'s latents, as
+    :func:`train_encoder` reports them: ``test_rel`` (latent and parameters), ``test_rel_s``, ``test_rel_u``."""
+    enc.eval()
+    x, p = dataset.split("test")
+    Y = clean_observations(problem, observer, x)
+    K = encoder_targets(net, problem, p, x.shape[1] - 1)
+    pred, _ = enc(Y)
+    e = (pred - K).pow(2)
+    d_s = net.latent_dim
+    out = dict(test_rel=float((e.sum() / K.pow(2).sum()).sqrt()),
+               test_rel_s=float((e[..., :d_s].sum() / K[..., :d_s].pow(2).sum()).sqrt()))
+    if K.shape[-1] > d_s:
+        out["test_rel_u"] = float((e[..., d_s:].sum() / K[..., d_s:].pow(2).sum()).sqrt())
+    return out
+
+
+def rescore_encoder(net, problem: Problem, observer: Observer, dataset: Dataset
+                    ) -> Callable[[Artifact], dict[str, float]]:
+    """``rescore`` for :func:`load_or_train`: the artifact's encoder scored on ``dataset`` against ``net``."""
+    def rescore(art: Artifact) -> dict[str, float]:
+        from methods.ldnet import ObsEncoder
+        enc = ObsEncoder.from_config(art.config["networks"]["encoder"])
+        enc.load_state_dict(art.weights["encoder"])
+        return score_encoder(enc, net.to("cpu", torch.float32), problem, observer, dataset)
+    return rescore

@@ -11,6 +11,10 @@ Conventions (all problems):
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
+import logging
 import math
 import os
 import threading
@@ -64,6 +68,7 @@ def record_substeps(n_sub: int, speed: float = float("nan")) -> None:
     """Called by a solver for each advance: ``n_sub`` sub-steps, their count set by ``speed`` (if CFL-limited)."""
     for log in getattr(_SUBSTEP_LOGS, "stack", ()):
         log.add(n_sub, speed)
+log = logging.getLogger("assimbench.data")
 
 
 def default_cache_dir() -> Path:
@@ -81,6 +86,9 @@ class Dataset:
     ``train``/``valid``/``test``: ``(n, T+1, *state_shape)``; ``params_*``: ``(n, P)`` float64;
     ``field_mean``/``field_std``/``field_min``/``field_max``: ``(C,)`` float64 statistics of the training split
     (per field, over trajectories, times and points); ``times``: ``(T+1,)`` physical times of the snapshots.
+    ``checksum``: the content checksum of all these tensors (:func:`tensor_checksum`), stored when the dataset is
+    built and verified whenever it is loaded; artifacts trained on a dataset record it. ``meta``: what the cache
+    file records beside the tensors (generator version, summary statistics, provenance).
     """
 
     train: torch.Tensor
@@ -95,6 +103,8 @@ class Dataset:
     field_min: torch.Tensor
     field_max: torch.Tensor
     key: str = ""
+    checksum: str = ""
+    meta: dict = field(default_factory=dict, repr=False)
 
     def split(self, name: Literal["train", "valid", "test"]) -> tuple[torch.Tensor, torch.Tensor]:
         """(snapshots, params) of one split."""
@@ -148,6 +158,10 @@ class Problem:
     periodic: ClassVar[bool] = False
     #: a tiny configuration for the conformance suite (bench/conformance.py)
     conformance_params: ClassVar[dict] = {}
+    #: version of the code that generates this problem's data (solver, initial states, parameter draws): part of
+    #: the dataset key, so a generator whose output changes must bump it (tests/test_dataset_repro.py compares
+    #: regenerated data with committed statistics and says so when it was forgotten)
+    generator_version: ClassVar[int] = 1
 
     n_cycles: int = 50
     n_traj: int = 200
@@ -274,8 +288,13 @@ class Problem:
         return params_of(self)
 
     def data_key(self) -> str:
-        """Content hash of everything that determines the dataset."""
-        return f"{self.name}-{content_hash(self.name, self.params_dict(), DATASET_FORMAT)}"
+        """Content hash of everything that determines the dataset: the problem's parameters, the dataset layout
+        (``DATASET_FORMAT``) and the generator's code version (``generator_version``; left out of the hash at 1,
+        so the keys of datasets made before it existed, and the artifact hashes built on them, are unchanged)."""
+        ident = [self.name, self.params_dict(), DATASET_FORMAT]
+        if self.generator_version != 1:
+            ident.append({"generator_version": self.generator_version})
+        return f"{self.name}-{content_hash(*ident)}"
 
     #: trajectories simulated per batch when building the dataset (memory vs speed)
     sim_batch: ClassVar[int] = 20
@@ -288,6 +307,83 @@ class Problem:
 
 
 DATASET_FORMAT = 1
+#: layout of a dataset cache record ``<key>.json`` beside ``<key>.pt`` (key, content checksum, generator version,
+#: statistics); a file without one (as before checksums existed) or of another layout is rebuilt, not trusted
+CACHE_LAYOUT = 2
+#: the tensors of a dataset file (the fields of :class:`Dataset` that the checksum covers)
+DATASET_TENSORS = ("train", "valid", "test", "params_train", "params_valid", "params_test", "times",
+                   "field_mean", "field_std", "field_min", "field_max")
+
+
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and raw bytes of ``tensors`` (in name order).
+
+    The content checksum of a dataset (and of network weights): it depends on the numbers only, not on the file
+    format they are stored in, so it can be compared across files, machines and versions.
+    """
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def dataset_stats(blob: dict[str, torch.Tensor]) -> dict:
+    """Summary statistics of a dataset's snapshots (float64, physical units), recorded in its cache file.
+
+    Per split: ``mean``, ``std`` and ``absmax`` over everything, and ``rms_t``, the RMS over trajectories,
+    fields and points at each snapshot time (it follows the flow's evolution, so a changed generator shows in it
+    even when the overall moments agree). ``params_mean`` per split. Compared with committed values by
+    tests/test_dataset_repro.py and shown when data do not match an artifact.
+    """
+    out = {}
+    for name in ("train", "valid", "test"):
+        x = blob[name]
+        n, T1 = x.shape[:2]
+        sq = torch.zeros(T1, dtype=torch.float64)
+        tot, amax = 0.0, 0.0
+        for i in range(n):  # one trajectory at a time: no float64 copy of a whole split
+            xi = x[i].double().reshape(T1, -1)
+            sq += xi.pow(2).sum(1)
+            tot += float(xi.sum())
+            amax = max(amax, float(xi.abs().max()))
+        m = x[0, 0].numel() * n * T1
+        mean = tot / m
+        ms = float(sq.sum()) / m
+        out[name] = dict(mean=mean, std=math.sqrt(max(ms - mean * mean, 0.0)), absmax=amax,
+                         rms_t=[math.sqrt(float(v) / (m // T1)) for v in sq],
+                         params_mean=blob[f"params_{name}"].double().mean(0).tolist())
+    return out
+
+
+def _read_dataset_file(path: Path, key: str) -> tuple[Dataset | None, str]:
+    """``(dataset, "")`` when the cache file at ``path`` and its record ``<key>.json`` are intact, else
+    ``(None, what is wrong)``."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except FileNotFoundError:
+        return None, "has no checksum record (written by an older version)"
+    except (OSError, ValueError) as e:
+        return None, f"has an unreadable checksum record ({type(e).__name__})"
+    if not isinstance(meta, dict) or meta.get("layout") != CACHE_LAYOUT or not meta.get("checksum"):
+        return None, "has a checksum record of another version"
+    if meta.get("key") != key:
+        return None, f"is recorded as another dataset ({meta.get('key')})"
+    try:
+        blob = torch.load(path, mmap=True, weights_only=True)
+    except Exception as e:  # truncated, garbled header, not a torch file
+        return None, f"is unreadable ({type(e).__name__})"
+    missing = [k for k in DATASET_TENSORS if not isinstance(blob, dict) or not isinstance(blob.get(k), torch.Tensor)]
+    if missing:
+        return None, f"lacks {', '.join(missing)}"
+    tensors = {k: blob[k] for k in DATASET_TENSORS}
+    actual = tensor_checksum(tensors)
+    if actual != meta["checksum"]:
+        return None, (f"is corrupt: the checksum of its contents is {actual[:12]}, the recorded one "
+                      f"{meta['checksum'][:12]}")
+    return Dataset(**tensors, key=key, checksum=actual, meta=meta), ""
 
 
 def _split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
@@ -305,9 +401,17 @@ _MEMO: dict[str, Dataset] = {}
 def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progress: bool = True) -> Dataset:
     """Simulate ``problem.n_traj`` trajectories in batches, split them, and cache float32 snapshots on disk.
 
-    The cache file is ``<cache>/datasets/<name>-<hash>.pt``, keyed by a content hash of the problem's fields;
-    a second call memory-maps it (well under a second). The split is a permutation seeded by ``data_seed``;
-    normalisation statistics come from the training split only.
+    The cache file is ``<cache>/datasets/<name>-<hash>.pt`` (the key, :meth:`Problem.data_key`, covers the
+    problem's fields, the dataset layout and the generator's version), the tensors only; beside it
+    ``<name>-<hash>.json`` records the key, the content checksum of the tensors (:func:`tensor_checksum`), the
+    generator version, summary statistics (:func:`dataset_stats`) and provenance (``Dataset.meta``). Loading
+    memory-maps the file and verifies the checksum
+    (well under a second at the default size); a file that is unreadable, corrupt (same size, other bytes), from
+    an older version or another dataset is rebuilt, with one warning line saying what was wrong.
+
+    Generation runs in float64 on one CPU thread (multi-threaded FFTs and reductions round differently with the
+    thread count), so one machine builds the same bytes whatever its thread settings. The split is a
+    permutation seeded by ``data_seed``; normalisation statistics come from the training split only.
     """
     key = problem.data_key()
     if key in _MEMO:
@@ -315,14 +419,42 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / "datasets" / f"{key}.pt"
     if path.exists():
-        try:
-            blob = torch.load(path, mmap=True, weights_only=True)
-            ds = Dataset(**blob, key=key)
+        ds, problem_with_file = _read_dataset_file(path, key)
+        if ds is not None:
             _MEMO[key] = ds
             return ds
-        except Exception:  # a corrupt or partial cache file is rebuilt, not trusted
-            path.unlink(missing_ok=True)
+        log.warning("dataset cache file %s %s: rebuilding it", path, problem_with_file)
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
 
+    tensors = _generate(problem, progress)
+    meta = dict(layout=CACHE_LAYOUT, key=key, checksum=tensor_checksum(tensors), problem=problem.label,
+                generator_version=problem.generator_version, dataset_format=DATASET_FORMAT,
+                stats=dataset_stats(tensors), torch=torch.__version__,
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(tensors, tmp)
+    tmp_meta = path.with_suffix(f".json.tmp{os.getpid()}")
+    tmp_meta.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, path)  # a reader between the two renames sees a mismatch and rebuilds: safe
+    os.replace(tmp_meta, path.with_suffix(".json"))
+    ds = Dataset(**tensors, key=key, checksum=meta["checksum"], meta=meta)
+    _MEMO[key] = ds
+    return ds
+
+
+def _generate(problem: Problem, progress: bool) -> dict[str, torch.Tensor]:
+    """The dataset's tensors (see :class:`Dataset`), simulated in float64 on one thread, stored float32."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _simulate_and_split(problem, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _simulate_and_split(problem: Problem, progress: bool) -> dict[str, torch.Tensor]:
     n = problem.n_traj
     n_train, n_valid, n_test = _split_sizes(n, problem.split_fractions)
     g = torch.Generator().manual_seed(problem.data_seed)
@@ -336,7 +468,7 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
     for i in range(0, n, problem.sim_batch):
         p = params[i:i + problem.sim_batch]
         x0 = problem.sample_initial(p, g)
-        snaps[i:i + len(p)] = problem.simulate(p, T, x0=x0).to(torch.float32)
+        snaps[i:i + len(p)] = problem.simulate(p, T, x0=x0, dtype=torch.float64).to(torch.float32)
         if bar is not None:
             bar.update(len(p))
     if bar is not None:
@@ -349,20 +481,13 @@ def build_dataset(problem: Problem, cache_dir: Path | str | None = None, progres
     C = problem.n_fields
     per_field = train.double().movedim(2, 0).reshape(C, -1) if len(problem.state_shape) > 1 \
         else train.double().reshape(1, -1)
-    blob = dict(
+    return dict(
         train=train.contiguous(), valid=snaps[idx_va].contiguous(), test=snaps[idx_te].contiguous(),
         params_train=params[idx_tr], params_valid=params[idx_va], params_test=params[idx_te],
         times=torch.arange(T + 1, dtype=torch.float64) * problem.dt_obs,
         field_mean=per_field.mean(1), field_std=per_field.std(1).clamp_min(1e-12),
         field_min=per_field.min(1).values, field_max=per_field.max(1).values,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    ds = Dataset(**blob, key=key)
-    _MEMO[key] = ds
-    return ds
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_cached_artifact_reloads_bit_identical(setup):
     a2 = m2.analysis(m2.forecast(st2), y)
     assert torch.equal(a1.s, a2.s) and torch.equal(a1.u, a2.u)
     files = sorted(p.name for p in (setup["cache"] / "models" / s2["ldnet"]["hash"]).iterdir())
-    assert files == ["config.json", "curve.csv", "log.txt", "weights.pt"]
+    assert files == ["SHA256SUMS", "config.json", "curve.csv", "log.txt", "weights.pt"]
     cfg = json.loads((setup["cache"] / "models" / s2["ldnet"]["hash"] / "config.json").read_text())
     assert LDNet.from_config(cfg["networks"]["ldnet"]).config() == cfg["networks"]["ldnet"]
 
