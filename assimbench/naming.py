@@ -11,6 +11,7 @@ import hashlib
 import json
 import types
 import typing
+import warnings
 from typing import Any
 
 from assimbench.errors import ConfigError, unknown
@@ -111,6 +112,20 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
+def canonical_key(cls, key: str, where: str) -> str:
+    """The current name of parameter ``key`` of ``cls``.
+
+    A class lists renamed parameters in its ``renamed`` mapping (old name -> new name); an old name is still
+    accepted, with a FutureWarning that names the new one.
+    """
+    new = (getattr(cls, "renamed", None) or {}).get(key)
+    if new is None:
+        return key
+    warnings.warn(f"{where}: the parameter {key!r} is now called {new!r}; {key!r} is still accepted but will go",
+                  FutureWarning, stacklevel=3)
+    return new
+
+
 def build(cls, params: dict[str, Any], kind: str, **internal: Any):
     """Construct dataclass ``cls`` from user ``params``, checking names and types.
 
@@ -122,9 +137,13 @@ def build(cls, params: dict[str, Any], kind: str, **internal: Any):
     where = f"{kind} {name}"
     hints = typing.get_type_hints(cls)
     kwargs = {}
-    for k, v in params.items():
+    for key, v in params.items():
+        k = canonical_key(cls, key, where)
         if k not in fields:
             raise unknown("key", k, fields, where=f"{where} (its parameters)")
+        if k in kwargs:
+            old = next(o for o, n in cls.renamed.items() if n == k)
+            raise ConfigError(f"{where}: {k!r} is given twice, once under its old name {old!r}; give only {k!r}")
         kwargs[k] = _coerce(v, hints.get(k, Any), k, where)
     try:
         obj = cls(**kwargs, **internal)

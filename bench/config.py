@@ -45,7 +45,7 @@ import yaml
 import methods
 import problems
 from assimbench.errors import ConfigError, unknown
-from assimbench.naming import content_hash, public_fields
+from assimbench.naming import canonical_key, content_hash, public_fields
 from assimbench.registry import load_plugins
 from problems.base import Observer
 
@@ -186,7 +186,7 @@ def expand_params(cls, spec: Any, where: str) -> list[dict]:
     valid = {f.name for f in public_fields(cls)}
     axes: list[list[dict]] = []
     for key, value in spec.items():
-        keys = [k.strip() for k in str(key).split(",")]
+        keys = [canonical_key(cls, k.strip(), where) for k in str(key).split(",")]
         for k in keys:
             if k not in valid:
                 raise unknown("key", k, valid, where=f"{where} (its parameters)")

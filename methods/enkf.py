@@ -159,47 +159,47 @@ class EnKF(Method):
         ybar = Y.mean(0)
         S = (Y - ybar) / (sigma * sq)  # (N, m)
         if self.variant == "sqrt":
-            R = ((yv - ybar) / sigma)[:, None]  # (m, 1): normalised innovation
+            D = ((yv - ybar) / sigma)[:, None]  # (m, 1): normalised innovation
         else:
             eps = torch.randn(N, yv.numel(), generator=self.generator, dtype=wdt).to(dev)
             eps = (eps - eps.mean(0)) * math.sqrt(N / (N - 1))
-            R = ((yv - Y) / sigma + eps).T  # (m, N): perturbed normalised innovations
+            D = ((yv - Y) / sigma + eps).T  # (m, N): perturbed normalised innovations
         Q = self._rotation(N, dev) if self.rotate else None
 
         glob = None
         if self.loc_radius == 0 or update_params:
-            glob = self._global_weights(S, R, Q)
+            glob = self._global_weights(S, D, Q)
         if self.loc_radius == 0:
             x_a = xbar + self._apply(glob, A.reshape(N, -1)).reshape(x.shape)
         else:
-            x_a = self._local_analysis(xbar, A, S, R, Q).reshape(x.shape)
+            x_a = self._local_analysis(xbar, A, S, D, Q).reshape(x.shape)
 
         p_a = params
         if update_params:
             p_a = pbar + self._apply(glob, Ap)
         return EnsembleState(x_a, p_a)
 
-    def _global_weights(self, S: torch.Tensor, R: torch.Tensor, Q: torch.Tensor | None):
+    def _global_weights(self, S: torch.Tensor, D: torch.Tensor, Q: torch.Tensor | None):
         """Global member weights, either ``(G, None, None)`` with ``G (N, N)`` or, when there are fewer
         observations than members (``m < N``), the factors ``(None, L1, L2)`` of ``G = I + L1 L2^T`` (``(N, k)``,
         ``k <= m + 1``), so that a large ensemble never forms or factorises an ``N x N`` matrix."""
         N, m = S.shape
         if m >= N:
             C = torch.eye(N, dtype=S.dtype, device=S.device) + S @ S.T
-            return self._transform(C[None], (S @ R)[None], Q)[0], None, None
+            return self._transform(C[None], (S @ D)[None], Q)[0], None, None
         if Q is not None:  # a rotation is an N x N matrix anyway; factorise on the small side
-            return self._transform_lowrank(S[None], (S @ R)[None], Q)[0], None, None
+            return self._transform_lowrank(S[None], (S @ D)[None], Q)[0], None, None
         sq = math.sqrt(N - 1)
         IM = torch.eye(m, dtype=S.dtype, device=S.device) + S.T @ S  # (m, m)
         if self.variant == "sqrt":
             s, E = torch.linalg.eigh(IM)  # s >= 1
             F = S @ E
             r1 = s.sqrt()
-            w = F @ ((E.T @ R) / s[:, None])  # (N, 1) = S (I + S^T S)^{-1} d = C^{-1} S d
+            w = F @ ((E.T @ D) / s[:, None])  # (N, 1) = S (I + S^T S)^{-1} d = C^{-1} S d
             L1 = torch.cat([F * (-1.0 / (r1 * (1.0 + r1))), torch.ones(N, 1, dtype=S.dtype, device=S.device)], 1)
             L2 = torch.cat([F, w / sq], 1)
         else:
-            L1 = torch.cholesky_solve(R, torch.linalg.cholesky(IM)).T  # (N, m) = R^T (I + S^T S)^{-1}
+            L1 = torch.cholesky_solve(D, torch.linalg.cholesky(IM)).T  # (N, m) = D^T (I + S^T S)^{-1}
             L2 = S / sq
         return None, L1, L2
 
@@ -212,7 +212,7 @@ class EnKF(Method):
         return A + L1.to(A.dtype) @ (L2.T.to(A.dtype) @ A)
 
     def _transform(self, C: torch.Tensor, rhs: torch.Tensor, Q: torch.Tensor | None) -> torch.Tensor:
-        """Member weights ``G (B, N, N)`` from ``C = I + S W S^T (B, N, N)`` and ``rhs = S W R (B, N, 1 | N)``."""
+        """Member weights ``G (B, N, N)`` from ``C = I + S W S^T (B, N, N)`` and ``rhs = S W D (B, N, 1 | N)``."""
         B, N, _ = C.shape
         sq = math.sqrt(N - 1)
         if self.variant == "sqrt":
@@ -297,7 +297,7 @@ class EnKF(Method):
         self._geom[key] = geom
         return geom
 
-    def _local_analysis(self, xbar: torch.Tensor, A: torch.Tensor, S: torch.Tensor, R: torch.Tensor,
+    def _local_analysis(self, xbar: torch.Tensor, A: torch.Tensor, S: torch.Tensor, D: torch.Tensor,
                         Q: torch.Tensor | None) -> torch.Tensor:
         """LETKF-style analysis of every grid point, in chunks. ``A (N, C, P)`` -> analysis ``(N, C, P)``."""
         obs = self.ctx.observer
@@ -306,9 +306,9 @@ class EnKF(Method):
         geom = self._geometry(dev)
         nf = len(obs.obs_fields)
         mp = geom.obs_grid.shape[0]
-        r = R.shape[1]
+        r = D.shape[1]
         St = S.T.reshape(mp, nf, N)  # per observed point, per field, per member
-        Rt = R.reshape(mp, nf, r)
+        Dt = D.reshape(mp, nf, r)
         xbar = xbar.reshape(1, Cf, P)
         out = torch.empty_like(A)
         eye = torch.eye(N, dtype=wdt, device=dev)
@@ -323,21 +323,21 @@ class EnKF(Method):
         for p0 in range(0, P, B):
             p1 = min(P, p0 + B)
             if geom.mode == "stencil":
-                U, rhs = self._stencil_blocks(geom, p0, p1, St, Rt)
+                U, rhs = self._stencil_blocks(geom, p0, p1, St, Dt)
                 if U.shape[2] < N:  # fewer local observations than members: factorise on the observation side
                     G = self._transform_lowrank(U, rhs, Q)
                 else:
                     G = self._transform(eye + U @ U.transpose(1, 2), rhs, Q)
             else:
-                C, rhs = self._dense_blocks(geom, p0, p1, St, Rt, eye, c)
+                C, rhs = self._dense_blocks(geom, p0, p1, St, Dt, eye, c)
                 G = self._transform(C, rhs, Q)
             G = G.to(A.dtype)  # (b, N, N)
             Ab = A[:, :, p0:p1].permute(2, 0, 1)  # (b, N, C)
             out[:, :, p0:p1] = (G @ Ab).permute(1, 2, 0)
         return xbar + out
 
-    def _stencil_blocks(self, geom: _LocalGeometry, p0: int, p1: int, St, Rt):
-        """``U (b, N, J)`` with ``C = I + U U^T`` and ``rhs = U sqrt(W) R (b, N, r)`` of grid points ``p0:p1``,
+    def _stencil_blocks(self, geom: _LocalGeometry, p0: int, p1: int, St, Dt):
+        """``U (b, N, J)`` with ``C = I + U U^T`` and ``rhs = U sqrt(W) D (b, N, r)`` of grid points ``p0:p1``,
         from the ``J = K x n_fields`` observations reached through the stencil (weights ``W``, zero if absent)."""
         pb = self.ctx.problem
         N = St.shape[2]
@@ -356,16 +356,16 @@ class EnKF(Method):
         b, K = slot.shape
         nf = St.shape[1]
         Sg = St[slot].reshape(b, K * nf, N)  # (b, J, N)
-        Rg = Rt[slot].reshape(b, K * nf, -1)  # (b, J, r)
+        Dg = Dt[slot].reshape(b, K * nf, -1)  # (b, J, r)
         wJ = w[:, :, None].expand(b, K, nf).reshape(b, K * nf, 1).sqrt()
         U = (Sg * wJ).transpose(1, 2)  # (b, N, J)
-        return U, U @ (Rg * wJ)
+        return U, U @ (Dg * wJ)
 
-    def _dense_blocks(self, geom: _LocalGeometry, p0: int, p1: int, St, Rt, eye, c: float):
+    def _dense_blocks(self, geom: _LocalGeometry, p0: int, p1: int, St, Dt, eye, c: float):
         """``C`` and ``rhs`` of grid points ``p0:p1`` from the taper against every observed point."""
         pb = self.ctx.problem
         mp, nf, N = St.shape
-        r = Rt.shape[2]
+        r = Dt.shape[2]
         w = gaspari_cohn(pb.grid_distance(geom.grid[p0:p1], geom.obs_grid), c)  # (b, m_p)
         cols = torch.nonzero(w.amax(0) > 0).reshape(-1)
         b = p1 - p0
@@ -376,9 +376,9 @@ class EnKF(Method):
         q_blk = max(1, self.chunk_elems // (2 * N * (N + r) * nf + b))
         for q0 in range(0, cols.numel(), q_blk):
             q = cols[q0:q0 + q_blk]
-            Sq, Rq, wq = St[q], Rt[q], w[:, q]  # (Q, nf, N), (Q, nf, r), (b, Q)
+            Sq, Dq, wq = St[q], Dt[q], w[:, q]  # (Q, nf, N), (Q, nf, r), (b, Q)
             outer = torch.einsum("qfn,qfm->qnm", Sq, Sq).reshape(len(q), N * N)
-            cross = torch.einsum("qfn,qfi->qni", Sq, Rq).reshape(len(q), N * r)
+            cross = torch.einsum("qfn,qfi->qni", Sq, Dq).reshape(len(q), N * r)
             C += (wq @ outer).reshape(b, N, N)
             rhs += (wq @ cross).reshape(b, N, r)
         return C, rhs

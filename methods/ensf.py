@@ -109,10 +109,10 @@ class EnSF(SamplerFields, Method):
         """Sample the analysis ensemble given the observation ``y (m,)``."""
         x = state.x
         n = x.shape[0]
-        dev, dt = x.device, x.dtype
+        dev, dtype = x.device, x.dtype
         obs = self.ctx.observer
-        y = y.to(dev, dt)
-        std = obs.noise_std(y, device=dev, dtype=dt) * self.obs_std_scale
+        y = y.to(dev, dtype)
+        std = obs.noise_std(y, device=dev, dtype=dtype) * self.obs_std_scale
         d = x[0].numel()
         n_par = state.params.shape[1] if (self.joint and state.params is not None and state.params.dim() == 2) \
             else 0
@@ -127,7 +127,7 @@ class EnSF(SamplerFields, Method):
         prior = (x if m is None else (x - m) / s).reshape(n, d)
         if n_par:
             lo, width = self._param_box(state.params)
-            u = ((state.params - lo) / width).to(dev, dt)
+            u = ((state.params - lo) / width).to(dev, dtype)
             prior = torch.cat([prior, u], dim=1)
         if self.inflation != 1.0:
             mean = prior.mean(0, keepdim=True)
@@ -144,7 +144,7 @@ class EnSF(SamplerFields, Method):
             else:  # chain rule: d/dz log p(y | m + s z) = s * grad_x
                 g = (grad_fn(xz * s + m, y, std) * s).reshape(n, d)
             if n_par:
-                g = torch.cat([g, torch.zeros(n, n_par, device=dev, dtype=dt)], dim=1)
+                g = torch.cat([g, torch.zeros(n, n_par, device=dev, dtype=dtype)], dim=1)
             return g
 
         gen = self.generator

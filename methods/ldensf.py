@@ -262,7 +262,7 @@ class LDEnSF(SamplerFields, Method):
         self.net = net.to(ctx.device, ctx.dtype)
         self.encoder = enc.to(ctx.device, ctx.dtype)
         self.artifacts = {"ldnet": art_ld, "encoder": art_enc}
-        self._plo, self._phi = tr.param_normalizer(pb)
+        self._p_lo, self._p_hi = tr.param_normalizer(pb)
         self._grid = self.net.normalize_coords(pb.coords().to(ctx.device, ctx.dtype))
         self._field_mean = ds.field_mean.to(ctx.device, ctx.dtype)
         self._field_std = ds.field_std.to(ctx.device, ctx.dtype)
@@ -310,7 +310,7 @@ class LDEnSF(SamplerFields, Method):
         from methods.training import normalize_params
         self.generator = generator
         ctx = self.ctx
-        u = normalize_params(params.to(ctx.device, torch.float64), self._plo, self._phi).to(ctx.dtype)
+        u = normalize_params(params.to(ctx.device, torch.float64), self._p_lo, self._p_hi).to(ctx.dtype)
         with torch.no_grad():
             s = self.net.initial(u)
         return LatentState(s, u, 0, None)
@@ -347,7 +347,7 @@ class LDEnSF(SamplerFields, Method):
     def estimate_params(self, state: LatentState) -> torch.Tensor:
         """``(N, P)`` parameters in physical units."""
         from methods.training import denormalize_params
-        return denormalize_params(state.u.to(torch.float64), self._plo, self._phi).to(state.u.dtype)
+        return denormalize_params(state.u.to(torch.float64), self._p_lo, self._p_hi).to(state.u.dtype)
 
     # ---- continuous time and space ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -721,18 +721,18 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
                 cfg.rec_depth, cfg.n_fourier, cfg.fourier_scale, cfg.train_fourier, cfg.n_basis, cfg.act,
                 cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts, rec_params=cfg.rec_params).to(device)
     xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
-    plo, phi = param_normalizer(problem)
+    p_lo, p_hi = param_normalizer(problem)
     splits = {}
     for name in ("train", "valid", "test"):
         x, p = dataset.split(name)
         splits[name] = (to_points(problem, dataset, x).to(device),
-                        normalize_params(p, plo, phi).to(device, torch.float32))
+                        normalize_params(p, p_lo, p_hi).to(device, torch.float32))
     if cfg.extra_traj > 0:
         more = extra_training_data(problem, cfg.extra_traj)
         x, p = more
         Ztr, Utr = splits["train"]
         splits["train"] = (torch.cat([Ztr, to_points(problem, dataset, x).to(device)]),
-                           torch.cat([Utr, normalize_params(p, plo, phi).to(device, torch.float32)]))
+                           torch.cat([Utr, normalize_params(p, p_lo, p_hi).to(device, torch.float32)]))
         del x, p, more
     Ztr, Utr = splits["train"]
     n_tr, T1, P, C = Ztr.shape
@@ -918,9 +918,9 @@ def clean_observations(problem: Problem, observer: Observer, snaps: torch.Tensor
 
 def encoder_targets(net, problem: Problem, params: torch.Tensor, T: int) -> torch.Tensor:
     """Targets ``kappa_t = (s_t, u_n)`` for ``t = 1 .. T``: ``(n, T, d_s + d_u)`` from the LDNet rollout."""
-    plo, phi = param_normalizer(problem)
+    p_lo, p_hi = param_normalizer(problem)
     dev = next(net.parameters()).device
-    un = normalize_params(params, plo, phi).to(dev, torch.float32)
+    un = normalize_params(params, p_lo, p_hi).to(dev, torch.float32)
     with torch.no_grad():
         s = net.rollout(un, T)[:, 1:]
     return torch.cat([s, un[:, None, :].expand(-1, T, -1)], dim=-1)

@@ -8,7 +8,7 @@ observations per observed channel with the statistics stored in the network conf
   convolutions (``k = round(log2(n / h))`` of them) with a residual 3 x 3 conv after each, then an adaptive
   average pool to exactly ``h x h`` (so sizes that are not a power-of-two multiple of ``h`` work too) and a 1 x 1
   head.
-- ``ObsEncoder`` ``E_y``: ``(N, m) -> (mu, logvar)`` of the same shape. ``conv``: the point-major observation
+- ``VAEObsEncoder`` ``E_y``: ``(N, m) -> (mu, logvar)`` of the same shape. ``conv``: the point-major observation
   vector is reshaped to its lattice image ``(C_obs, h_obs, w_obs)``, passed through "same" 3 x 3 convs, resized
   bilinearly to ``h x h`` and through more convs; ``mlp``: a plain MLP on the flat vector (any layout).
 - ``Decoder`` ``D``: ``(N, c_lat, h, h) -> (N, C, n, n)``; 3 x 3 convs with ``k`` bilinear x2 upsamplings, a final
@@ -108,7 +108,7 @@ class StateEncoder(nn.Module):
         return mu, logvar
 
 
-class ObsEncoder(nn.Module):
+class VAEObsEncoder(nn.Module):
     """``E_y``: ``(N, m)`` normalised observations -> ``mu, logvar`` each ``(N, c_lat, h, h)``.
 
     ``arch='conv'`` needs the lattice shape ``(c_obs, h_obs, w_obs)`` with ``m = h_obs w_obs c_obs`` (point-major,
@@ -211,7 +211,7 @@ class CoupledVAE(nn.Module):
                          obs_mean=[float(v) for v in obs_mean], obs_std=[float(v) for v in obs_std], seed=seed)
         g = torch.Generator().manual_seed(seed)
         self.enc_x = _init_(StateEncoder(n_fields, n, c_lat, h_lat, width, periodic), g)
-        self.enc_y = _init_(ObsEncoder(m, c_lat, h_lat, width, obs_arch,
+        self.enc_y = _init_(VAEObsEncoder(m, c_lat, h_lat, width, obs_arch,
                                        tuple(lattice) if lattice is not None else None, periodic), g)
         self.dec = _init_(Decoder(n_fields, n, c_lat, h_lat, width, periodic), g)
         _init_head_(self.enc_x.head, c_lat)

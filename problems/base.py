@@ -156,6 +156,8 @@ class Problem:
     default_obs_fields: ClassVar[tuple[str, ...] | None] = None
     #: True where the spatial domain is periodic (used by localisation distances)
     periodic: ClassVar[bool] = False
+    #: renamed parameters, old name -> new name: the old name is still accepted (with a FutureWarning)
+    renamed: ClassVar[dict[str, str]] = {}
     #: a tiny configuration for the conformance suite (bench/conformance.py)
     conformance_params: ClassVar[dict] = {}
     #: version of the code that generates this problem's data (solver, initial states, parameter draws): part of
@@ -290,8 +292,11 @@ class Problem:
     def data_key(self) -> str:
         """Content hash of everything that determines the dataset: the problem's parameters, the dataset layout
         (``DATASET_FORMAT``) and the generator's code version (``generator_version``; left out of the hash at 1,
-        so the keys of datasets made before it existed, and the artifact hashes built on them, are unchanged)."""
-        ident = [self.name, self.params_dict(), DATASET_FORMAT]
+        so the keys of datasets made before it existed, and the artifact hashes built on them, are unchanged).
+        A renamed parameter enters the hash under its old name, for the same reason."""
+        old = {new: old for old, new in self.renamed.items()}
+        params = {old.get(k, k): v for k, v in self.params_dict().items()}
+        ident = [self.name, params, DATASET_FORMAT]
         if self.generator_version != 1:
             ident.append({"generator_version": self.generator_version})
         return f"{self.name}-{content_hash(*ident)}"

@@ -113,7 +113,7 @@ def main():
               f"triad {dram['triad']:.1f} GB/s")
         for n in args.sizes:
             pb = problems.get("shallow_water", n=n)
-            K = pb.n_substeps
+            K = pb.n_substeps()
             for N in args.members:
                 x = pb.initial_state(pb.sample_params(N, torch.Generator().manual_seed(0))).to(dtype)
                 U, V, eta = pb.to_staggered(x)

@@ -21,6 +21,6 @@ def test_bench_step_float32(benchmark, n):
     x = pb.step(pb.initial_state(p).float(), p)            # warm-up; a developed wave field
     out = benchmark(pb.step, x, p)
     assert out.shape == (N_MEMBERS, 3, n, n) and out.dtype == torch.float32 and torch.isfinite(out).all()
-    benchmark.extra_info.update(n=n, members=N_MEMBERS, substeps=pb.n_substeps)
+    benchmark.extra_info.update(n=n, members=N_MEMBERS, substeps=pb.n_substeps())
     if benchmark.stats is not None:
         benchmark.extra_info["member_steps_per_s"] = N_MEMBERS / benchmark.stats.stats.mean

@@ -39,7 +39,7 @@ def test_registry_defaults_and_shapes():
 
 
 @pytest.mark.parametrize("bad", [dict(n=4), dict(cfl=0.8), dict(cfl=0.0), dict(depth=-1.0), dict(width=0.0),
-                                 dict(amplitude=-200.0), dict(obs_interval=0.0), dict(n_cycles=0),
+                                 dict(amplitude=-200.0), dict(dt_obs=0.0), dict(n_cycles=0),
                                  dict(gravity=float("nan")), dict(f0=10.0)])
 def test_impossible_values_raise_config_error(bad):
     with pytest.raises(ConfigError):
@@ -49,7 +49,7 @@ def test_impossible_values_raise_config_error(bad):
 @pytest.mark.parametrize("n", [32, 64, 150])
 def test_substeps_cover_the_interval_within_the_cfl_bound(n):
     pb = ShallowWater(n=n)
-    K = pb.n_substeps
+    K = pb.n_substeps()
     assert K * pb.dt == pytest.approx(pb.dt_obs, rel=1e-14)
     courant = pb.wave_speed * pb.dt / pb.dx
     assert courant <= pb.cfl
@@ -117,7 +117,7 @@ def test_restart_matches_one_long_integration(amplitude, tol):
     pb = ShallowWater(n=32, amplitude=amplitude)
     x0 = pb.initial_state(_params([0.2, 0.35]))
     U, V, eta = pb.to_staggered(x0)
-    pb.integrate(U, V, eta, 2 * pb.n_substeps)
+    pb.integrate(U, V, eta, 2 * pb.n_substeps())
     x2 = pb.step(pb.step(x0, None), None)
     err = (pb.to_collocated(U, V, eta) - x2).abs().amax(dim=(0, 2, 3)) / x2.abs().amax(dim=(0, 2, 3))
     assert err.max() < tol
@@ -154,7 +154,7 @@ def test_walls_reflect_like_a_mirror():
     n = 16
     small = ShallowWater(n=n, f0=0.0, beta=0.0)
     big = ShallowWater(n=2 * n, length=2e6, f0=0.0, beta=0.0)
-    assert small.n_substeps == big.n_substeps
+    assert small.n_substeps() == big.n_substeps()
     xs = small.initial_state(_params([0.0, 0.0]))
     xb = big.initial_state(_params([0.5, 0.5]))
     for _ in range(20):
@@ -165,7 +165,7 @@ def test_walls_reflect_like_a_mirror():
 
 def test_front_travels_at_the_gravity_wave_speed():
     """A small (near-linear) bump without rotation: the ring's crest radius grows at sqrt(g H) within 2 %."""
-    pb = ShallowWater(n=128, f0=0.0, beta=0.0, amplitude=0.01, width=2.5e4, obs_interval=500.0)
+    pb = ShallowWater(n=128, f0=0.0, beta=0.0, amplitude=0.01, width=2.5e4, dt_obs=500.0)
     x = pb.initial_state(_params([0.5, 0.5]))
     r = pb.coords().norm(dim=1)
     bins = (r / pb.dx).round().long()
@@ -318,7 +318,7 @@ def test_paper_resolution_full_run_is_stable(dtype):
 
 @pytest.mark.slow
 def test_front_speed_with_the_paper_bump_width():
-    pb = ShallowWater(n=256, length=2e6, f0=0.0, beta=0.0, amplitude=0.01, obs_interval=1000.0)
+    pb = ShallowWater(n=256, length=2e6, f0=0.0, beta=0.0, amplitude=0.01, dt_obs=1000.0)
     x = pb.initial_state(_params([0.5, 0.5]))
     r = pb.coords().norm(dim=1)
     bins = (r / pb.dx).round().long()
@@ -337,3 +337,15 @@ def test_front_speed_with_the_paper_bump_width():
     rr = torch.tensor(radii, dtype=torch.float64)
     speed = ((t - t.mean()) * (rr - rr.mean())).sum() / ((t - t.mean()) ** 2).sum()
     assert speed.item() == pytest.approx(math.sqrt(9.81 * 100.0), rel=0.01)
+
+
+def test_the_old_name_of_dt_obs_is_accepted_and_hashes_stay():
+    """``obs_interval`` (the former name of ``dt_obs``) still works, with a warning; dataset keys, and with them
+    the hashes of cached datasets and shipped artifacts, are unchanged by the rename."""
+    with pytest.warns(FutureWarning, match="'obs_interval' is now called 'dt_obs'"):
+        old = problems.get("shallow_water", n=32, obs_interval=500.0)
+    assert old == problems.get("shallow_water", n=32, dt_obs=500.0) and old.dt_obs == 500.0
+    assert old.data_key() == "shallow_water-0d83d8638be7"
+    assert problems.get("shallow_water").data_key() == "shallow_water-875a48596dbb"
+    with pytest.raises(ConfigError, match="'dt_obs' is given twice, once under its old name 'obs_interval'"):
+        problems.get("shallow_water", obs_interval=500.0, dt_obs=400.0)

@@ -32,8 +32,8 @@ def test_fixed_step_solvers_and_nesting():
         with count_substeps() as inner:
             sw.step(x, None)
         l96.step(torch.zeros(1, 8, dtype=torch.float64), None)
-    assert inner.steps == sw.n_substeps and inner.speed == sw.wave_speed
-    assert outer.steps == sw.n_substeps + l96.steps_per_obs and outer.calls == 2
+    assert inner.steps == sw.n_substeps() and inner.speed == sw.wave_speed
+    assert outer.steps == sw.n_substeps() + l96.steps_per_obs and outer.calls == 2
     assert outer.speed == sw.wave_speed  # the fixed-step solver sets no speed
 
 
