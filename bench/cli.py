@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="run into an --out folder that holds another grid's cells, deleting those cells "
                         "(default: refuse; see README, results folders)")
     r.add_argument("--no-report", action="store_true", help="skip the HTML report at the end (default: write it)")
+    r.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="torch threads per cell (default: the cores divided by the cells run side by side, "
+                        "--jobs or --workers); recorded in the results")
+    r.add_argument("--timing-repeats", type=int, default=None, metavar="R",
+                   help="time every cycle R more times from the same state (metrics unchanged; default: the "
+                        "grid's timing_repeats, else 0)")
 
     add("list", "problems, methods and presets with their parameters and defaults")
 
@@ -117,7 +123,33 @@ def _parser() -> argparse.ArgumentParser:
     c = add("compare", "compare two results folders cell by cell")
     c.add_argument("dir_a", metavar="DIR_A", help="the reference results folder")
     c.add_argument("dir_b", metavar="DIR_B", help="the candidate results folder")
-    c.add_argument("--threshold", type=float, default=0.1, help="relative change flagged as a regression")
+    c.add_argument("--threshold", type=float, default=0.1,
+                   help="accuracy: relative growth of the seed-mean rRMSE flagged (if also beyond the seed spread)")
+    c.add_argument("--min-effect", type=float, default=0.25,
+                   help="time: smallest slowdown judged (0.25: median B/A > 1.25)")
+    c.add_argument("--alpha", type=float, default=0.01, help="time: significance level of the Mann-Whitney test")
+    c.add_argument("--floor-ms", type=float, default=5.0, help="time: phases below this median are not judged")
+    c.add_argument("--time-basis", choices=("auto", "cpu", "wall"), default="auto",
+                   help="per-cycle samples tested: process CPU time (immune to other load), wall time, or auto "
+                        "(CPU time for CPU cells that recorded it)")
+    c.add_argument("--pair", metavar="NAME[=A,B]",
+                   help="match cells that differ in this one parameter (e.g. inflation, or inflation=1.05,1.1 "
+                        "to pick a value from each run; give one folder twice to compare inside a run; "
+                        "default: cells match on every parameter)")
+    c.add_argument("--fail-on-regression", action="store_true", help="exit 1 when something regressed")
+    c.add_argument("--only-regressions", action="store_true", help="list only the flagged cells")
+
+    g = add("gpu-check", "run every method and problem, and the default preset's PDE block, on the GPU and the "
+                         "CPU; print a CPU / GPU table")
+    g.add_argument("--out", metavar="DIR", default="results/gpu-check",
+                   help="folder for the run folders and gpu_check.csv")
+    g.add_argument("--device", default="cuda", help="cuda or cuda:N (cpu: dry-run the check without a GPU)")
+    g.add_argument("--part", action="append", choices=("coverage", "pde"),
+                   help="run only this part (repeatable; default: both)")
+    g.add_argument("--seeds", type=int, default=1, help="seeds of the PDE block")
+    g.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: every core)")
+    g.add_argument("--cache", metavar="DIR",
+                   help="dataset/model cache folder (default: $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
 
     t = add("train", "train the networks of the learned methods in a grid, without assimilating")
     t.add_argument("config", nargs="?", help="YAML grid file; default: --preset default")
@@ -182,8 +214,16 @@ def cmd_run(args) -> int:
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: must be >= 1")
     # validates the flag combination and that dask imports, before any work (connecting happens in run_grid)
-    executor = make_executor(args.executor, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler)
+    executor = make_executor(args.executor, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler,
+                             threads=args.threads)
     config, name = _load_config(args)
+    if args.timing_repeats is not None:
+        if args.timing_repeats < 0:
+            raise ConfigError(f"--timing-repeats {args.timing_repeats}: must be >= 0")
+        config = {**config, "timing_repeats": args.timing_repeats}
+        if isinstance(config.get("experiments"), list):
+            config["experiments"] = [{**b, "timing_repeats": args.timing_repeats} if isinstance(b, dict) else b
+                                     for b in config["experiments"]]
     grid = expand(config, device=args.device, name=name)
     out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("%Y%m%d-%H%M%S")
     cache = _cache_arg(args.cache)
@@ -326,9 +366,24 @@ def cmd_report(args) -> int:
 
 def cmd_compare(args) -> int:
     from bench.compare import compare, format_compare
-    df = compare(Path(args.dir_a), Path(args.dir_b), threshold=args.threshold)
-    print(format_compare(df))
-    return 0
+    from bench.store import load_results
+    for d in (args.dir_a, args.dir_b):
+        load_results(d)  # clear error for a folder that is not a results folder
+    df = compare(Path(args.dir_a), Path(args.dir_b), threshold=args.threshold, min_effect=args.min_effect,
+                 alpha=args.alpha, floor_s=args.floor_ms / 1e3, time_basis=args.time_basis, pair=args.pair)
+    print(format_compare(df, only_regressions=args.only_regressions))
+    return 1 if args.fail_on_regression and bool(df["regression"].any()) else 0
+
+
+def cmd_gpu_check(args) -> int:
+    from bench.gpucheck import format_table, gpu_check
+    table = gpu_check(Path(args.out), args.device, parts=tuple(args.part or ("coverage", "pde")), seeds=args.seeds,
+                      cache_dir=Path(args.cache) if args.cache else None, progress=_progress(args),
+                      threads=args.threads)
+    print(format_table(table, table.attrs.get("gpu_name", args.device)))
+    print(f"table: {Path(args.out) / 'gpu_check.csv'}")
+    mismatch = "device_mismatch" in table.columns and bool(table["device_mismatch"].any())
+    return 1 if mismatch else 0  # a cell that fails on one device only
 
 
 def cmd_train(args) -> int:
@@ -361,7 +416,7 @@ def cmd_tune(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "show": cmd_show, "report": cmd_report, "compare": cmd_compare,
-            "train": cmd_train, "tune": cmd_tune}
+            "train": cmd_train, "tune": cmd_tune, "gpu-check": cmd_gpu_check}
 
 
 class Interrupted(KeyboardInterrupt):

@@ -54,7 +54,7 @@ from problems.base import Observer
 PRESET_DIR = Path(__file__).parent / "presets"
 
 EXPERIMENT_KEYS = {"problems", "observers", "methods", "n_ens", "seeds", "spinup", "device", "dtype",
-                   "score_between", "init", "tuned"}
+                   "score_between", "init", "tuned", "timing_repeats"}
 TOP_KEYS = EXPERIMENT_KEYS | {"name", "description", "plugins", "experiments", "expected", "source", "tuning"}
 DTYPES = ("float32", "float64")
 #: the largest ``seeds: n`` count (a guard against a typo such as ``seeds: 1e9``)
@@ -82,6 +82,8 @@ class Cell:
     truth_split: str = "test"
     #: the method's parameters were chosen by ``bench tune`` (a results flag; the computation is the same)
     tuned: bool = False
+    #: extra timings of each cycle from the same state (a measurement setting: no p_* column, metrics unchanged)
+    timing_repeats: int = 0
 
     @property
     def pdict(self) -> dict:
@@ -100,7 +102,8 @@ class Cell:
         extra = (self.score_between,) if self.score_between else ()  # ids of cells without it stay as they were
         extra += tuple(f"{k}={v}" for k, v, d in (("init", self.init, "climatology"),
                                                   ("truth", self.truth_split, "test"),
-                                                  ("tuned", self.tuned, False)) if v != d)
+                                                  ("tuned", self.tuned, False),
+                                                  ("timing_repeats", self.timing_repeats, 0)) if v != d)
         return content_hash(self.problem, self.pdict, self.odict, self.method, self.mdict, self.n_ens,
                             self.seed, self.device, self.dtype, self.spinup, *extra, n=16)
 
@@ -109,14 +112,14 @@ class Cell:
                 "method": self.method, "method_params": self.mdict, "n_ens": self.n_ens, "seed": self.seed,
                 "device": self.device, "dtype": self.dtype, "spinup": self.spinup,
                 "score_between": self.score_between, "init": self.init, "truth_split": self.truth_split,
-                "tuned": self.tuned}
+                "tuned": self.tuned, "timing_repeats": self.timing_repeats}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         return cls(d["problem"], freeze(d["problem_params"]), freeze(d["observer"]), d["method"],
                    freeze(d["method_params"]), d["n_ens"], d["seed"], d["device"], d["dtype"], d["spinup"],
                    d.get("score_between", 0), d.get("init", "climatology"), d.get("truth_split", "test"),
-                   d.get("tuned", False))
+                   d.get("tuned", False), d.get("timing_repeats", 0))
 
 
 def freeze(d: dict) -> tuple:
@@ -348,6 +351,7 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                                   f"(seeds: 3 means 0, 1, 2) or a list of seeds")
         spinup = _one_int(exp, "spinup", "cycles left out of the averages")
         between = _one_int(exp, "score_between", "times scored inside each observation interval")
+        repeats = _one_int(exp, "timing_repeats", "extra timings of each cycle")
         dev = device or exp.get("device", "cpu")
         check_device(dev)
         inits = [parse_init(v) for v in (exp["init"] if isinstance(exp.get("init"), list) else
@@ -403,7 +407,8 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                                              "lower n_ens or the problem size")
                             for n, s, ini in itertools.product(n_ens, seeds, inits):
                                 cells.append(Cell(pname, freeze(pp), freeze(op), mname, freeze(mp), n, s,
-                                                  dev, dtype, spinup, between, ini, "test", mname in tuned))
+                                                  dev, dtype, spinup, between, ini, "test", mname in tuned,
+                                                  repeats))
     seen, unique = set(), []
     for c in cells:
         if c.cell_id not in seen:

@@ -39,15 +39,17 @@ CONNECT_TIMEOUT_S = 5.0
 DASK_INSTALL = "pip install 'assimbench[dask]'"
 
 
-def run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool) -> tuple[str, str]:
-    """Run a cell and write its result atomically (in whichever process runs it)."""
-    result = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors)
+def run_and_write(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool,
+                  threads: int | None = None, jobs: int | None = None) -> tuple[str, str]:
+    """Run a cell (``threads`` torch threads, ``jobs`` cells side by side, both recorded) and write its result
+    atomically (in whichever process runs it)."""
+    result = run_cell(cell, cache_dir=cache_dir, raise_errors=raise_errors, threads=threads, jobs=jobs)
     store.write_result(run_dir, result)
     return cell.cell_id, result.status
 
 
 def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bool, plugins: Sequence[str] = (),
-             threads: int | None = None) -> tuple[str, str]:
+             threads: int | None = None, jobs: int | None = None) -> tuple[str, str]:
     """Run one cell in whichever process executes this and write its file atomically.
 
     Parameters
@@ -57,7 +59,8 @@ def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bo
     cache_dir : the dataset/model cache (resolved by the client, so every worker uses the same one).
     raise_errors : re-raise a failing cell's exception instead of recording it.
     plugins : modules to import first, so methods/problems they register exist in a fresh worker process.
-    threads : torch intra-op threads for this process, or None to keep the process default.
+    threads : torch intra-op threads for this process and cell, or None to keep the process default.
+    jobs : how many cells the executor runs side by side (recorded in the row).
 
     Returns
     -------
@@ -68,7 +71,26 @@ def run_task(cell: Cell, run_dir: Path, cache_dir: Path | None, raise_errors: bo
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     load_plugins(list(plugins))
-    return run_and_write(cell, Path(run_dir), Path(cache_dir) if cache_dir is not None else None, raise_errors)
+    return run_and_write(cell, Path(run_dir), Path(cache_dir) if cache_dir is not None else None, raise_errors,
+                         threads=threads, jobs=jobs)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(parallel: int) -> int:
+    """The threads rule of every executor: the available cores divided by the cells run side by side."""
+    return max(1, available_cores() // max(1, parallel))
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"--threads {threads}: must be an integer >= 1")
 
 
 class Executor:
@@ -92,11 +114,20 @@ class Executor:
 
 
 class SequentialExecutor(Executor):
+    """One cell after another in this process, each with ``threads`` torch threads (default: every core)."""
+
     name = "sequential"
+
+    def __init__(self, threads: int | None = None):
+        _check_threads(threads)
+        self.threads = threads or default_threads(1)
+
+    def describe(self) -> str:
+        return f"sequential (1 process x {self.threads} threads)"
 
     def run(self, cells, run_dir, cache_dir, raise_errors, plugins):
         for c in cells:
-            yield run_task(c, run_dir, cache_dir, raise_errors, plugins)
+            yield run_task(c, run_dir, cache_dir, raise_errors, plugins, self.threads, 1)
 
 
 #: seconds between two checks of a pool worker's watchdog that its parent is still alive
@@ -177,7 +208,8 @@ def stop_pool(pool) -> None:
 
 
 class LocalPoolExecutor(Executor):
-    """``jobs`` spawned worker processes on this machine, each with ``cpu_count // jobs`` torch threads.
+    """``jobs`` spawned worker processes on this machine, each with ``threads`` torch threads (default: the
+    cores divided by ``jobs``).
 
     The workers ignore SIGINT and die with this process (:func:`die_with_parent`); on Ctrl-C, SIGTERM or an
     error the queued cells are cancelled and the workers terminated (:func:`stop_pool`).
@@ -185,11 +217,12 @@ class LocalPoolExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, jobs: int):
+    def __init__(self, jobs: int, threads: int | None = None):
         if jobs < 1:
             raise ConfigError(f"--jobs {jobs}: must be >= 1")
+        _check_threads(threads)
         self.jobs = jobs
-        self.threads = max(1, (os.cpu_count() or 1) // jobs)
+        self.threads = threads or default_threads(jobs)
 
     def describe(self) -> str:
         return f"local process pool ({self.jobs} processes x {self.threads} threads)"
@@ -204,7 +237,8 @@ class LocalPoolExecutor(Executor):
         finished = False
         try:
             with sigint_ignored():  # submit starts the worker processes
-                futs = [pool.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins)) for c in cells]
+                futs = [pool.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins),
+                                    self.threads, self.jobs) for c in cells]
             try:
                 for f in as_completed(futs):
                     yield f.result()
@@ -227,12 +261,14 @@ class DaskExecutor(Executor):
     scheduler : address of a running scheduler (``tcp://host:8786``); None starts a LocalCluster.
     workers : worker processes of the LocalCluster (default: one per CPU core); ignored with ``scheduler``.
     timeout : seconds to wait for the scheduler before a ConfigError.
+    threads : torch threads per cell (default on a LocalCluster: the cores divided by ``workers``; on a running
+        cluster: the workers' own setting unless given).
     """
 
     name = "dask"
 
     def __init__(self, scheduler: str | None = None, workers: int | None = None,
-                 timeout: float = CONNECT_TIMEOUT_S):
+                 timeout: float = CONNECT_TIMEOUT_S, threads: int | None = None):
         if scheduler is not None and workers is not None:
             raise ConfigError("give either --scheduler ADDRESS (a running cluster) or --workers N (a local "
                               "cluster), not both")
@@ -242,16 +278,19 @@ class DaskExecutor(Executor):
             raise ConfigError(f"--scheduler {scheduler!r}: give an address such as tcp://10.0.0.5:8786")
         self.distributed = import_distributed()
         self.scheduler = scheduler.strip() if scheduler else None
-        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        _check_threads(threads)
+        self.workers = workers if workers is not None else available_cores()
         self.timeout = timeout
+        self.threads = threads
         self.cluster = None
         self.client = None
         self._worker_pids: set[int] = set()
 
     def describe(self) -> str:
         if self.scheduler:
-            return f"dask cluster at {self.scheduler}"
-        return f"dask LocalCluster ({self.workers} worker processes x 1 thread, 127.0.0.1)"
+            return f"dask cluster at {self.scheduler}" + (f" ({self.threads} threads per cell)" if self.threads
+                                                            else "")
+        return f"dask LocalCluster ({self.workers} worker processes x {self._threads()} threads, 127.0.0.1)"
 
     def __enter__(self) -> "DaskExecutor":
         d = self.distributed
@@ -293,7 +332,9 @@ class DaskExecutor(Executor):
     def _threads(self) -> int | None:
         # a LocalCluster shares this machine: split its cores between the worker processes; on a remote
         # cluster the workers keep their own default (set OMP_NUM_THREADS when starting `dask worker`)
-        return max(1, (os.cpu_count() or 1) // self.workers) if self.scheduler is None else None
+        if self.threads:
+            return self.threads
+        return default_threads(self.workers) if self.scheduler is None else None
 
     def run(self, cells, run_dir, cache_dir, raise_errors, plugins):
         if self.client is None:
@@ -303,6 +344,7 @@ class DaskExecutor(Executor):
         for c in cells:
             kw = {"resources": {"GPU": 1}} if c.device.startswith("cuda") else {}
             f = self.client.submit(run_task, c, run_dir, cache_dir, raise_errors, tuple(plugins), threads,
+                                   self.workers if self.scheduler is None else None,
                                    key=f"cell-{c.cell_id}", pure=False, **kw)
             futs[f] = c
         finished = False
@@ -366,7 +408,7 @@ def import_distributed():
 
 
 def make_executor(kind: str | None = None, *, jobs: int = 1, workers: int | None = None,
-                  scheduler: str | None = None) -> Executor:
+                  scheduler: str | None = None, threads: int | None = None) -> Executor:
     """The executor for the CLI flags ``--executor``, ``--jobs``, ``--workers``, ``--scheduler``.
 
     ``kind`` None means ``dask`` when ``workers`` or ``scheduler`` is given, else ``local``. ``local`` with
@@ -380,10 +422,10 @@ def make_executor(kind: str | None = None, *, jobs: int = 1, workers: int | None
                               "--jobs N")
         if jobs < 1:
             raise ConfigError(f"--jobs {jobs}: must be >= 1")
-        return SequentialExecutor() if jobs == 1 else LocalPoolExecutor(jobs)
+        return SequentialExecutor(threads) if jobs == 1 else LocalPoolExecutor(jobs, threads)
     if kind == "dask":
         if jobs != 1:
             raise ConfigError(f"--jobs {jobs} is for --executor local; with --executor dask give --workers N "
                               f"(a local cluster) or --scheduler ADDRESS")
-        return DaskExecutor(scheduler=scheduler, workers=workers)
+        return DaskExecutor(scheduler=scheduler, workers=workers, threads=threads)
     raise ConfigError(f"--executor {kind!r} is not supported; valid: local, dask")

@@ -45,6 +45,8 @@ SUMMARY_METRICS: tuple[str, ...] = (
     "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a", "rmse_a", "rmse_f",
     "rrmse_between", "rmse_between", "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s",
     "time_reconstruct_s", "time_fit_s", "peak_mem_mb", "obs_coverage",
+    # timing uncertainty (median and interquartile range over cycles) and what produced it
+    "time_online_med_s", "time_online_iqr_s", "cpu_per_wall", "threads", "jobs",
 )
 PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "git_dirty", "torch_version", "device_name", "cpu_model", "dtype",
                                        "threads", "host", "date")
@@ -117,7 +119,9 @@ def summary_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
         out["best"] = (finite == lowest) & (n_valid >= 2)
     else:
         out["best"] = False
-    return out.rename(columns=_FRIENDLY)
+    out = out.rename(columns=_FRIENDLY)
+    out.attrs["timing_note"] = timing_note(df)
+    return out
 
 
 def _fmt_num(x: Any, digits: int = 3) -> str:
@@ -159,6 +163,41 @@ def _pm(mean: Any, std: Any) -> str:
     except (TypeError, ValueError):
         ok = False
     return f"{m} ± {_fmt_num(std, 2)}" if ok and m != "–" else m
+
+
+def _online_text(r: pd.Series, ms: bool = False) -> str:
+    """Online time per cycle: the median over cycles with its interquartile range (means over seeds), or the
+    mean for runs made before the runner kept per-cycle spreads; ``ms``: bare numbers in milliseconds."""
+    fmt = (lambda x: _fmt_num(_scaled(x, 1e3))) if ms else _fmt_time  # noqa: E731
+    med, iqr = r.get("time_online_med_s_mean"), r.get("time_online_iqr_s_mean")
+    try:
+        if math.isfinite(float(med)):
+            return f"{fmt(med)} ({fmt(iqr)})" if math.isfinite(float(iqr)) else fmt(med)
+    except (TypeError, ValueError):
+        pass
+    return fmt(r.get("time_online_s_mean"))
+
+
+def timing_note(results: pd.DataFrame) -> str:
+    """One line on how the timings were made: threads and jobs per cell, CPU / wall, repeats."""
+    if results.empty:
+        return ""
+    ok = results[results["status"] == "ok"] if "status" in results.columns else results
+    num = lambda c: pd.to_numeric(ok[c], errors="coerce") if c in ok.columns else pd.Series(dtype=float)  # noqa: E731
+    parts = []
+    for col, what in (("threads", "thread{} per cell"), ("jobs", "cell{} side by side")):
+        vals = sorted({int(v) for v in num(col).dropna()})
+        if vals:
+            parts.append(f"{'/'.join(map(str, vals))} " + what.format("" if vals == [1] else "s"))
+    if num("cpu_per_wall").notna().any():
+        parts.append(f"CPU / wall {float(num('cpu_per_wall').median()):.2f} (median over cells; well below the "
+                     "threads: the cells waited for a core)")
+    if num("timing_repeats").fillna(0).max() > 0:
+        parts.append(f"{int(num('timing_repeats').max())} timing repeats")
+    if not parts or not num("time_online_med_s").notna().any():
+        return ""
+    return ("timing: median over the cycles after the warm-up (interquartile range), mean over seeds; "
+            + "; ".join(parts))
 
 
 def _val(v: Any) -> str:
@@ -206,7 +245,7 @@ def _summary_table_columns(rows: pd.DataFrame) -> list[tuple[str, str, Callable[
         unit = _param_unit(rows)
         cols.append(("param_rmse_a", f"param RMSE [{unit}]" if unit else "param RMSE",
                      lambda r: _fmt_num(r.get("param_rmse_a_mean"))))
-    cols.append(("time_online_s", "online [ms/cyc]", lambda r: _fmt_num(_scaled(r.get("time_online_s_mean"), 1e3))))
+    cols.append(("time_online_s", "online [ms/cyc]", lambda r: _online_text(r, ms=True)))
     cols.append(("spread_a", f"spread_a [{UNITS['spread_a']}]", lambda r: _fmt_num(r.get("spread_a_mean"))))
     cols.append(("crps_a", f"CRPS_a [{UNITS['crps_a']}]", lambda r: _fmt_num(r.get("crps_a_mean"))))
     cols.append(("time_fit_s", "fit [s]", lambda r: _fmt_num(r.get("time_fit_s_mean"))))
@@ -287,6 +326,8 @@ def summary_renderables(summary: pd.DataFrame, width: int = 120) -> list:
     out.append(Text("* lowest mean analysis rRMSE of its setting; mean ± std over seeds; rel.: relative to the "
                     "truth's RMS; state: the physical units of the state; _a: analysis; between: rRMSE between "
                     "observation times", style="dim"))
+    if summary.attrs.get("timing_note"):
+        out.append(Text(summary.attrs["timing_note"], style="dim"))
     if dropped:
         out.append(Text(f"left out for the width ({width} columns; widen the terminal or set COLUMNS): "
                         + ", ".join(sorted(dropped)), style="dim"))
@@ -433,9 +474,11 @@ def _summary_columns(summ: pd.DataFrame, labels: dict[str, str] | None = None, c
                  ("param_rmse_a", f"param RMSE [{unit}]" if unit else "param RMSE")):
         if has(f"{m}_mean"):
             cols.append((m, h, lambda r, m=m: _pm(r[f"{m}_mean"], r.get(f"{m}_std"))))
-    for m, h in (("time_online_s", "online time / cycle"), ("time_fit_s", "fit time")):
-        if has(f"{m}_mean"):
-            cols.append((m, h, lambda r, m=m: _fmt_time(r[f"{m}_mean"])))
+    if has("time_online_s_mean"):
+        cols.append(("time_online_s", "online time / cycle: median (IQR)" if has("time_online_med_s_mean")
+                     else "online time / cycle", _online_text))
+    if has("time_fit_s_mean"):
+        cols.append(("time_fit_s", "fit time", lambda r: _fmt_time(r["time_fit_s_mean"])))
     if has("peak_mem_mb_mean"):
         cols.append(("peak_mem_mb", "peak memory [MB]", lambda r: _fmt_num(r["peak_mem_mb_mean"])))
     return cols
@@ -666,6 +709,8 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
              f'{int((res.get("status") == "skipped").sum()) if "status" in res else 0} skipped. '
              "Highlighted: lowest mean analysis rRMSE of its setting.</p>",
              _legend_html(palette), "<h2>Summary</h2>", _summary_html(summ, labels)]
+    if timing_note(res):
+        parts.append(f'<p class="muted">{_e(timing_note(res))}.</p>')
 
     sections: list[tuple[str, list]] = [
         ("rRMSE over cycles", b.figures(plots.cycles_figure, cyc, b.img, palette, slug)),

@@ -9,8 +9,12 @@ For one cell (problem, observer, method, N, seed, device) it
    ``problem.sample_initial``, or around the truth's first state for ``init: {perturbed: s}``) from a seed that
    depends on (problem, seed, N) only, so every method assimilates identical data from an identical start;
 3. times ``fit`` (offline), then per cycle ``forecast`` (T_d), ``analysis`` (T_a) and ``estimate`` (T_r), each
-   synchronised on GPU; metrics are computed outside the timers; cycle 1 is the timing warm-up and the first
-   ``spinup`` cycles are excluded from the time averages of the metrics;
+   synchronised on GPU, in wall-clock and in process CPU time, and counts the solver sub-steps of the forecast;
+   metrics are computed outside the timers; cycle 1 is the timing warm-up (left out of every timing statistic)
+   and the first ``spinup`` cycles are excluded from the time averages of the metrics; with ``timing_repeats =
+   R`` each cycle is timed R more times from the same state (every random generator restored), untouched
+   metrics; the results row carries the mean, median and interquartile range of each phase over the timed
+   cycles (see docs/benchmarks.md, "Timing protocol");
 4. stops a filter that produces NaN/Inf or leaves the plausible range and records ``failed`` with
    "diverged at cycle k"; any exception becomes a ``failed`` row with its traceback and the sweep goes on.
 """
@@ -24,6 +28,7 @@ import subprocess
 import threading
 import time
 import traceback
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -40,12 +45,19 @@ from assimbench.naming import content_hash
 from bench.config import Cell, init_std
 from bench.metrics import ensemble_metrics, param_rmse
 from methods.base import Context
-from problems.base import Observer
+from problems.base import Observer, count_substeps
 
 METRICS = ("rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
            "rmse_between", "rrmse_between")
+#: the timed phases: per-cycle sample column -> results-table stem
+PHASES = {"t_forecast": "forecast", "t_analysis": "analysis", "t_reconstruct": "reconstruct", "t_online": "online",
+          "t_cycle": "per_cycle"}
 TIMINGS = ("time_fit_s", "time_forecast_s", "time_analysis_s", "time_reconstruct_s", "time_online_s",
-           "time_per_cycle_s", "time_total_s", "peak_mem_mb")
+           "time_per_cycle_s", "time_total_s", "peak_mem_mb",
+           *(f"time_{p}_{stat}_s" for p in PHASES.values() for stat in ("med", "iqr")),
+           *(f"time_{p}_cpu_s" for p in ("forecast", "analysis", "reconstruct", "online")),
+           "cpu_per_wall", "forecast_substeps", "forecast_speed", "time_forecast_per_substep_s",
+           "time_forecast_per_substep_cpu_s", "timed_cycles")
 #: an estimate farther than this many truth scales from the truth is a divergence
 DIVERGENCE_FACTOR = 1e3
 
@@ -61,15 +73,23 @@ def generator(*parts: Any) -> torch.Generator:
 
 # ----------------------------------------------------------------------------------------------------------------
 class Timer:
-    """Wall-clock timer synchronised with the device (CUDA kernels are asynchronous)."""
+    """Wall-clock and process CPU time, synchronised with the device (CUDA kernels are asynchronous).
+
+    The CPU time (all threads of this process) counts only the time the process ran: on a machine shared with
+    other work it stays put while the wall-clock time grows, so it is the sample `bench compare` tests on CPU.
+    """
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def now(self) -> float:
+    def stamp(self) -> tuple[float, float]:
+        """``(wall, cpu)`` seconds now."""
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return time.perf_counter(), time.process_time()
+
+    def now(self) -> float:
+        return self.stamp()[0]
 
 
 class PeakMemory:
@@ -318,25 +338,26 @@ class PreparedCell:
         """Forecast, analysis, estimate (timed) and the cycle's metrics (untimed)
         -> (state, row, analysis ensemble, forecast state)."""
         method, truth, truth_params = self.method, self.truth, self.truth_params
-        tc0 = timer.now()
-        state = method.forecast(state)
+        s0 = timer.stamp()
+        with count_substeps() as steps:
+            state = method.forecast(state)
         fstate = state
-        tc1 = timer.now()
+        s1 = timer.stamp()
         with torch.no_grad():
             xf = method.estimate(state)  # untimed: only for the forecast metrics
             if not bool(torch.isfinite(xf).all()):
                 raise Diverged(f"diverged at cycle {t}: the forecast ensemble has non-finite values (the model blew "
                                "up from the previous analysis)")
-        tc2 = timer.now()
+        s2 = timer.stamp()
         try:
             state = method.analysis(state, self.observations[t - 1])
         except torch.linalg.LinAlgError as e:  # an ill-conditioned update is a divergence of this cell, not a crash
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise Diverged(f"diverged at cycle {t}: the analysis failed numerically ({first}); the forecast "
                            f"ensemble spread is {float(xf.double().std(0).mean()):.3g}") from None
-        tc3 = timer.now()
+        s3 = timer.stamp()
         xa = method.estimate(state)
-        tc4 = timer.now()
+        s4 = timer.stamp()
         # ---- metrics, outside the timers
         if not bool(torch.isfinite(xa).all()) or float(xa.double().abs().max()) > DIVERGENCE_FACTOR * scale:
             what = "non-finite values" if not bool(torch.isfinite(xa).all()) else "left the plausible range"
@@ -346,13 +367,44 @@ class PreparedCell:
         pe = method.estimate_params(state)
         r = {"cycle": t, "time": float(self.dataset.times[t]), "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
              "rmse_a": ma["rmse"], "rrmse_a": ma["rrmse"], "rrmse_member_a": ma["rrmse_member"],
-             "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params),
-             "t_forecast": tc1 - tc0, "t_analysis": tc3 - tc2, "t_reconstruct": tc4 - tc3,
-             "t_cycle": timer.now() - tc0}
+             "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params)}
+        r.update(_phase_times(s0, s1, s2, s3, s4))
+        end = timer.stamp()
+        r["t_cycle"], r["t_cycle_cpu"] = end[0] - s0[0], end[1] - s0[1]
+        r["forecast_substeps"] = float(steps.steps) if steps.calls else float("nan")
+        r["forecast_speed"] = steps.speed
         for i, name in enumerate(self.problem.param_names):
             r[f"param_mean_{name}"] = float(pe[:, i].double().mean()) if pe is not None and pe.numel() else float("nan")
             r[f"param_true_{name}"] = float(truth_params[i])
         return state, r, xa, fstate
+
+    def retime(self, t: int, before: Any, rngs: "_RandomState", timer: "Timer", repeats: int) -> dict:
+        """Time forecast, analysis and estimate of cycle ``t`` ``repeats`` more times from ``before`` (the state
+        the cycle started from, copied for each repeat), each with the random generators as they were when the
+        cycle started; afterwards every generator is as the real cycle left it, so no metric changes.
+
+        Returns the per-phase samples ``{"t_forecast": [...], "t_forecast_cpu": [...], ...}``.
+        """
+        after = rngs.capture()
+        samples: dict[str, list[float]] = {}
+        try:
+            with torch.no_grad():
+                for _ in range(repeats):
+                    rngs.restore()
+                    state = _copy_state(before)
+                    s0 = timer.stamp()
+                    state = self.method.forecast(state)
+                    s1 = timer.stamp()
+                    s2 = timer.stamp()
+                    state = self.method.analysis(state, self.observations[t - 1])
+                    s3 = timer.stamp()
+                    self.method.estimate(state)
+                    s4 = timer.stamp()
+                    for k, v in _phase_times(s0, s1, s2, s3, s4).items():
+                        samples.setdefault(k, []).append(v)
+        finally:
+            rngs.restore(after)
+        return samples
 
     def assimilate(self, rows: list[dict], snapshot_cycles: int = 3) -> Assimilation:
         """Bind, fit (timed) and run every cycle, appending one row per cycle to ``rows`` as it goes (so a
@@ -374,13 +426,23 @@ class PreparedCell:
         snaps = {"cycles": [], "truth": [], "mean": []}
         latents: list = []
         fracs = [j / (cell.score_between + 1) for j in range(1, cell.score_between + 1)]
+        repeats = int(getattr(cell, "timing_repeats", 0) or 0)
         for t in range(1, T + 1):
             before = state
+            rngs = _RandomState(method, state, self.device) if repeats else None
             try:
                 state, r, xa, fstate = self.cycle(t, state, timer, scale)
             except Diverged as e:  # raised by the runner's check or by the method itself
                 msg = str(e) if str(e).startswith("diverged at cycle") else f"diverged at cycle {t}: {e}"
                 raise Diverged(msg) from None
+            r["warmup"] = t == 1
+            if repeats:  # the cycle's samples become the median of its 1 + R timings
+                more = self.retime(t, before, rngs, timer, repeats)
+                for k, v in more.items():
+                    r[k] = float(np.median([r[k], *v]))
+                r["t_online"] = r["t_forecast"] + r["t_analysis"] + r["t_reconstruct"]
+                r["t_online_cpu"] = r["t_forecast_cpu"] + r["t_analysis_cpu"] + r["t_reconstruct_cpu"]
+            r["timing_repeats"] = repeats
             r["rmse_between"] = r["rrmse_between"] = float("nan")
             if fracs:  # untimed: the truth and the estimate inside the interval (t-1, t)
                 r.update(_score_between(method, before, fstate, fracs, self.truth[t - 1], self.truth_params,
@@ -441,8 +503,26 @@ def prepare(cell: Cell, cache_dir: Path | None = None, progress: bool = False) -
 
 # ----------------------------------------------------------------------------------------------------------------
 def run_cell(cell: Cell, cache_dir: Path | None = None, raise_errors: bool = False, progress: bool = False,
-             snapshot_cycles: int = 3) -> CellResult:
-    """Run one cell; returns its :class:`CellResult` (never raises unless ``raise_errors``)."""
+             snapshot_cycles: int = 3, threads: int | None = None, jobs: int | None = None) -> CellResult:
+    """Run one cell; returns its :class:`CellResult` (never raises unless ``raise_errors``).
+
+    ``threads``: torch intra-op threads for this cell (restored afterwards; None keeps the process's setting);
+    ``jobs``: how many cells the executor runs side by side (recorded with the timings, not used).
+    """
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(threads)
+    try:
+        result = _run_cell(cell, cache_dir, raise_errors, progress, snapshot_cycles)
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+    result.row["jobs"] = jobs if jobs is not None else float("nan")
+    return result
+
+
+def _run_cell(cell: Cell, cache_dir: Path | None, raise_errors: bool, progress: bool,
+              snapshot_cycles: int) -> CellResult:
     prep = prepare(cell, cache_dir=cache_dir, progress=progress)
     problem, method = prep.problem, prep.method
     row: dict[str, Any] = {"cell_id": cell.cell_id}
@@ -474,6 +554,7 @@ def run_cell(cell: Cell, cache_dir: Path | None = None, raise_errors: bool = Fal
     row.update(result.means)
     row.update(timings)
     row.update({"status": status, "error": error, "n_cycles": len(cycles),
+                "timing_repeats": int(getattr(cell, "timing_repeats", 0) or 0),
                 "param_unit": (problem.param_unit or None) if problem.param_names else None})
     row.update(provenance(prep.device, cell.dtype))
     pcols = {k: v for k, v in row.items() if k.startswith("p_")}
@@ -494,18 +575,98 @@ def _score_between(method, before, after, fracs, x_prev, truth_params, problem) 
     return {"rmse_between": float(np.mean(rm)), "rrmse_between": float(np.mean(rr))}
 
 
+def _phase_times(s0, s1, s2, s3, s4) -> dict:
+    """Wall and CPU seconds of forecast (s0-s1), analysis (s2-s3), reconstruction (s3-s4) and their sum."""
+    out = {}
+    for i, suffix in ((0, ""), (1, "_cpu")):
+        f, a, r = s1[i] - s0[i], s3[i] - s2[i], s4[i] - s3[i]
+        out.update({f"t_forecast{suffix}": f, f"t_analysis{suffix}": a, f"t_reconstruct{suffix}": r,
+                    f"t_online{suffix}": f + a + r})
+    return out
+
+
+def _quartiles(v: np.ndarray) -> tuple[float, float]:
+    """(median, interquartile range) of the finite values; NaN when there are none."""
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return float(med), float(q3 - q1)
+
+
 def _summarise(rows: list[dict], time_fit: float) -> tuple[dict, dict]:
-    """Metric means over the scored cycles and mean timings over the timed ones."""
+    """Metric means over the scored cycles; timing statistics over the timed cycles (all but the warm-up).
+
+    Per phase: the mean (``time_<phase>_s``, comparable with older runs), the median and the interquartile
+    range over cycles (``time_<phase>_med_s``, ``time_<phase>_iqr_s``) and the median CPU time
+    (``time_<phase>_cpu_s``); ``cpu_per_wall`` is total CPU over total wall time of the online phases (about the
+    number of busy threads; well below it when the process waited for a core); the forecast's sub-steps (mean per
+    cycle over all cycles), the largest speed that set a CFL count, and the median forecast time per sub-step.
+    """
     scored = [r for r in rows if not r["spinup"]]
     means = {m: float(np.nanmean([r[m] for r in scored])) if scored and not all(
         isinstance(r[m], float) and math.isnan(r[m]) for r in scored) else float("nan") for m in METRICS}
     timed = rows[1:] if len(rows) > 1 else rows  # cycle 1 is the warm-up
-    mean_t = lambda key: float(np.mean([r[key] for r in timed]))  # noqa: E731
-    timings = {"time_fit_s": time_fit, "time_forecast_s": mean_t("t_forecast"),
-               "time_analysis_s": mean_t("t_analysis"), "time_reconstruct_s": mean_t("t_reconstruct")}
-    timings["time_online_s"] = timings["time_forecast_s"] + timings["time_analysis_s"] + timings["time_reconstruct_s"]
-    timings["time_per_cycle_s"] = mean_t("t_cycle")
+    col = lambda key, rs=timed: np.array([r.get(key, np.nan) for r in rs], dtype=float)  # noqa: E731
+    timings = {"time_fit_s": time_fit, "timed_cycles": float(len(timed))}
+    for key, stem in PHASES.items():
+        v = col(key)
+        timings[f"time_{stem}_s"] = float(np.mean(v)) if len(v) else float("nan")
+        timings[f"time_{stem}_med_s"], timings[f"time_{stem}_iqr_s"] = _quartiles(v)
+    for stem in ("forecast", "analysis", "reconstruct", "online"):
+        timings[f"time_{stem}_cpu_s"] = _quartiles(col(f"t_{stem}_cpu"))[0]
+    wall, cpu = np.nansum(col("t_online")), np.nansum(col("t_online_cpu"))
+    timings["cpu_per_wall"] = float(cpu / wall) if wall > 0 else float("nan")
+    subs = col("forecast_substeps", rows)
+    timings["forecast_substeps"] = float(np.nanmean(subs)) if np.isfinite(subs).any() else float("nan")
+    speeds = col("forecast_speed", rows)
+    timings["forecast_speed"] = float(np.nanmax(speeds)) if np.isfinite(speeds).any() else float("nan")
+    per = col("forecast_substeps")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        timings["time_forecast_per_substep_s"] = _quartiles(np.where(per > 0, col("t_forecast") / per, np.nan))[0]
+        timings["time_forecast_per_substep_cpu_s"] = _quartiles(
+            np.where(per > 0, col("t_forecast_cpu") / per, np.nan))[0]
     return means, timings
+
+
+class _RandomState:
+    """The states of every random generator a cycle can draw from: the method's and its state's
+    ``torch.Generator`` attributes, torch's global CPU generator and, on CUDA, the device's."""
+
+    def __init__(self, method: Any, state: Any, device: torch.device):
+        gens = [v for v in vars(method).values() if isinstance(v, torch.Generator)]
+        holders = [state, *(vars(state).values() if hasattr(state, "__dict__") else ()),
+                   *(getattr(state, "extra", {}) or {}).values()] if state is not None else []
+        gens += [v for v in holders if isinstance(v, torch.Generator)]
+        self.gens = list({id(g): g for g in gens}.values())
+        self.cuda = device.type == "cuda"
+        self.saved = self.capture()
+
+    def capture(self) -> tuple:
+        return ([g.get_state() for g in self.gens], torch.get_rng_state(),
+                torch.cuda.get_rng_state() if self.cuda else None)
+
+    def restore(self, saved: tuple | None = None) -> None:
+        gens, cpu, cuda = saved if saved is not None else self.saved
+        for g, st in zip(self.gens, gens):
+            g.set_state(st)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+
+
+def _copy_state(x: Any) -> Any:
+    """A copy of a method state that the method may modify in place: tensors cloned, containers rebuilt."""
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, dict):
+        return {k: _copy_state(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_copy_state(v) for v in x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _copy_state(getattr(x, f.name)) for f in dataclasses.fields(x)
+                                         if f.init})
+    return x
 
 
 def _flat_numbers(d: dict, prefix: str = "") -> dict:

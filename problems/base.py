@@ -18,6 +18,8 @@ import json
 import logging
 import math
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -28,6 +30,45 @@ from assimbench.errors import ConfigError
 from assimbench.naming import build, content_hash, param_name, params_of
 
 
+class SubstepLog:
+    """Solver sub-steps taken while a :func:`count_substeps` block is open (in this thread).
+
+    ``steps`` sums the sub-steps of every solver call (a call on the whole ensemble counts its sub-steps once);
+    ``calls`` counts the calls; ``speed`` is the largest speed (problem units) that set a CFL sub-step count, NaN
+    for a solver with a fixed step.
+    """
+
+    def __init__(self):
+        self.steps, self.calls, self.speed = 0, 0, float("nan")
+
+    def add(self, n_sub: int, speed: float = float("nan")) -> None:
+        self.steps += int(n_sub)
+        self.calls += 1
+        if math.isfinite(speed) and not (speed <= self.speed):
+            self.speed = float(speed)
+
+
+_SUBSTEP_LOGS = threading.local()
+
+
+@contextmanager
+def count_substeps():
+    """``with count_substeps() as log: problem.step(...)``: the sub-steps the solvers took inside the block."""
+    log = SubstepLog()
+    stack = getattr(_SUBSTEP_LOGS, "stack", None)
+    if stack is None:
+        stack = _SUBSTEP_LOGS.stack = []
+    stack.append(log)
+    try:
+        yield log
+    finally:
+        stack.remove(log)
+
+
+def record_substeps(n_sub: int, speed: float = float("nan")) -> None:
+    """Called by a solver for each advance: ``n_sub`` sub-steps, their count set by ``speed`` (if CFL-limited)."""
+    for log in getattr(_SUBSTEP_LOGS, "stack", ()):
+        log.add(n_sub, speed)
 log = logging.getLogger("assimbench.data")
 
 

@@ -44,7 +44,7 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from assimbench.errors import ConfigError
-from problems.base import Problem
+from problems.base import Problem, record_substeps
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -287,11 +287,14 @@ class Kolmogorov(Problem):
                              f"got {tuple(x.shape)}")
         ops = self.ops(x.device, x.dtype)
         nu = self._nu(params, x)
+        set_by = float("nan")
         if n_sub is None:
             speed = float(x.pow(2).sum(1).sqrt().max()) if x.numel() else 0.0
             if not math.isfinite(speed):
                 speed = 0.0  # non-finite input: the output is non-finite anyway; do not loop forever
             n_sub = self.n_substeps(T, speed)
+            set_by = max(self.max_velocity, speed)
+        record_substeps(n_sub, set_by)
         w_hat, mean = velocity_to_vorticity(x, ops)
         w_hat, mean = integrate(w_hat, mean, nu, self.drag, T, n_sub, ops)
         return vorticity_to_velocity(w_hat, mean, ops)

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import torch
 
-from problems.base import Problem
+from problems.base import Problem, record_substeps
 
 
 @dataclass(frozen=True)
@@ -53,4 +53,5 @@ class LinearGauss(Problem):
         return self.prior_std * torch.randn(params.shape[0], self.dim, generator=generator, dtype=torch.float64)
 
     def step(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        record_substeps(1)
         return self.decay * x

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from assimbench.errors import ConfigError
-from problems.base import Problem
+from problems.base import Problem, record_substeps
 
 
 def l96_tendency(x: torch.Tensor, forcing: float | torch.Tensor) -> torch.Tensor:
@@ -102,6 +102,7 @@ class Lorenz96(Problem):
         if k < 1 or abs(k - frac * self.steps_per_obs) > 1e-9:
             raise ConfigError(f"lorenz96: {frac} of an interval is not a whole number of its "
                               f"{self.steps_per_obs} RK4 steps")
+        record_substeps(k)
         for _ in range(k):
             x = rk4_step(x, self.dt, self.forcing)
         return x

@@ -73,7 +73,7 @@ from typing import ClassVar
 import torch
 
 from assimbench.errors import ConfigError
-from problems.base import Problem
+from problems.base import Problem, record_substeps
 
 _MATRIX_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -320,6 +320,7 @@ class ShallowWater(Problem):
             raise ValueError(f"shallow_water state must be (N, {', '.join(map(str, self.state_shape))}), "
                              f"got {tuple(x.shape)}")
         n = max(1, math.ceil(frac * self.n_substeps() - 1e-9))
+        record_substeps(n, self.wave_speed)
         with torch.no_grad():
             U, V, eta = self.to_staggered(x)
             self.integrate(U, V, eta, n, dt=frac * self.dt_obs / n)

@@ -1,7 +1,7 @@
 """Time the torch Kolmogorov solver against jax-cfd's spectral Navier-Stokes solver on the same CPU.
 
 Both solve the same PDE (forcing sin(4y) on u, drag 0.1, nu = 1/Re) from the same initial vorticity (our
-shared field spun up to t = 4 at Re = 1000), in float32, on the same grid, with the same time step (our CFL
+shared field spun up to t = 4 at Re = 1000), in float32 or float64, on the same grid, with the same time step (our CFL
 rule: dt_obs = 0.2 split into ``n_substeps`` equal steps) and the same number of intra-op threads.
 
 - torch: ``Kolmogorov.step`` on an ``(N, 2, n, n)`` batch (velocity in/out; integrating-factor RK4, 4 RHS
@@ -10,13 +10,15 @@ rule: dt_obs = 0.2 split into ``n_substeps`` equal steps) and the same number of
   evaluations per sub-step), ``jax.vmap`` over the members (viscosity vmapped too), ``funcutils.repeated``
   (``lax.scan``) over the sub-steps, jit-compiled (compile time excluded), vorticity in Fourier space in/out.
 
-Reported: wall time per member-step (a step = one observation interval of 0.2) and the ratio jax / torch
-(> 1: torch faster), and the relative L2 difference of the two vorticity fields after the run. It is not
+Reported: the median (and the min) over ``--repeats`` timed runs of the wall time per member-step (a step = one
+observation interval of 0.2), the ratio of medians jax / torch (> 1: torch faster) in wall time and in process
+CPU time (the one to read on a shared machine), and the relative L2 difference of the two vorticity fields after the run. It is not
 small for the spun-up Re = 1000 flow because jax-cfd's brick-wall filter differs from our symmetric 2/3 mask
 on the cutoff line, where an under-resolved flow carries energy. The final cross-check starts from the smooth
 unspun field and also runs jax-cfd with our mask, which isolates that difference.
 
-Usage: ``pip install jax jax-cfd`` (CPU), then ``python scripts/compare_jaxcfd.py [--threads 1] [--big]``.
+Usage: ``pip install jax jax-cfd`` (CPU), then
+``python scripts/compare_jaxcfd.py [--threads 1] [--big] [--dtype float32|float64|both] [--repeats 5]``.
 jax and jax-cfd are deliberately not project dependencies.
 """
 from __future__ import annotations
@@ -24,15 +26,26 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both libraries")
 ap.add_argument("--big", action="store_true", help="also run 150 x 150 (one 0.2 interval)")
-ap.add_argument("--repeats", type=int, default=3, help="timed repeats (the best is reported)")
+ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median and min reported)")
+ap.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+ap.add_argument("--skip-crosscheck", action="store_true", help="timings only")
 ap.add_argument("--crosscheck-only", action="store_true", help="skip the timings, run only the cross-check")
 args = ap.parse_args()
+if args.dtype == "both":  # one process per dtype (jax's x64 switch is global)
+    import subprocess
+    rc = 0
+    for dt in ("float32", "float64"):
+        argv = [a for a in sys.argv[1:] if not a.startswith("--dtype")]
+        argv = [a for i, a in enumerate(argv) if not (i > 0 and argv[i - 1] == "--dtype")]
+        rc |= subprocess.call([sys.executable, __file__, *argv, "--dtype", dt])
+    sys.exit(rc)
 
 # thread limits must be set before the libraries start their pools; the process is also pinned to
 # ``threads`` CPUs so both libraries get exactly the same cores
@@ -53,6 +66,8 @@ from problems.kolmogorov import spectral_ops, velocity_to_vorticity  # noqa: E40
 
 try:
     import jax
+    # jax-cfd builds its wavenumbers in the default float type: x64 only for the float64 run
+    jax.config.update("jax_enable_x64", args.dtype == "float64")
     import jax.numpy as jnp
     import jax_cfd.base as cfd
     from jax_cfd.base import funcutils
@@ -66,24 +81,31 @@ RE = 1000.0
 DT_OBS = 0.2
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up (jit compile for jax, allocator for torch)
-    times = []
+def timings(fn, repeats: int) -> tuple[float, float, float]:
+    """(median wall, min wall, median process CPU time) over ``repeats`` calls after one warm-up call (jit
+    compile, allocator). CPU time is what the run cost this process, whatever else the machine ran."""
+    fn()
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) if times else math.nan
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    if not wall:
+        return math.nan, math.nan, math.nan
+    return statistics.median(wall), min(wall), statistics.median(cpu)
 
 
 def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: int | None = None,
-             re_: float = RE, same_mask: bool = False) -> dict:
+             re_: float = RE, same_mask: bool = False, dtype: str = "float32") -> dict:
     repeats = args.repeats if repeats is None else repeats
+    tdt, jdt = getattr(torch, dtype), getattr(jnp, dtype)
+    x0_single = x0_single.to(tdt)
     n_sub = pb.n_substeps(DT_OBS)
     dt = DT_OBS / n_sub
     # ---- torch ----
     x0 = x0_single.expand(N, -1, -1, -1).contiguous()
-    th = torch.full((N, 1), re_, dtype=torch.float32)
+    th = torch.full((N, 1), re_, dtype=tdt)
 
     def torch_run():
         x = x0
@@ -91,7 +113,7 @@ def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: i
             x = pb.step(x, th)
         return x
 
-    t_torch = best_time(torch_run, repeats)
+    t_torch, t_torch_min, c_torch = timings(torch_run, repeats)
     x_torch = torch_run()
 
     # ---- jax-cfd ----
@@ -99,14 +121,14 @@ def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: i
     ops = spectral_ops(n, "cpu", torch.float64)
     w_hat, _ = velocity_to_vorticity(x0_single[None].double(), ops)
     w = torch.fft.irfft2(w_hat, s=(n, n), norm="forward")[0]  # [i = y, j = x]
-    w_jax = jnp.asarray(w.T.numpy(), dtype=jnp.float32)  # jax-cfd arrays are [x, y]
+    w_jax = jnp.asarray(w.T.numpy(), dtype=jdt)  # jax-cfd arrays are [x, y]
     w_hat0 = jnp.broadcast_to(jnp.fft.rfftn(w_jax), (N, n, n // 2 + 1))
-    nus = jnp.full((N,), 1.0 / re_, dtype=jnp.float32)
+    nus = jnp.full((N,), 1.0 / re_, dtype=jdt)
     # our 2/3 mask (3|k| < n on both axes) in jax-cfd's [x, y] layout; jax-cfd's own brick wall differs on the
     # cutoff line (it keeps k_x = -n/3 rows but not +n/3 for even n)
     kf = torch.fft.fftfreq(n, d=1.0 / n)[:, None]
     kr = torch.fft.rfftfreq(n, d=1.0 / n)[None, :]
-    our_mask = jnp.asarray(((3 * kf.abs() < n) & (3 * kr.abs() < n)).float().numpy())
+    our_mask = jnp.asarray(((3 * kf.abs() < n) & (3 * kr.abs() < n)).to(tdt).numpy())
 
     def one_member(w_hat_m, nu_m):
         eq = spectral_equations.ForcedNavierStokes2D(nu_m, grid, smooth=True)
@@ -120,7 +142,7 @@ def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: i
     def jax_run():
         return jax_run_c(w_hat0, nus).block_until_ready()
 
-    t_jax = best_time(jax_run, repeats)
+    t_jax, t_jax_min, c_jax = timings(jax_run, repeats)
     w_jax_end = jnp.fft.irfftn(jax_run(), axes=(1, 2))[0]
 
     # ---- cross-check: vorticity after the run ----
@@ -130,9 +152,11 @@ def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: i
     w_j = np.asarray(w_jax_end, dtype=np.float64)
     diff = float(np.linalg.norm(w_t - w_j) / np.linalg.norm(w_j))
     ms = N * n_obs
-    return dict(n=n, N=N, T=n_obs * DT_OBS, n_sub=n_sub, torch_s=t_torch, jax_s=t_jax,
+    return dict(n=n, N=N, T=n_obs * DT_OBS, n_sub=n_sub, dtype=dtype, torch_s=t_torch, jax_s=t_jax,
                 torch_ms_per_member_step=1e3 * t_torch / ms, jax_ms_per_member_step=1e3 * t_jax / ms,
-                ratio=t_jax / t_torch, rel_diff=diff)
+                torch_min_ms=1e3 * t_torch_min / ms, jax_min_ms=1e3 * t_jax_min / ms,
+                torch_cpu_ms=1e3 * c_torch / ms, jax_cpu_ms=1e3 * c_jax / ms,
+                ratio=t_jax / t_torch, cpu_ratio=c_jax / c_torch, rel_diff=diff)
 
 
 def crosscheck(n: int, re_: float = RE, T: float = DT_OBS, same_mask: bool = False) -> float:
@@ -148,22 +172,28 @@ def crosscheck(n: int, re_: float = RE, T: float = DT_OBS, same_mask: bool = Fal
 def main():
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} "
           f"({jax.devices()[0].platform}), jax-cfd {getattr(__import__('jax_cfd'), '__version__', '?')}, "
-          f"float32, Re = {RE}")
+          f"Re = {RE}, {args.repeats} repeats (median [min] per member-step)")
     cases = [(64, 1, 1), (64, 20, 1), (64, 1, 10), (64, 20, 10)]
     if args.big:
         cases += [(150, 1, 1), (150, 20, 1)]
     if args.crosscheck_only:
         cases = []
+    dtypes = (args.dtype,)
     rows = []
-    for n, N, n_obs in cases:
-        pb = problems.get("kolmogorov", n=n)
-        x0 = pb.initial_state(torch.tensor([[RE]], dtype=torch.float64))[0].float()
-        r = run_case(n, N, n_obs, x0, pb)
-        rows.append(r)
-        print(f"n={r['n']:4d} N={r['N']:3d} T={r['T']:.1f} (sub-steps/0.2: {r['n_sub']}): "
-              f"torch {r['torch_ms_per_member_step']:9.2f} ms/member-step, "
-              f"jax-cfd {r['jax_ms_per_member_step']:9.2f} ms/member-step, ratio jax/torch {r['ratio']:.2f}, "
-              f"rel. vorticity difference {r['rel_diff']:.1e}", flush=True)
+    for dtype in dtypes:
+        for n, N, n_obs in cases:
+            pb = problems.get("kolmogorov", n=n)
+            x0 = pb.initial_state(torch.tensor([[RE]], dtype=torch.float64))[0]
+            r = run_case(n, N, n_obs, x0, pb, dtype=dtype)
+            rows.append(r)
+            print(f"{dtype} n={r['n']:4d} N={r['N']:3d} T={r['T']:.1f} (sub-steps/0.2: {r['n_sub']}): "
+                  f"torch {r['torch_ms_per_member_step']:9.2f} [{r['torch_min_ms']:.2f}] ms/member-step, "
+                  f"jax-cfd {r['jax_ms_per_member_step']:9.2f} [{r['jax_min_ms']:.2f}] ms/member-step, "
+                  f"ratio jax/torch {r['ratio']:.2f}; CPU time torch {r['torch_cpu_ms']:.2f}, jax-cfd "
+                  f"{r['jax_cpu_ms']:.2f} ms/member-step, ratio {r['cpu_ratio']:.2f}; "
+                  f"rel. vorticity difference {r['rel_diff']:.1e}", flush=True)
+    if args.skip_crosscheck:
+        return rows
     for n in (64, 150) if args.big else (64,):
         print(f"cross-check n={n}: rel. vorticity difference after 0.2 from the smooth unspun field, "
               f"jax-cfd's filter: Re={RE:g} {crosscheck(n):.1e}, Re=100 {crosscheck(n, 100.0):.1e}; "

@@ -294,12 +294,17 @@ def _perturbed(run_dir: Path, tmp: Path, method: str, time_factor: float, acc_fa
     df["git_sha"] = "def5678"  # provenance differs: must not stop the match
     df = df.sample(frac=1.0, random_state=0)  # order must not matter
     df.to_parquet(out / "results.parquet", index=False)
+    cyc = pd.read_parquet(out / "cycles.parquet")
+    for c in ("t_forecast", "t_analysis", "t_reconstruct"):
+        cyc.loc[cyc["p_method"] == method, c] *= time_factor
+    cyc.to_parquet(out / "cycles.parquet", index=False)
     return out
 
 
 @pytest.mark.parametrize("time_factor, acc_factor, flagged", [
-    (1.0, 1.0, False), (1.05, 1.05, False), (1.5, 1.0, True), (1.0, 1.2, True), (0.5, 0.8, False),
-], ids=["same", "within", "slower", "less-accurate", "better"])
+    (1.0, 1.0, False), (1.05, 1.05, False), (1.5, 1.0, True), (1.0, 1.5, True), (0.5, 0.8, False),
+    (1.0, 1.15, False),
+], ids=["same", "within", "slower", "less-accurate", "better", "within-seed-spread"])
 def test_compare_flags(run_dir, tmp_path, time_factor, acc_factor, flagged):
     b = _perturbed(run_dir, tmp_path, "EnSF", time_factor, acc_factor)
     df = compare(run_dir, b, threshold=0.1)
