@@ -209,7 +209,8 @@ def compare(dir_a: str | Path | pd.DataFrame, dir_b: str | Path | pd.DataFrame, 
     DataFrame
         One row per cell present in either run: the key columns (values from A, else B); ``match`` in
         {"both", "only_a", "only_b"}; ``status_A``/``status_B``; ``rrmse_a_A``/``_B``, ``rrmse_a_diff``
-        (B - A), ``rrmse_a_rel`` (B / A - 1); with ``pair``, the columns left out of the key as ``c_A``, ``c_B``; for each timing column ``c`` of the results table ``c_A``, ``c_B``
+        (B - A), ``rrmse_a_rel`` (B / A - 1); with ``pair``, the columns left out of the key as ``c_A``, ``c_B``;
+        for each timing column ``c`` of the results table ``c_A``, ``c_B``
         and ``c_ratio``; for each phase ``ph``: ``ph_ratio`` (ratio of per-cycle medians), ``ph_p`` (test
         p-value) and ``ph_judged`` (above the floor with samples on both sides); ``slow_phases`` (text);
         ``time_basis`` (``cpu``, ``wall``, or ``mean`` where no samples were found);
@@ -347,7 +348,8 @@ def compare(dir_a: str | Path | pd.DataFrame, dir_b: str | Path | pd.DataFrame, 
     out = pd.concat([out, pd.DataFrame(new, index=out.index)], axis=1)
     out = out.sort_values(key, kind="stable", na_position="last").reset_index(drop=True)
     out.attrs.update(time_basis=time_basis, threshold=float(threshold), min_effect=float(min_effect),
-                     alpha=float(alpha), floor_s=float(floor_s), seed_z=float(seed_z), pair=pair or "", key=key, ignored=ignored)
+                     alpha=float(alpha), floor_s=float(floor_s), seed_z=float(seed_z),
+                     pair=pair or "", key=key, ignored=ignored)
     return out
 
 

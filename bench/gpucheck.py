@@ -2,7 +2,8 @@
 GPU and on the CPU, and print one CPU / GPU table.
 
 Two parts, each a plain grid run twice (``--device cpu`` and ``--device cuda``) into ``OUT/<part>-cpu`` and
-``OUT/<part>-cuda`` (``<part>-dryrun`` without a GPU; ordinary run folders: ``bench show``, ``bench report`` and ``bench compare`` read them):
+``OUT/<part>-cuda`` (``<part>-dryrun`` without a GPU; ordinary run folders:
+``bench show``, ``bench report`` and ``bench compare`` read them):
 
 ``coverage``
     the smoke preset (every method on Lorenz-96, shallow water and Kolmogorov at tiny sizes, one seed), plus a
@@ -116,7 +117,8 @@ def device_table(cpu_dir: Path, gpu_dir: Path, part: str) -> pd.DataFrame:
         gpu_ms = _median_ms(gc, str(r["cell_id_B"]))
         ra, rb = float(r["rrmse_a_A"]), float(r["rrmse_a_B"])
         rows.append({"part": part, "problem": str(r["p_problem"]).split("[")[0], "method": r["p_method"],
-                     "N": r.get("p_n_ens"), "coverage": r.get("p_coverage"), "seed": r.get("p_seed"), "status_cpu": r["status_A"],
+                     "N": r.get("p_n_ens"), "coverage": r.get("p_coverage"), "seed": r.get("p_seed"),
+                     "status_cpu": r["status_A"],
                      "status_gpu": r["status_B"], "rrmse_cpu": ra, "rrmse_gpu": rb,
                      "rrmse_rel_gap": abs(rb - ra) / abs(ra) if ra and math.isfinite(ra) else float("nan"),
                      "cycle_ms_cpu": cpu_ms, "cycle_ms_gpu": gpu_ms,
@@ -135,7 +137,8 @@ def format_table(table: pd.DataFrame, gpu_name: str) -> str:
     num = lambda v, f: "–" if v is None or not np.isfinite(v) else format(v, f)  # noqa: E731
     show = pd.DataFrame({
         "part": table["part"], "problem": table["problem"], "method": table["method"].map(lambda m: str(m)[:40]),
-        "cov": table["coverage"].map(lambda v: num(v, "g")), "seed": table["seed"], "status cpu/gpu": table["status_cpu"] + "/" + table["status_gpu"],
+        "cov": table["coverage"].map(lambda v: num(v, "g")), "seed": table["seed"],
+        "status cpu/gpu": table["status_cpu"] + "/" + table["status_gpu"],
         "rRMSE cpu": table["rrmse_cpu"].map(lambda v: num(v, ".4g")),
         "rRMSE gpu": table["rrmse_gpu"].map(lambda v: num(v, ".4g")),
         "gap": table["rrmse_rel_gap"].map(lambda v: num(100 * v, ".2g") + ("%" if np.isfinite(v) else "")),

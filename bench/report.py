@@ -168,7 +168,7 @@ def _pm(mean: Any, std: Any) -> str:
 def _online_text(r: pd.Series, ms: bool = False) -> str:
     """Online time per cycle: the median over cycles with its interquartile range (means over seeds), or the
     mean for runs made before the runner kept per-cycle spreads; ``ms``: bare numbers in milliseconds."""
-    fmt = (lambda x: _fmt_num(_scaled(x, 1e3))) if ms else _fmt_time  # noqa: E731
+    fmt = (lambda x: _fmt_num(_scaled(x, 1e3))) if ms else _fmt_time
     med, iqr = r.get("time_online_med_s_mean"), r.get("time_online_iqr_s_mean")
     try:
         if math.isfinite(float(med)):

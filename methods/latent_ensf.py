@@ -35,6 +35,7 @@ import torch
 from assimbench.errors import ConfigError
 from methods.base import EnsembleState, Method, Tunable
 from methods.score import SamplerFields
+from methods.training import HashedConfig
 from problems.base import Dataset, Observer, Problem, lattice_stride
 
 
@@ -42,7 +43,7 @@ from problems.base import Dataset, Observer, Problem, lattice_stride
 # Training
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class VAETrainConfig:
+class VAETrainConfig(HashedConfig):
     """Everything that determines a trained coupled VAE (architecture + optimisation).
 
     ``beta``: weight of the two KL terms relative to the reconstruction terms (element means);
@@ -70,13 +71,6 @@ class VAETrainConfig:
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("recipe",)
 
-    def identity(self) -> dict:
-        """The dict hashed into the artifact key (later-added fields only when they differ from the default)."""
-        d = dataclasses.asdict(self)
-        for k in self.LATER_FIELDS:
-            if d[k] == getattr(type(self), k):
-                d.pop(k)
-        return d
 
 
 def observer_lattice(problem: Problem, observer: Observer) -> tuple[int, int, int] | None:

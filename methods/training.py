@@ -617,8 +617,23 @@ def rel_l2(pred: torch.Tensor, true: torch.Tensor, mean: torch.Tensor | None = N
 # --------------------------------------------------------------------------------------------------------------
 # LDNet training
 # --------------------------------------------------------------------------------------------------------------
+class HashedConfig:
+    """A training config whose identity (the dict hashed into the artifact key) leaves out the fields added after
+    artifacts were shipped (``LATER_FIELDS``) while they are at their defaults, so shipped hashes stay valid."""
+
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def identity(self) -> dict:
+        """The dict hashed into the artifact key (later-added fields only when they differ from the default)."""
+        d = dataclasses.asdict(self)
+        for k in self.LATER_FIELDS:
+            if d[k] == getattr(type(self), k):
+                d.pop(k)
+        return d
+
+
 @dataclass(frozen=True)
-class LDNetTrainConfig:
+class LDNetTrainConfig(HashedConfig):
     """Everything that determines a trained LDNet (architecture + optimisation).
 
     ``points``: random points per snapshot per step (0 = the full grid); ``batch_traj``: trajectories per step
@@ -677,13 +692,6 @@ class LDNetTrainConfig:
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
                                                "norm", "step_gamma", "recipe")
 
-    def identity(self) -> dict:
-        """The dict hashed into the artifact key (later-added fields only when they differ from the default)."""
-        d = dataclasses.asdict(self)
-        for k in self.LATER_FIELDS:
-            if d[k] == getattr(type(self), k):
-                d.pop(k)
-        return d
 
 
 def extra_training_data(problem: Problem, n: int) -> tuple[torch.Tensor, torch.Tensor]:

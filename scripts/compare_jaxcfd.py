@@ -11,11 +11,11 @@ rule: dt_obs = 0.2 split into ``n_substeps`` equal steps) and the same number of
   (``lax.scan``) over the sub-steps, jit-compiled (compile time excluded), vorticity in Fourier space in/out.
 
 Reported: the median (and the min) over ``--repeats`` timed runs of the wall time per member-step (a step = one
-observation interval of 0.2), the ratio of medians jax / torch (> 1: torch faster) in wall time and in process
-CPU time (the one to read on a shared machine), and the relative L2 difference of the two vorticity fields after the run. It is not
-small for the spun-up Re = 1000 flow because jax-cfd's brick-wall filter differs from our symmetric 2/3 mask
-on the cutoff line, where an under-resolved flow carries energy. The final cross-check starts from the smooth
-unspun field and also runs jax-cfd with our mask, which isolates that difference.
+observation interval of 0.2), the ratio of medians jax / torch (> 1: torch faster) in wall time and in process CPU
+time (the one to read on a shared machine), and the relative L2 difference of the two vorticity fields after the
+run. It is not small for the spun-up Re = 1000 flow because jax-cfd's brick-wall filter differs from our symmetric
+2/3 mask on the cutoff line, where an under-resolved flow carries energy. The final cross-check starts from the
+smooth unspun field and also runs jax-cfd with our mask, which isolates that difference.
 
 Usage: ``pip install jax jax-cfd`` (CPU), then
 ``python scripts/compare_jaxcfd.py [--threads 1] [--big] [--dtype float32|float64|both] [--repeats 5]``.
@@ -28,7 +28,6 @@ import math
 import os
 import statistics
 import sys
-import time
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--threads", type=int, default=1, help="intra-op threads for both libraries")
@@ -63,6 +62,7 @@ torch.set_num_threads(args.threads)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import problems  # noqa: E402
 from problems.kolmogorov import spectral_ops, velocity_to_vorticity  # noqa: E402
+from _timing import samples  # noqa: E402  (scripts/_timing.py)
 
 try:
     import jax
@@ -82,15 +82,8 @@ DT_OBS = 0.2
 
 
 def timings(fn, repeats: int) -> tuple[float, float, float]:
-    """(median wall, min wall, median process CPU time) over ``repeats`` calls after one warm-up call (jit
-    compile, allocator). CPU time is what the run cost this process, whatever else the machine ran."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    """(median wall, min wall, median process CPU time) of :func:`samples`."""
+    wall, cpu = samples(fn, repeats)
     if not wall:
         return math.nan, math.nan, math.nan
     return statistics.median(wall), min(wall), statistics.median(cpu)

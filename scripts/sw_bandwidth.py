@@ -29,7 +29,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--threads", type=int, default=1)
@@ -48,18 +47,13 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 torch.set_num_threads(args.threads)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import problems  # noqa: E402
+from _timing import samples  # noqa: E402  (scripts/_timing.py)
 
 
 def timed(fn, repeats: int) -> tuple[float, float, float]:
     """(median wall, median CPU, min CPU) seconds of ``fn()`` after one warm-up call. The process CPU time (one
     thread) is what the work cost, whatever else the machine ran; the wall time also counts waiting for a core."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    wall, cpu = samples(fn, repeats)
     return statistics.median(wall), statistics.median(cpu), min(cpu)
 
 
@@ -129,7 +123,8 @@ def main():
                 compulsory = 2 * state_bytes
                 cache = bandwidth(max(state_bytes, 4096), dtype, args.repeats)
                 Uw, Vw, ew = U.clone(), V.clone(), eta.clone()
-                wall, cpu, cmin = timed(lambda: pb.integrate(Uw, Vw, ew, K), args.repeats)
+                wall, cpu, cmin = timed(lambda pb=pb, Uw=Uw, Vw=Vw, ew=ew, K=K: pb.integrate(Uw, Vw, ew, K),
+                                        args.repeats)
                 t_sub, c_sub, c_sub_min = wall / K, cpu / K, cmin / K
                 level = cache if state_bytes < 8 * 2**20 else dram
                 achieved = impl / c_sub_min / 1e9
