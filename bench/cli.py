@@ -125,8 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dir_b", metavar="DIR_B", help="the candidate results folder")
     c.add_argument("--threshold", type=float, default=0.1,
                    help="accuracy: relative growth of the seed-mean rRMSE flagged (if also beyond the seed spread)")
-    c.add_argument("--min-effect", type=float, default=0.25,
-                   help="time: smallest slowdown judged (0.25: median B/A > 1.25)")
+    c.add_argument("--min-effect", type=float, default=0.5,
+                   help="time: smallest slowdown judged (0.5: median B/A > 1.5)")
     c.add_argument("--alpha", type=float, default=0.01, help="time: significance level of the Mann-Whitney test")
     c.add_argument("--floor-ms", type=float, default=5.0, help="time: phases below this median are not judged")
     c.add_argument("--time-basis", choices=("auto", "cpu", "wall"), default="auto",

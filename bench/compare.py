@@ -174,7 +174,7 @@ def _maybe_number(s: str) -> Any:
 
 # ------------------------------------------------------------------------------------------------------------
 def compare(dir_a: str | Path | pd.DataFrame, dir_b: str | Path | pd.DataFrame, threshold: float = 0.1, *,
-            min_effect: float = 0.25, alpha: float = 0.01, floor_s: float = 0.005, seed_z: float = 2.0,
+            min_effect: float = 0.5, alpha: float = 0.01, floor_s: float = 0.005, seed_z: float = 2.0,
             time_basis: str = "auto", pair: str | None = None, ignore: tuple[str, ...] | list[str] = (),
             cycles_a: pd.DataFrame | None = None, cycles_b: pd.DataFrame | None = None) -> pd.DataFrame:
     """Cells of run A and run B side by side, with ratios, test results and a ``regression`` flag.

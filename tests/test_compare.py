@@ -85,7 +85,7 @@ def test_phases_below_the_floor_are_not_judged(tmp_path):
 
 
 def test_effect_below_the_minimum_is_not_flagged(tmp_path):
-    """A 15 % slowdown is statistically clear with 30 low-noise cycles but smaller than the 25 % minimum."""
+    """A 15 % slowdown is statistically clear with 30 low-noise cycles but smaller than the default minimum effect."""
     a = make_run(tmp_path / "a", 0, noise=0.02)
     b = make_run(tmp_path / "b", 1, noise=0.02, slow={"EnSF": 1.15})
     df = compare(a, b)
