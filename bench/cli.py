@@ -308,6 +308,32 @@ def _print_summary(run_dir: Path) -> None:
         print(format_summary(summary))
 
 
+def _print_compare(df, only_regressions: bool) -> None:
+    """``bench compare``'s report at the terminal's width (``$COLUMNS`` where set): long names wrap inside
+    their cell instead of widening the table."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.compare import compare_table
+    head, table = compare_table(df, only_regressions)
+    console = Console(highlight=False, emoji=False, soft_wrap=False)
+    console.print(head, markup=False)
+    if table.empty:
+        return
+    if "" in table.columns:  # the regression marker first, where no narrow terminal can cut it off
+        table = table[[""] + [c for c in table.columns if c != ""]]
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for c in table.columns:
+        wide = c in ("problem", "method", "slower phases")
+        longest = int(table[c].astype(str).str.len().max())  # numbers keep their digits; headers may wrap
+        t.add_column(c, overflow="fold", justify="left" if wide or c == "" else "right",
+                     ratio=1 if wide else None, min_width=min(longest, 10) if wide else longest)
+    for row in table.itertuples(index=False):
+        t.add_row(*[str(v) for v in row])
+    console.print(t)
+
+
 def cmd_list(args) -> int:
     import dataclasses
     import methods
@@ -365,13 +391,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import compare, format_compare
+    from bench.compare import compare
     from bench.store import load_results
     for d in (args.dir_a, args.dir_b):
         load_results(d)  # clear error for a folder that is not a results folder
     df = compare(Path(args.dir_a), Path(args.dir_b), threshold=args.threshold, min_effect=args.min_effect,
                  alpha=args.alpha, floor_s=args.floor_ms / 1e3, time_basis=args.time_basis, pair=args.pair)
-    print(format_compare(df, only_regressions=args.only_regressions))
+    _print_compare(df, args.only_regressions)
     return 1 if args.fail_on_regression and bool(df["regression"].any()) else 0
 
 

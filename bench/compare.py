@@ -377,7 +377,13 @@ def _val(v: Any) -> str:
 
 
 def format_compare(df: pd.DataFrame, only_regressions: bool = False) -> str:
-    """A terminal report of :func:`compare`: one headline, then a table (``!!`` marks regressions)."""
+    """A plain-text report of :func:`compare`: one headline, then a table (``!!`` marks regressions)."""
+    head, table = compare_table(df, only_regressions)
+    return head if table.empty else head + "\n" + table.to_string(index=False)
+
+
+def compare_table(df: pd.DataFrame, only_regressions: bool = False) -> tuple[str, pd.DataFrame]:
+    """The headline of a :func:`compare` result and its table of strings (empty when no row is shown)."""
     at = df.attrs
     both = df[df["match"] == "both"]
     n_reg = int(df["regression"].sum())
@@ -404,7 +410,7 @@ def format_compare(df: pd.DataFrame, only_regressions: bool = False) -> str:
             df[c] = df[f"{c}_A"]
     rows = df[df["regression"]] if only_regressions else df[df["match"] == "both"]
     if rows.empty:
-        return head
+        return head, pd.DataFrame()
     shown = [c for c in ("p_problem", "p_method", "p_n_ens", "p_coverage", "p_noise", "p_seed", "p_device")
              if c in df.columns and (c in ("p_problem", "p_method") or df[c].nunique(dropna=False) > 1)]
     table = pd.DataFrame({
@@ -422,4 +428,4 @@ def format_compare(df: pd.DataFrame, only_regressions: bool = False) -> str:
         "slower phases": rows["slow_phases"] if "slow_phases" in rows else "",
         "": np.where(rows["regression"], "!!", ""),
     })
-    return head + "\n" + table.to_string(index=False)
+    return head, table

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +153,16 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["compare", str(a), str(a), "--pair", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "valid:" in err and "inflation" in err
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_cli_report_fits_the_terminal_width(tmp_path, width):
+    """`bench compare` wraps long names inside their cells instead of widening the table past $COLUMNS."""
+    a, b = make_run(tmp_path / "a", 0), make_run(tmp_path / "b", 1, slow={"EnSF": 2.0})
+    env = {**os.environ, "COLUMNS": str(width), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "bench", "compare", str(a), str(b), "--fail-on-regression"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the 2x slowdown is a regression
+    lines = proc.stdout.splitlines()
+    assert "matched cells" in lines[0] and any("!!" in ln for ln in lines)
+    assert max(len(ln) for ln in lines) <= width, "\n".join(lines)

@@ -302,7 +302,7 @@ def _perturbed(run_dir: Path, tmp: Path, method: str, time_factor: float, acc_fa
 
 
 @pytest.mark.parametrize("time_factor, acc_factor, flagged", [
-    (1.0, 1.0, False), (1.05, 1.05, False), (1.5, 1.0, True), (1.0, 1.5, True), (0.5, 0.8, False),
+    (1.0, 1.0, False), (1.05, 1.05, False), (2.0, 1.0, True), (1.0, 1.5, True), (0.5, 0.8, False),
     (1.0, 1.15, False),
 ], ids=["same", "within", "slower", "less-accurate", "better", "within-seed-spread"])
 def test_compare_flags(run_dir, tmp_path, time_factor, acc_factor, flagged):
