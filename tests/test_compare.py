@@ -166,3 +166,16 @@ def test_cli_report_fits_the_terminal_width(tmp_path, width):
     lines = proc.stdout.splitlines()
     assert "matched cells" in lines[0] and any("!!" in ln for ln in lines)
     assert max(len(ln) for ln in lines) <= width, "\n".join(lines)
+
+
+def test_one_slow_seed_is_interference_not_a_regression(tmp_path):
+    """A stall that hits one truth of a setting is the machine; a code change slows every truth of it."""
+    a, b = make_run(tmp_path / "a", 0), make_run(tmp_path / "b", 1)
+    cyc = pd.read_parquet(b / "cycles.parquet")
+    one = cyc["cell_id"] == "EnSF-1"
+    cyc.loc[one, [c for c in cyc.columns if c.startswith("t_")]] *= 3.0
+    cyc.to_parquet(b / "cycles.parquet", index=False)
+    df = compare(a, b)
+    cell = df["cell_id_A"] == "EnSF-1"
+    assert df.loc[cell, "slow_phases"].str.contains("analysis").all()  # still listed as a candidate
+    assert not df["slower"].any() and not df["regression"].any()
