@@ -125,19 +125,25 @@ def check_grid(cfg: dict, duplicate: bool, cache: Path) -> str:
         return "ran"
 
 
-@settings(max_examples=40, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
-@given(cfg=GRIDS, duplicate=st.sampled_from([False, False, False, True]))
+def fuzz_settings(n: int):
+    """Hypothesis settings for the grid property: ``n`` examples, no deadline, no example database."""
+    return settings(max_examples=n, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
+
+
+DUPLICATE = st.sampled_from([False, False, False, True])
+
+
+@fuzz_settings(40)
+@given(cfg=GRIDS, duplicate=DUPLICATE)
 def test_any_grid_is_refused_in_one_line_or_runs_completely(cfg, duplicate, fuzz_cache):
     event(check_grid(cfg, duplicate, fuzz_cache))
 
 
 @pytest.mark.slow
-@settings(max_examples=400, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
-@given(cfg=GRIDS, duplicate=st.sampled_from([False, False, False, True]))
+@fuzz_settings(400)
+@given(cfg=GRIDS, duplicate=DUPLICATE)
 def test_any_grid_many_examples(cfg, duplicate, fuzz_cache):
     event(check_grid(cfg, duplicate, fuzz_cache))
 
