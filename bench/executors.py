@@ -19,6 +19,7 @@ dataset cache must be visible to the workers at the same paths (a shared filesys
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -294,6 +295,10 @@ class DaskExecutor(Executor):
 
     def __enter__(self) -> "DaskExecutor":
         d = self.distributed
+        # the scheduler of a LocalCluster runs in this process and logs to the 'distributed' logger at INFO,
+        # including connection tracebacks while workers stop: keep only errors for the executor's lifetime
+        self._log_level = logging.getLogger("distributed").level
+        logging.getLogger("distributed").setLevel(logging.ERROR)
         if self.scheduler is None:
             # worker processes born ignoring SIGINT (and told again by a plugin, for restarted ones): a Ctrl-C at
             # the terminal interrupts only this process, and __exit__ closes the workers without tracebacks
@@ -314,6 +319,15 @@ class DaskExecutor(Executor):
         return self
 
     def __exit__(self, exc_type=None, *exc) -> None:
+        try:
+            self._close(exc_type)
+        finally:
+            logging.getLogger("distributed").setLevel(getattr(self, "_log_level", logging.NOTSET))
+
+    def _close(self, exc_type) -> None:
+        if exc_type is not None:
+            # stopping mid-run: the closed connections of killed workers are expected, not news to the user
+            logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
         if exc_type is not None and self.cluster is not None:
             # interrupted or failed: the local workers' running cells are abandoned (no cell file is written
             # for them; the next run reruns them), so end those processes now rather than wait for the cells
