@@ -95,7 +95,9 @@ class LDEnSF(SamplerFields, Method):
     dyn_width, dyn_depth : the dynamics MLP ``F`` (ReLU).
     rec_arch : ``resmlp`` (LD-EnSF's residual MLP over ``[s, gamma(xi)]``), ``separable``
         (``sum_k b_k(s) t_k(xi)``, much cheaper to train on full grids) or ``registered`` (a sum over
-        ``n_shifts`` moving frames whose origins the latent state predicts, :class:`methods.ldnet.RegisteredDecoder`).
+        ``n_shifts`` moving frames whose origins the latent state predicts, :class:`methods.ldnet.RegisteredDecoder`)
+        or ``pod`` (an MLP of the latent state predicting the coefficients of ``n_basis`` POD modes of the training
+        snapshots, :class:`methods.ldnet.PODDecoder`; trained on the full grid in coefficient space).
     n_shifts : frames of the ``registered`` decoder.
     rec_params : the reconstruction network decodes ``(s, u)`` (the whole augmented latent the filter updates)
         instead of ``s`` alone (the paper).
@@ -103,7 +105,8 @@ class LDEnSF(SamplerFields, Method):
         seed; validation and test are unchanged).
     recipe : named training recipe (:data:`RECIPES`: ``cpu``, ``paper``): fields left at their class default take
         the recipe's value for the problem at hand; fields set explicitly win.
-    rec_width, rec_depth, n_basis : reconstruction network sizes (``n_basis`` only for ``separable``).
+    rec_width, rec_depth, n_basis : reconstruction network sizes (``n_basis``: the basis functions of
+        ``separable``, the POD modes of ``pod``).
     n_fourier, fourier_scale, train_fourier : Fourier features of the coordinates (0 = raw coordinates).
     film : FiLM conditioning of ``R`` (the latent state scales and shifts every hidden layer; not in the paper:
         it lowers the error reached in the same training time, see ``docs/training.md``).
@@ -142,7 +145,7 @@ class LDEnSF(SamplerFields, Method):
     dt_lat: float = _train(default=0.1)
     dyn_width: int = _train(default=64)
     dyn_depth: int = _train(default=4)
-    rec_arch: Literal["resmlp", "separable", "registered"] = _train(default="resmlp")
+    rec_arch: Literal["resmlp", "separable", "registered", "pod"] = _train(default="resmlp")
     rec_width: int = _train(default=64)
     rec_depth: int = _train(default=4)
     n_basis: int = _train(default=64)

@@ -225,6 +225,120 @@ class RegisteredDecoder(nn.Module):
         return net.out(h).mean(-3)  # the mean, not the sum: K coherent frames would start K times too large
 
 
+class PODDecoder(nn.Module):
+    """A POD head for ``R`` on a regular grid: ``R(s, xi) = m(xi) + sum_k c_k(s) phi_k(xi)``.
+
+    ``phi_k`` are the leading ``n_modes`` POD modes (orthonormal over the grid's points and fields) and ``m`` the
+    mean of the training snapshots, both computed from the training split by :meth:`fit_basis` and stored as
+    buffers (saved with the weights); ``c`` is an MLP of the latent state. Decoding a batch of snapshots on the
+    full grid is one matrix product, and a training step needs no point sampling: with orthonormal modes the
+    squared error of the coefficients equals the squared error of the fields in the modes' span (the rest, the
+    projection residual, is a constant). Values between the grid points are bilinear interpolants of the modes;
+    at the grid points they are the modes' exact values.
+
+    ``grid_shape`` is the point layout, ``(ny, nx)`` with the point index ``i nx + j`` (rows first, as the
+    problems' ``coords()``); a 1-D problem is ``(1, n)``. Normalised coordinates ``-1`` and ``1`` are the first
+    and last grid point of each axis.
+    """
+
+    def __init__(self, latent_dim: int, coord_dim: int, out_dim: int, width: int, depth: int, act: Act,
+                 n_modes: int, grid_shape: list[int], generator: torch.Generator):
+        super().__init__()
+        if coord_dim not in (1, 2) or len(grid_shape) != 2:
+            raise ValueError(f"the POD decoder needs a 1-D or 2-D regular grid, got coord_dim={coord_dim}, "
+                             f"grid_shape={grid_shape}")
+        self.out_dim, self.n_modes, self.coord_dim = out_dim, n_modes, coord_dim
+        self.grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
+        self.coef = MLP(latent_dim, n_modes, width, depth, act, generator)
+        ny, nx = self.grid_shape
+        self.register_buffer("modes", torch.zeros(n_modes, out_dim, ny, nx))
+        self.register_buffer("mean", torch.zeros(out_dim, ny, nx))
+        #: RMS of each mode's training coefficient: the MLP predicts coefficients in these units
+        self.register_buffer("scale", torch.ones(n_modes))
+        #: 1 when the first coordinate varies along the first grid axis (points listed x-major), else 0
+        self.register_buffer("x_major", torch.zeros((), dtype=torch.uint8))
+        self._cache: tuple | None = None
+
+    @torch.no_grad()
+    def fit_basis(self, Z: torch.Tensor, xi: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Set the mean and modes from snapshots ``Z (m, P, C)`` (normalised, point-major) on the grid points
+        ``xi (P, k)`` (normalised coordinates, a regular grid spanning [-1, 1] per axis); returns the coefficients
+        of ``Z`` ``(m, n_modes)`` and the fraction of the centred energy the modes miss."""
+        m, P, C = Z.shape
+        ny, nx = self.grid_shape
+        grid = xi.reshape(ny, nx, -1).to(torch.float64)
+        if self.coord_dim == 2 and ny > 1 and nx > 1:
+            along_rows = (grid[1, 0, 0] - grid[0, 0, 0]).abs() > (grid[0, 1, 0] - grid[0, 0, 0]).abs()
+            self.x_major.fill_(int(along_rows))
+            image = grid.transpose(0, 1) if along_rows else grid                # (.., .., (x, y)) image order
+            expect = torch.stack(torch.meshgrid(torch.linspace(-1, 1, image.shape[1], dtype=torch.float64),
+                                                torch.linspace(-1, 1, image.shape[0], dtype=torch.float64),
+                                                indexing="xy"), -1)
+        else:
+            expect = torch.linspace(-1, 1, P, dtype=torch.float64).reshape(ny, nx, 1)
+            image = grid
+        if not torch.allclose(image, expect, atol=1e-5):
+            raise ValueError("the POD decoder needs the points of a regular grid spanning [-1, 1] per axis")
+        A = Z.reshape(m, P * C).to(torch.float64)
+        mu = A.mean(0)
+        A = A - mu
+        ev, V = torch.linalg.eigh(A @ A.T)                                   # the snapshot Gram matrix
+        ev, V = ev.flip(0)[:self.n_modes], V.flip(1)[:, :self.n_modes]
+        U = (A.T @ V) / ev.clamp_min(1e-30).sqrt()                           # (P C, K), orthonormal columns
+        U, _ = torch.linalg.qr(U)
+        if U.shape[1] < self.n_modes:  # fewer snapshots than modes: the rest stay zero (and predict nothing)
+            U = torch.cat([U, U.new_zeros(U.shape[0], self.n_modes - U.shape[1])], dim=1)
+        coeffs = A @ U
+        missed = 1.0 - float(coeffs.pow(2).sum() / A.pow(2).sum().clamp_min(1e-300))
+        rms = coeffs.pow(2).mean(0).sqrt()
+        self.scale.copy_(torch.where(rms > 0, rms, torch.ones_like(rms)).float())
+        self.mean.copy_(mu.reshape(P, C).T.reshape(C, ny, nx).float())
+        self.modes.copy_(U.T.reshape(self.n_modes, P, C).transpose(1, 2).reshape(self.n_modes, C, ny, nx).float())
+        self._cache = None
+        return coeffs.float(), missed
+
+    def predict(self, s: torch.Tensor) -> torch.Tensor:
+        """The modes' coefficients of latent states ``s (..., d_s)``: ``(..., n_modes)``."""
+        return self.coef(s) * self.scale.to(s.dtype)
+
+    def coefficients(self, Z: torch.Tensor) -> torch.Tensor:
+        """Coefficients of full-grid snapshots ``Z (..., P, C)`` on the modes: ``(..., n_modes)``."""
+        C = self.out_dim
+        mu = self.mean.reshape(C, -1).T.to(Z.dtype)                         # (P, C)
+        phi = self.modes.reshape(self.n_modes, C, -1).transpose(1, 2).to(Z.dtype)  # (K, P, C)
+        return torch.einsum("...pc,kpc->...k", Z - mu, phi)
+
+    def _at(self, xi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean (n, C), modes (n, C, K))`` at normalised points ``xi (n, k)`` (bilinear; exact on the grid)."""
+        key = (xi.data_ptr(), tuple(xi.shape), xi._version, xi.device, xi.dtype, self.modes._version)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2]
+        g = xi.reshape(1, 1, -1, xi.shape[-1]).to(self.modes.dtype)
+        if self.coord_dim == 1:                                              # x only; the single row is y = 0
+            g = torch.cat([g, torch.zeros_like(g)], dim=-1)
+        C, K = self.out_dim, self.n_modes
+        stack = torch.cat([self.mean.unsqueeze(0), self.modes]).reshape(1, (K + 1) * C, *self.grid_shape)
+        if int(self.x_major):  # image rows must follow y: the grid's first axis is x here
+            stack = stack.transpose(-1, -2)
+        val = nn.functional.grid_sample(stack, g, mode="bilinear", align_corners=True)  # (1, (K+1) C, 1, n)
+        val = val.reshape(K + 1, C, -1).permute(2, 1, 0)                     # (n, C, K + 1)
+        out = (val[..., 0].contiguous(), val[..., 1:].contiguous())
+        self._cache = (key, *out)
+        return out
+
+    def forward(self, s: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """``s (..., d_s)`` and ``xi (n, k)`` -> ``(..., n, out_dim)``; a batched ``xi (..., n, k)`` (sampled
+        points per snapshot) is decoded point by point."""
+        c = self.predict(s)                                                  # (..., K)
+        if xi.dim() == 2:
+            mu, phi = self._at(xi)
+            return mu.to(c.dtype) + torch.einsum("...k,nck->...nc", c, phi.to(c.dtype))
+        mu, phi = self._at(xi.reshape(-1, xi.shape[-1]))
+        mu = mu.reshape(*xi.shape[:-1], self.out_dim)
+        phi = phi.reshape(*xi.shape[:-1], self.out_dim, self.n_modes)
+        return mu.to(c.dtype) + torch.einsum("...k,...nck->...nc", c, phi.to(c.dtype))
+
+
 class LDNet(nn.Module):
     """Latent dynamics ``F`` + reconstruction ``R`` (LD-EnSF's modified LDNet), in normalised units.
 
@@ -240,11 +354,11 @@ class LDNet(nn.Module):
 
     def __init__(self, latent_dim: int, n_params: int, n_fields: int, coord_dim: int, dt_lat: float,
                  coord_lo: list[float], coord_hi: list[float], dyn_width: int = 64, dyn_depth: int = 4,
-                 rec_arch: Literal["resmlp", "separable", "registered"] = "resmlp", rec_width: int = 64,
+                 rec_arch: Literal["resmlp", "separable", "registered", "pod"] = "resmlp", rec_width: int = 64,
                  rec_depth: int = 4, n_fourier: int = 0, fourier_scale: float = 1.0, train_fourier: bool = True,
                  n_basis: int = 64, act: Act = "relu", seed: int = 0, film: bool = False, n_shifts: int = 0,
                  out_scale: list[float] | None = None, out_shift: list[float] | None = None,
-                 rec_params: bool = False):
+                 rec_params: bool = False, grid_shape: list[int] | None = None):
         super().__init__()
         self._config = dict(latent_dim=latent_dim, n_params=n_params, n_fields=n_fields, coord_dim=coord_dim,
                             dt_lat=float(dt_lat), coord_lo=[float(v) for v in coord_lo],
@@ -258,6 +372,10 @@ class LDNet(nn.Module):
             self._config["n_shifts"] = n_shifts
         if rec_params:
             self._config["rec_params"] = True
+        if rec_arch == "pod":
+            if grid_shape is None:
+                raise ValueError("rec_arch='pod' needs the grid_shape of the problem's points")
+            self._config["grid_shape"] = [int(v) for v in grid_shape]
         self.rec_params = bool(rec_params)
         rec_in = latent_dim + (n_params if rec_params else 0)  # R sees (s, u) when rec_params
         g = torch.Generator().manual_seed(seed)
@@ -266,6 +384,9 @@ class LDNet(nn.Module):
         if rec_arch == "resmlp":
             self.rec: nn.Module = ResMLP(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
                                          fourier_scale, train_fourier, g, film=film)
+        elif rec_arch == "pod":
+            self.rec = PODDecoder(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_basis,
+                                  list(grid_shape), g)
         elif rec_arch == "registered":
             self.rec = RegisteredDecoder(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
                                          fourier_scale, train_fourier, max(1, n_shifts), g)
@@ -327,6 +448,18 @@ class LDNet(nn.Module):
         hi = self.coord_hi.to(coords.device, coords.dtype)
         return 2 * (coords - lo) / (hi - lo).clamp_min(1e-30) - 1
 
+    def rec_input(self, s: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """What ``R`` conditions on: ``s``, or ``(s, u)`` for a network built with ``rec_params`` (``u (B, d_u)``
+        broadcast over any extra leading dimension of ``s``, e.g. time)."""
+        if not self.rec_params:
+            return s
+        if u is None:
+            raise ValueError("this LDNet decodes (s, u): pass the normalised parameters u")
+        u = u.to(s.dtype)
+        while u.dim() < s.dim():
+            u = u.unsqueeze(-2)
+        return torch.cat([s, u.expand(*s.shape[:-1], u.shape[-1])], dim=-1)
+
     def reconstruct(self, s: torch.Tensor, xi: torch.Tensor, chunk: int = 0, u: torch.Tensor | None = None
                     ) -> torch.Tensor:
         """``R(s, xi)`` in normalised units: ``s (B, d_s)``, normalised ``xi (n, k)`` -> ``(B, n, C)``.
@@ -335,13 +468,7 @@ class LDNet(nn.Module):
         ``rec_params`` decodes ``(s, u)``: ``u (B, d_u)`` (normalised parameters, broadcast over any extra
         leading dimension of ``s``, e.g. time) is then required.
         """
-        if self.rec_params:
-            if u is None:
-                raise ValueError("this LDNet decodes (s, u): pass the normalised parameters u")
-            u = u.to(s.dtype)
-            while u.dim() < s.dim():
-                u = u.unsqueeze(-2)
-            s = torch.cat([s, u.expand(*s.shape[:-1], u.shape[-1])], dim=-1)
+        s = self.rec_input(s, u)
         if chunk <= 0 or xi.shape[-2] <= chunk:
             z = self.rec(s, xi)
         else:

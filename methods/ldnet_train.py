@@ -101,6 +101,21 @@ def _gather_points(Z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(Z, 2, idx.unsqueeze(-1).expand(*idx.shape, Z.shape[-1]))
 
 
+#: snapshots (at most) whose POD gives the modes of a ``pod`` reconstruction head (an eigenproblem of this size)
+POD_SNAPSHOTS = 6000
+
+
+def pod_grid_shape(problem: Problem) -> list[int]:
+    """The point layout ``(ny, nx)`` of a problem's grid for :class:`methods.ldnet.PODDecoder` (1-D: ``(1, n)``)."""
+    shape = list(problem.state_shape[1:]) if len(problem.state_shape) > 1 else [1, problem.state_shape[0]]
+    if len(shape) == 1:
+        shape = [1, shape[0]]
+    if len(shape) != 2:
+        raise ConfigError(f"rec_arch='pod' needs a 1-D or 2-D grid; {problem.name} has state shape "
+                          f"{tuple(problem.state_shape)}")
+    return shape
+
+
 def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog: TrainLog,
                 device: torch.device | str = "cpu", checkpoint_dir: Path | str | None = None
                 ) -> tuple[LDNet, dict]:
@@ -118,7 +133,8 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     net = LDNet(cfg.latent_dim, problem.n_params, problem.n_fields, coords.shape[1], cfg.dt_lat,
                 lo_c.tolist(), hi_c.tolist(), cfg.dyn_width, cfg.dyn_depth, cfg.rec_arch, cfg.rec_width,
                 cfg.rec_depth, cfg.n_fourier, cfg.fourier_scale, cfg.train_fourier, cfg.n_basis, cfg.act,
-                cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts, rec_params=cfg.rec_params).to(device)
+                cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts, rec_params=cfg.rec_params,
+                grid_shape=pod_grid_shape(problem) if cfg.rec_arch == "pod" else None).to(device)
     xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
     p_lo, p_hi = param_normalizer(problem)
     splits = {}
@@ -145,6 +161,17 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
         zmax = Ztr.amax(dim=(0, 1, 2)).float().cpu()
         net.set_output_map(((zmax - zmin) / 2).clamp_min(1e-12).tolist(), ((zmax + zmin) / 2).tolist())
     out_scale = net.out_scale.to(device)
+    pod_targets = None
+    if cfg.rec_arch == "pod":  # the modes from the training split; targets are the snapshots' coefficients
+        if cfg.norm != "zscore":
+            raise ConfigError("rec_arch='pod' trains in z-score units; use norm='zscore'")
+        flat = Ztr.reshape(n_tr * T1, P, C)
+        pick = torch.randperm(n_tr * T1, generator=g)[:POD_SNAPSHOTS].to(device)
+        _, missed = net.rec.fit_basis(flat[pick], xi)
+        pod_targets = torch.cat([net.rec.coefficients(flat[i:i + 4096]) for i in range(0, len(flat), 4096)]
+                                ).reshape(n_tr, T1, -1)
+        tlog.info(f"POD head: {cfg.n_basis} modes from {len(pick)} training snapshots miss {missed:.2%} of their "
+                  f"centred energy")
     fixed_idx = torch.randperm(P, generator=g)[:n_pts].to(device) \
         if cfg.point_sampling == "fixed" and n_pts < P else None
     signal_w = None
@@ -192,6 +219,10 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
             b = perm[i:i + cfg.batch_traj].to(device)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.amp):
                 s = net.rollout(Utr[b], T1 - 1)
+                if pod_targets is not None:  # the full-grid squared error in the modes' span, per point
+                    c = net.rec.predict(net.rec_input(s, Utr[b]))
+                    yield (c.float() - pod_targets[b]).pow(2).sum(-1).mean() / (P * C)
+                    continue
                 if n_pts == P:
                     pred, true = net.reconstruct(s, xi, u=Utr[b]), Ztr[b]
                 elif fixed_idx is not None:

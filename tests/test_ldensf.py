@@ -419,3 +419,73 @@ def test_decoder_of_the_whole_augmented_latent(setup, tmp_path):
     assert est.shape == (3, *pb.state_shape) and not torch.allclose(m.estimate(moved), est)
     with pytest.raises(ValueError, match="pass the normalised parameters"):
         m.net.reconstruct(st.s, m._grid)
+
+
+def test_pod_decoder_reproduces_its_modes_span_and_matches_the_field_loss(setup):
+    """The POD head: snapshots in the span of its modes decode exactly at the grid points (either point order),
+    values between grid points are bilinear, and the coefficient loss is the field loss minus the residual."""
+    from methods.ldnet import PODDecoder
+    g = torch.Generator().manual_seed(3)
+    ny, nx, C = 5, 7, 2
+    for x_major in (False, True):
+        ax_x, ax_y = torch.linspace(-1, 1, nx), torch.linspace(-1, 1, ny)
+        if x_major:  # points listed with x along the first index, as OrbitBump does
+            X, Y = torch.meshgrid(ax_x, ax_y, indexing="ij")
+            shape = [nx, ny]
+        else:
+            Y, X = torch.meshgrid(ax_y, ax_x, indexing="ij")
+            shape = [ny, nx]
+        xi = torch.stack([X.reshape(-1), Y.reshape(-1)], 1)
+        P = xi.shape[0]
+        # snapshots = a mean + 3 fixed patterns (one of them linear in x, to test the interpolation)
+        pats = torch.stack([torch.randn(P, C, generator=g), torch.randn(P, C, generator=g),
+                            torch.stack([xi[:, 0], 2 * xi[:, 0]], 1)])
+        mean = torch.randn(P, C, generator=g)
+        Z = mean + torch.einsum("mk,kpc->mpc", torch.randn(40, 3, generator=g), pats)
+        dec = PODDecoder(4, 2, C, 16, 2, "relu", 3, shape, g)
+        coeffs, missed = dec.fit_basis(Z, xi)
+        assert missed < 1e-10 and int(dec.x_major) == int(x_major)
+        back = dec.mean.reshape(C, -1).T + torch.einsum("mk,kcp->mpc", coeffs, dec.modes.reshape(3, C, -1))
+        assert torch.allclose(back, Z, atol=1e-4)
+        assert torch.allclose(dec.coefficients(Z), coeffs, atol=1e-4)
+        mu, phi = dec._at(xi)  # on the grid: the stored values
+        assert torch.allclose(mu + torch.einsum("mk,nck->mnc", coeffs, phi), Z, atol=1e-4)
+        # a field linear in x is reproduced between the grid points by the bilinear interpolation
+        lin = torch.stack([xi[:, 0], 2 * xi[:, 0]], 1)
+        c_lin = dec.coefficients(lin[None] + dec.mean.reshape(C, -1).T[None])[0]
+        q = torch.tensor([[0.1234, -0.377], [-0.9, 0.55]])
+        mu_q, phi_q = dec._at(q)
+        val = mu_q + torch.einsum("k,nck->nc", c_lin, phi_q) - mu_q
+        assert torch.allclose(val, torch.stack([q[:, 0], 2 * q[:, 0]], 1), atol=1e-4)
+        # coefficient loss + projection residual = field loss
+        W = torch.randn(6, P, C, generator=g)
+        cw = dec.coefficients(W)
+        proj = dec.mean.reshape(C, -1).T + torch.einsum("mk,kcp->mpc", cw, dec.modes.reshape(3, C, -1))
+        c_pred = torch.randn(6, 3, generator=g)
+        pred = dec.mean.reshape(C, -1).T + torch.einsum("mk,kcp->mpc", c_pred, dec.modes.reshape(3, C, -1))
+        field = (pred - W).pow(2).sum((1, 2))
+        assert torch.allclose(field, (c_pred - cw).pow(2).sum(-1) + (W - proj).pow(2).sum((1, 2)), rtol=1e-4)
+    with pytest.raises(ValueError, match="regular grid"):
+        PODDecoder(4, 2, C, 16, 2, "relu", 3, [ny, nx], g).fit_basis(Z[:, :P], xi.flip(0) * 0.5)
+
+
+def test_pod_head_ldnet_trains_on_the_full_grid_and_round_trips(setup):
+    pb, ds = setup["problem"], setup["dataset"]
+    cfg = LDNetTrainConfig(latent_dim=4, dyn_width=16, dyn_depth=2, rec_arch="pod", n_basis=12, rec_width=32,
+                           rec_depth=2, epochs=60, batch_traj=8, lr=5e-3, eval_every=10)
+    tlog = TrainLog(progress=False)
+    net, summary = train_ldnet(pb, ds, cfg, tlog)
+    assert net.config()["grid_shape"] == [pb.n, pb.n]
+    # better than the mean snapshot it starts from, and than the curve's first evaluation
+    Z = to_points(pb, ds, ds.split("test")[0])
+    mean_only = float(((net.rec.mean.reshape(Z.shape[-1], -1).T - Z).pow(2).sum((-1, -2))
+                       / Z.pow(2).sum((-1, -2))).sqrt().mean())
+    assert summary["test_rrmse_norm"] < 0.8 * mean_only
+    assert summary["test_rrmse_norm"] < tlog.rows[0]["test_rrmse"]
+    again = LDNet.from_config(net.config())
+    again.load_state_dict(net.state_dict())
+    s, xi = torch.randn(2, 4), net.normalize_coords(pb.coords().float())
+    assert torch.equal(again.reconstruct(s, xi), net.reconstruct(s, xi))
+    from assimbench.errors import ConfigError
+    with pytest.raises(ConfigError, match="zscore"):
+        train_ldnet(pb, ds, dataclasses.replace(cfg, norm="minmax"), TrainLog(progress=False))
