@@ -193,8 +193,8 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     splits["train_eval"] = (Ztr[:n_tr_eval], Utr[:n_tr_eval])
     for name in ("valid", "test", "train_eval"):
         Z, U = splits[name]
-        if cfg.eval_points <= 0 or cfg.eval_points >= P:
-            eval_sets[name] = (Z, U, None)
+        if cfg.eval_points <= 0 or cfg.eval_points >= P or cfg.rec_arch == "pod":  # a POD head: the full grid
+            eval_sets[name] = (Z, U, None)                                       # is its cheapest layout
         else:
             idx = torch.randint(P, (Z.shape[0], T1, cfg.eval_points), generator=ge).to(device)
             eval_sets[name] = (_gather_points(Z, idx), U, idx)
