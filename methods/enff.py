@@ -35,6 +35,7 @@ import torch
 
 from assimbench.errors import ConfigError, Diverged
 from methods.base import EnsembleState, Method, Tunable
+from methods.ensf import autograd_loglik_grad
 from methods.score import LoglikGrad, mixture_mean, working_generator
 
 
@@ -198,7 +199,6 @@ class EnFF(Method):
 
     def analysis(self, state: EnsembleState, y: torch.Tensor) -> FlowState:
         """Integrate the guided flow given the observation ``y (m,)``."""
-        from methods.ensf import autograd_loglik_grad
         x = state.x
         n, shape = x.shape[0], x.shape
         dev, dtype = x.device, x.dtype
