@@ -45,7 +45,7 @@ from assimbench.naming import content_hash
 from bench.config import Cell, init_std
 from bench.metrics import ensemble_metrics, param_rmse
 from methods.base import Context
-from problems.base import Observer, count_substeps
+from problems.base import Observer, ObserverConfig, count_substeps
 
 METRICS = ("rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
            "rmse_between", "rrmse_between")
@@ -183,7 +183,7 @@ def param_columns(cell: Cell, problem=None, observer=None, method=None) -> dict:
 
     Built from whatever is known: the problem and method labels when they were built (else their registry
     names), the observer's coverage and noise when it was bound (else the cell's values, falling back to the
-    :class:`~problems.base.Observer` defaults), and the per-parameter columns only once the observer is bound.
+    :class:`~problems.base.ObserverConfig` defaults), and the per-parameter columns only once the observer is bound.
     """
     cols = {"p_problem": problem.label if problem is not None else cell.problem,
             "p_method": method.label if method is not None else cell.method,
@@ -207,7 +207,7 @@ def param_columns(cell: Cell, problem=None, observer=None, method=None) -> dict:
 
 def _observer_value(cell: Cell, key: str):
     """The cell's observer parameter ``key``, or the Observer's own default."""
-    return cell.odict.get(key, Observer.__dataclass_fields__[key].default)
+    return cell.odict.get(key, ObserverConfig.__dataclass_fields__[key].default)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def artifact_hash(kind: str, method: str, data: dict, train: dict) -> str:
 def observer_layout(observer: Observer) -> dict:
     """The parts of an observer that determine *where and what* it observes (not its noise)."""
     return dict(layout=observer.layout, coverage=observer.coverage, stride=observer.stride,
-                fields=list(getattr(observer, "obs_fields", observer.fields)), operator=observer.operator,
+                fields=list(observer.obs_fields), operator=observer.operator,
                 layout_seed=observer.layout_seed, n_obs=observer.n_obs)
 
 
