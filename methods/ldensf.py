@@ -5,7 +5,8 @@ Offline (``fit``, cached artifacts, see :mod:`methods.training`):
 1. an LDNet (:class:`methods.ldnet.LDNet`) learns the latent dynamics ``s_t = s_{t-1} + dt_lat F(s_{t-1}, u)``
    from ``s_{-1} = 0`` and the pointwise reconstruction ``x(t, xi) = R(s_t, xi)`` on the training trajectories;
 2. a causal LSTM (:class:`methods.ldnet.ObsEncoder`) learns ``E: y_{1:t} -> (s_t, u)`` from the clean sparse
-   observations of the same trajectories, against the LDNet latents and the true (normalised) parameters;
+   observations of the same trajectories (through the observer's operator, at its observed cycles only when
+   ``obs_every > 1``), against the LDNet latents and the true (normalised) parameters;
 3. the latent observation noise is calibrated on the validation split at the observer's operating noise: RMS
    of ``E(y~_{1:t}) - kappa_t`` with ``y~`` drawn by ``observer.sample`` (used when ``sigma_lat = 0``; the
    default is the paper's fixed value, see :class:`LDEnSF`).
@@ -250,7 +251,7 @@ class LDEnSF(SamplerFields, Method):
             enc, summary = tr.train_encoder(net.to(train_dev), pb, obs, ds, enc_cfg, tlog, device=train_dev)
             return {"encoder": enc}, {"encoder": enc.config()}, summary
 
-        data = {"dataset": pb.data_key(), "observer": tr.observer_layout(obs), "ldnet": art_ld.key}
+        data = {"dataset": pb.data_key(), "observer": tr.observer_layout(obs, times=True), "ldnet": art_ld.key}
         art_enc = tr.load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
                                    ctx.cache_dir, ctx.progress, dataset=ds,
                                    rescore=tr.rescore_encoder(net, pb, obs, ds))
@@ -279,16 +280,17 @@ class LDEnSF(SamplerFields, Method):
     def _calibrate(self, ds, key: str) -> tuple[torch.Tensor, dict]:
         """``sigma_lat`` from the validation split at the observer's noise (or the user's fixed value)."""
         from assimbench.naming import content_hash
-        from methods.training import encoder_targets
+        from methods.training import encoder_targets, observed_cycles
         ctx = self.ctx
         pb, obs = ctx.problem, ctx.observer
         xv, pv = ds.split("valid")
         n, T1 = xv.shape[:2]
         g = torch.Generator().manual_seed(int(content_hash(key, obs.noise, obs.noise_type), 16) % (2**62))
         x = xv[:, 1:].reshape(n * (T1 - 1), *pb.state_shape).to(ctx.device, ctx.dtype)
-        y = obs.sample(x, g).reshape(n, T1 - 1, -1)
+        sel = observed_cycles(obs)  # the sequence the encoder reads online
+        y = obs.sample(x, g).reshape(n, T1 - 1, -1)[:, sel]
         phi, _ = self.encoder(y)
-        kappa = encoder_targets(self.net, pb, pv, T1 - 1).to(ctx.device, ctx.dtype)
+        kappa = encoder_targets(self.net, pb, pv, T1 - 1)[:, sel].to(ctx.device, ctx.dtype)
         err = (phi - kappa).reshape(-1, kappa.shape[-1])
         rms_iso = float(err.pow(2).mean().sqrt())
         rms_diag = err.pow(2).mean(0).sqrt()

@@ -96,11 +96,21 @@ def artifact_hash(kind: str, method: str, data: dict, train: dict) -> str:
     return content_hash(kind, method, data, train, ARTIFACT_FORMAT, n=16)
 
 
-def observer_layout(observer: Observer) -> dict:
-    """The parts of an observer that determine *where and what* it observes (not its noise)."""
-    return dict(layout=observer.layout, coverage=observer.coverage, stride=observer.stride,
-                fields=list(observer.obs_fields), operator=observer.operator,
-                layout_seed=observer.layout_seed, n_obs=observer.n_obs)
+def observer_layout(observer: Observer, times: bool = False) -> dict:
+    """The parts of an observer that determine *where and what* it observes (not its noise); with ``times`` (a
+    network that reads the observation sequence) also *when*: ``obs_every``, recorded only when it is not 1 (so
+    the every-cycle layouts keep the hashes they always had)."""
+    out = dict(layout=observer.layout, coverage=observer.coverage, stride=observer.stride,
+               fields=list(observer.obs_fields), operator=observer.operator,
+               layout_seed=observer.layout_seed, n_obs=observer.n_obs)
+    if times and observer.obs_every != 1:
+        out["obs_every"] = observer.obs_every
+    return out
+
+
+def observed_cycles(observer: Observer) -> slice:
+    """The entries of a per-cycle sequence over ``t = 1 .. T`` that the observer observes (``t = k, 2k, ...``)."""
+    return slice(observer.obs_every - 1, None, observer.obs_every)
 
 
 def _read_curve(path: Path) -> list[dict]:
@@ -936,14 +946,18 @@ def encoder_targets(net, problem: Problem, params: torch.Tensor, T: int) -> torc
 
 def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, cfg: EncoderTrainConfig,
                   tlog: TrainLog, device: torch.device | str = "cpu") -> tuple["ObsEncoder", dict]:
-    """Train the causal LSTM ``y_{1:t} -> (s_t, u_n)`` against the LDNet latents and the true parameters."""
+    """Train the causal LSTM ``y_{1:t} -> (s_t, u_n)`` against the LDNet latents and the true parameters.
+
+    The sequences are the observer's: its operator, and only its observed cycles (``obs_every``), so the LSTM
+    steps once per observation as it does online."""
     from methods.ldnet import ObsEncoder
     g = torch.Generator().manual_seed(cfg.seed)
     data = {}
+    sel = observed_cycles(observer)
     for name in ("train", "valid", "test"):
         x, p = dataset.split(name)
-        Y = clean_observations(problem, observer, x).to(device)
-        K = encoder_targets(net, problem, p, x.shape[1] - 1).to(device)
+        Y = clean_observations(problem, observer, x)[:, sel].to(device)
+        K = encoder_targets(net, problem, p, x.shape[1] - 1)[:, sel].to(device)
         data[name] = (Y, K)
     Ytr, Ktr = data["train"]
     m = Ytr.shape[-1]
@@ -989,8 +1003,9 @@ def score_encoder(enc, net, problem: Problem, observer: Observer, dataset: Datas
     :func:`train_encoder` reports them: ``test_rel`` (latent and parameters), ``test_rel_s``, ``test_rel_u``."""
     enc.eval()
     x, p = dataset.split("test")
-    Y = clean_observations(problem, observer, x)
-    K = encoder_targets(net, problem, p, x.shape[1] - 1)
+    sel = observed_cycles(observer)
+    Y = clean_observations(problem, observer, x)[:, sel]
+    K = encoder_targets(net, problem, p, x.shape[1] - 1)[:, sel]
     pred, _ = enc(Y)
     e = (pred - K).pow(2)
     d_s = net.latent_dim

@@ -7,7 +7,8 @@ Conventions (all problems):
 - Parameters are a tensor ``(N, P)`` (``P = len(param_names)``, possibly 0), in physical units.
 - ``step(x, params)`` advances one *observation interval* ``dt_obs``; CFL sub-steps are the solver's business.
   It is deterministic, batched, and runs on the device and dtype of ``x``.
-- Snapshot ``t = 0`` is the initial state; observations exist for ``t = 1 .. n_cycles`` (no observation at 0).
+- Snapshot ``t = 0`` is the initial state; observations exist for ``t = 1 .. n_cycles`` (no observation at 0), or
+  for every ``obs_every``-th of them (:class:`ObserverConfig`).
 """
 from __future__ import annotations
 
@@ -544,6 +545,8 @@ class ObserverConfig:
     noise_type : ``additive`` (std = noise x per-field std of the training data), ``relative`` (std = noise x
         |H(x)|, the LD-EnSF tsunami convention) or ``absolute`` (std = noise, physical units).
     layout_seed : seed of the random layout.
+    obs_every : observations exist at every ``obs_every``-th cycle only (``t = k, 2k, ...``); the cycles between
+        are forecast-only (1 = every cycle).
 
     :meth:`bind` makes the :class:`Observer` of a problem from it.
     """
@@ -556,6 +559,7 @@ class ObserverConfig:
     noise: float = 0.1
     noise_type: Literal["additive", "relative", "absolute"] = "additive"
     layout_seed: int = 0
+    obs_every: int = 1
 
     name: ClassVar[str] = "obs"
 
@@ -566,6 +570,9 @@ class ObserverConfig:
             raise ConfigError(f"observer stride={self.stride} must be >= 0 (0 = derive from coverage)")
         if self.noise < 0 or not math.isfinite(self.noise):
             raise ConfigError(f"observer noise={self.noise} must be a finite number >= 0")
+        if self.obs_every < 1:
+            raise ConfigError(f"observer obs_every={self.obs_every} must be an integer >= 1 (1 = observe every "
+                              "cycle, k = every k-th cycle)")
 
     @property
     def label(self) -> str:
@@ -598,6 +605,9 @@ class Observer:
         bad = [f for f in fields if f not in pb.field_names]
         if bad:
             raise ConfigError(f"observer fields {bad} do not exist in {pb.name}; valid: {', '.join(pb.field_names)}")
+        if config.obs_every > pb.n_cycles:
+            raise ConfigError(f"observer obs_every={config.obs_every} leaves no observed cycle: {pb.label} has "
+                              f"n_cycles={pb.n_cycles}; valid: 1 .. {pb.n_cycles}")
         self.obs_fields: tuple[str, ...] = tuple(fields)
         self.points = self._points()
         if len(self.points) == 0:
@@ -631,6 +641,7 @@ class Observer:
     noise = property(lambda self: self.config.noise)
     noise_type = property(lambda self: self.config.noise_type)
     layout_seed = property(lambda self: self.config.layout_seed)
+    obs_every = property(lambda self: self.config.obs_every)
 
     @property
     def label(self) -> str:
@@ -638,6 +649,10 @@ class Observer:
 
     def params_dict(self) -> dict:
         return self.config.params_dict()
+
+    def observes_at(self, t: int) -> bool:
+        """True when cycle ``t`` (1-based) has an observation (every ``obs_every``-th cycle)."""
+        return t % self.config.obs_every == 0
 
     # ---- layout ---------------------------------------------------------------------------------------------
     def _points(self) -> torch.Tensor:
