@@ -2,7 +2,7 @@
 
 For each distinct (problem, observer layout, learned method) of the grid it prepares the cell the way the runner
 does (:func:`bench.runner.prepare`: dataset, observer, skip reason), runs the method's ``fit`` (shipped artifact
--> cache -> fresh training, see methods/training.py) and prints the test errors measured on the data at hand (the
+-> cache -> fresh training, see methods/artifact_cache.py) and prints the test errors measured on the data at hand (the
 recorded ones when the artifact's data checksum is the dataset's, else re-scored; a line per network says
 which). ``--ship`` copies the resulting artifacts into ``methods/artifacts/`` so that they are committed and a
 cold ``bench run`` uses them; ``--curve PREFIX`` writes time-to-accuracy curves as CSV. A shipped network whose
@@ -23,7 +23,7 @@ import methods
 from bench.config import Grid, freeze
 from bench.runner import prepare
 from methods.base import Context, Method
-from methods.training import SHIPPED_DIR, ArtifactError, write_curve
+from methods.artifact_cache import SHIPPED_DIR, ArtifactError, write_curve
 from problems.base import Dataset, Observer, Problem
 
 ARTIFACT_DIR = SHIPPED_DIR
@@ -39,7 +39,7 @@ def train_method(method: Method, problem: Problem, observer: Observer, dataset: 
     """Bind ``method`` to (problem, observer, dataset), run its ``fit`` and summarise the training.
 
     The method's networks come from the shipped artifacts, the cache, or fresh training (in that order; see
-    methods/training.py). ``curve_path``, when given, receives the learning curve(s) as one CSV (a ``network``
+    methods/artifact_cache.py). ``curve_path``, when given, receives the learning curve(s) as one CSV (a ``network``
     column tells the artifacts apart). Returns a dict with ``time_fit_s`` (wall-clock of ``fit``), and, from the
     method's ``training_summary``: per network, its artifact ``hash``, ``source`` (shipped/cache/trained),
     ``path`` and test errors (e.g. ``test_rrmse_norm``/``test_rrmse_phys`` for an LDNet).

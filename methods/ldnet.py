@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from problems.base import Dataset, Problem
+
 Act = Literal["relu", "tanh", "gelu", "silu"]
 
 
@@ -391,3 +393,41 @@ class ObsEncoder(nn.Module):
         yn = (y - self.y_mean.to(y.dtype)) / self.y_std.to(y.dtype)
         h, state = self.lstm(yn, state)
         return self.head(h), state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normalised units and the point-major layout
+# --------------------------------------------------------------------------------------------------------------
+def param_normalizer(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) float64 of the parameter box; ``u_n = 2 (u - lo)/(hi - lo) - 1``."""
+    lo, hi = problem.param_bounds
+    return lo.to(torch.float64), hi.to(torch.float64)
+
+
+def normalize_params(u: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    lo, hi = lo.to(u.device, u.dtype), hi.to(u.device, u.dtype)
+    return 2 * (u - lo) / (hi - lo) - 1
+
+
+def denormalize_params(un: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    lo, hi = lo.to(un.device, un.dtype), hi.to(un.device, un.dtype)
+    return lo + (un + 1) * (hi - lo) / 2
+
+
+def to_points(problem: Problem, dataset: Dataset, snaps: torch.Tensor) -> torch.Tensor:
+    """Normalised, point-major view: ``(n, T+1, *state_shape)`` physical -> ``(n, T+1, n_points, C)``."""
+    nd = len(problem.state_shape)
+    z = dataset.normalize(snaps.to(torch.float32), nd)
+    n, T1 = z.shape[:2]
+    if nd == 1:
+        return z.reshape(n, T1, -1, 1).contiguous()
+    return z.reshape(n, T1, problem.n_fields, -1).transpose(-1, -2).contiguous()
+
+
+def from_points(problem: Problem, z: torch.Tensor) -> torch.Tensor:
+    """Inverse layout of :func:`to_points`: ``(..., n_points, C) -> (..., *state_shape)`` (still normalised)."""
+    lead = z.shape[:-2]
+    if len(problem.state_shape) == 1:
+        return z.reshape(*lead, *problem.state_shape)
+    return z.transpose(-1, -2).reshape(*lead, *problem.state_shape)
+

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import problems
     import methods
     from bench.train import train_method
-    from methods.training import SHIPPED_DIR
+    from methods.artifact_cache import SHIPPED_DIR
     from problems.base import bind_observer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

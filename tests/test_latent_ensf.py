@@ -9,8 +9,9 @@ import torch
 
 import problems
 from methods.base import Context, EnsembleState
-from methods.latent_ensf import LatentEnSF, VAETrainConfig, observer_lattice, train_vae
-from methods.training import TrainLog
+from methods.latent_ensf import LatentEnSF
+from methods.train_loop import TrainLog
+from methods.vae_train import VAETrainConfig, observer_lattice, train_vae
 from methods.vae import CoupledVAE, vae_loss
 from problems.base import lattice_stride
 
