@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 import methods
 from bench.config import Grid, freeze
@@ -34,7 +33,7 @@ def is_learned(method) -> bool:
 
 
 def train_method(method: Method, problem: Problem, observer: Observer, dataset: Dataset | None = None, *,
-                 generator: torch.Generator | None = None, cache_dir: Path | str | None = None,
+                 cache_dir: Path | str | None = None,
                  progress: bool = True, curve_path: Path | str | None = None) -> dict:
     """Bind ``method`` to (problem, observer, dataset), run its ``fit`` and summarise the training.
 
@@ -49,9 +48,8 @@ def train_method(method: Method, problem: Problem, observer: Observer, dataset: 
     ctx = Context(problem=problem, observer=observer, dataset=dataset,
                   cache_dir=Path(cache_dir) if cache_dir is not None else None, progress=progress)
     method.bind(ctx)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    method.fit(gen)
+    method.fit()
     summary = dict(method.training_summary)
     summary["time_fit_s"] = time.perf_counter() - t0
     summary["method"] = method.label
@@ -95,7 +93,7 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
             curve_path.parent.mkdir(parents=True, exist_ok=True)
         try:  # the training seed of `bench train` is fixed (0), independent of the cell
             summary = train_method(prep.method, prep.problem, prep.observer, prep.dataset,
-                                   generator=torch.Generator().manual_seed(0), cache_dir=cache_dir,
+                                   cache_dir=cache_dir,
                                    progress=progress, curve_path=curve_path)
         except ArtifactError as e:  # a corrupt shipped network: refused, said once, the other methods go on
             print(f"error: {e}", file=sys.stderr)

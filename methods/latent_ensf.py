@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -38,7 +38,7 @@ from assimbench.naming import content_hash
 from methods.artifact_cache import load_or_train, observer_layout
 from methods.base import EnsembleState, Method, Tunable
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
-from methods.train_loop import recipe_values, resolve_recipe
+from methods.train_loop import recipe_values, resolve_recipe, train_field
 from methods.vae import CoupledVAE
 from methods.vae_train import VAETrainConfig, observer_lattice, rescore_vae, snapshots, train_vae
 from problems.base import Dataset, Observer, Problem
@@ -58,11 +58,6 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 # --------------------------------------------------------------------------------------------------------------
 # The method
 # --------------------------------------------------------------------------------------------------------------
-def _train(**kw) -> Any:
-    """A training hyperparameter: part of the artifact hash (the filter's own fields are not)."""
-    return field(metadata={"train": True}, **kw)
-
-
 @dataclass
 class LatentEnSF(SamplerFields, Method):
     """Latent-EnSF: full-space forecast, EnSF on the coupled-VAE latents ``mu_x(x_i)`` against ``mu_y(y)``.
@@ -107,19 +102,19 @@ class LatentEnSF(SamplerFields, Method):
     conformance_params: ClassVar[dict] = {"c_lat": 2, "h_lat": 4, "width": 4, "epochs": 2, "batch": 8,
                                           "n_steps": 10}
 
-    c_lat: int = _train(default=4)
-    h_lat: int = _train(default=8)
-    width: int = _train(default=8)
-    obs_arch: Literal["auto", "conv", "mlp"] = _train(default="auto")
-    epochs: int = _train(default=40)
-    batch: int = _train(default=64)
-    lr: float = _train(default=3e-3)
-    schedule: Literal["constant", "cosine", "onecycle", "step"] = _train(default="cosine")
-    beta: float = _train(default=1e-4)
-    lam: float = _train(default=1.0)
-    obs_train_noise: float = _train(default=0.0)
-    train_seed: int = _train(default=0)
-    recipe: str = _train(default="cpu")
+    c_lat: int = train_field(default=4)
+    h_lat: int = train_field(default=8)
+    width: int = train_field(default=8)
+    obs_arch: Literal["auto", "conv", "mlp"] = train_field(default="auto")
+    epochs: int = train_field(default=40)
+    batch: int = train_field(default=64)
+    lr: float = train_field(default=3e-3)
+    schedule: Literal["constant", "cosine", "onecycle", "step"] = train_field(default="cosine")
+    beta: float = train_field(default=1e-4)
+    lam: float = train_field(default=1.0)
+    obs_train_noise: float = train_field(default=0.0)
+    train_seed: int = train_field(default=0)
+    recipe: str = train_field(default="cpu")
 
     scaling: float = 1.0
     sigma_lat: float = 0.0
@@ -162,12 +157,12 @@ class LatentEnSF(SamplerFields, Method):
         return VAETrainConfig(**kw, eval_every=max(1, v["epochs"] // 15), seed=v["train_seed"])
 
     # ---- offline ---------------------------------------------------------------------------------------------
-    def fit(self, generator: torch.Generator) -> None:
+    def fit(self) -> None:
         """Load or train the coupled VAE, then calibrate ``sigma_lat``.
 
-        Training is seeded by ``train_seed`` (not by ``generator``), so the artifact depends only on the
-        configuration (dataset, observer layout, training fields); the calibration noise comes from a generator
-        seeded by the artifact hash and the observer's noise.
+        Training is seeded by ``train_seed``, so the artifact depends only on the configuration (dataset,
+        observer layout, training fields); the calibration noise comes from a generator seeded by the artifact
+        hash and the observer's noise.
         """
         ctx = self.ctx
         pb, obs = ctx.problem, ctx.observer

@@ -4,7 +4,7 @@ Offline (``fit``, cached artifacts, see :mod:`methods.artifact_cache`; the train
 
 1. an LDNet (:class:`methods.ldnet.LDNet`) learns the latent dynamics ``s_t = s_{t-1} + dt_lat F(s_{t-1}, u)``
    from ``s_{-1} = 0`` and the pointwise reconstruction ``x(t, xi) = R(s_t, xi)`` on the training trajectories;
-2. a causal LSTM (:class:`methods.ldnet.ObsEncoder`) learns ``E: y_{1:t} -> (s_t, u)`` from the clean sparse
+2. a causal LSTM (:class:`methods.ldnet.LSTMEncoder`) learns ``E: y_{1:t} -> (s_t, u)`` from the clean sparse
    observations of the same trajectories (through the observer's operator, at its observed cycles only when
    ``obs_every > 1``), against the LDNet latents and the true (normalised) parameters;
 3. the latent observation noise is calibrated on the validation split at the observer's operating noise: RMS
@@ -27,7 +27,7 @@ Continuous time and space: :meth:`LDEnSF.decode` evaluates members at arbitrary 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -36,11 +36,11 @@ from assimbench.errors import ConfigError, Diverged
 from assimbench.naming import content_hash
 from methods.artifact_cache import load_or_train, observer_layout
 from methods.base import Method, Tunable
-from methods.ldnet import LDNet, ObsEncoder, denormalize_params, from_points, normalize_params, param_normalizer
+from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
 from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, observed_cycles,
                                  rescore_encoder, rescore_ldnet, train_encoder, train_ldnet)
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
-from methods.train_loop import recipe_values, resolve_recipe
+from methods.train_loop import recipe_values, resolve_recipe, train_field
 from problems.base import Observer, Problem
 
 
@@ -78,11 +78,6 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                            points=5000, n_fourier=10, fourier_scale=1.0, norm="zscore", step_gamma=0.5),
     },
 }
-
-
-def _train(**kw) -> Any:
-    """A training hyperparameter: part of the artifact hash (the filter's own fields are not)."""
-    return field(metadata={"train": True}, **kw)
 
 
 @dataclass
@@ -139,34 +134,34 @@ class LDEnSF(SamplerFields, Method):
                                           "rec_depth": 2, "epochs": 3, "batch_traj": 2, "points": 64,
                                           "lstm_hidden": 8, "lstm_epochs": 3}
 
-    latent_dim: int = _train(default=10)
-    dt_lat: float = _train(default=0.1)
-    dyn_width: int = _train(default=64)
-    dyn_depth: int = _train(default=4)
-    rec_arch: Literal["resmlp", "separable", "registered"] = _train(default="resmlp")
-    rec_width: int = _train(default=64)
-    rec_depth: int = _train(default=4)
-    n_basis: int = _train(default=64)
-    n_fourier: int = _train(default=32)
-    fourier_scale: float = _train(default=2.0)
-    train_fourier: bool = _train(default=True)
-    film: bool = _train(default=True)
-    epochs: int = _train(default=400)
-    batch_traj: int = _train(default=4)
-    points: int = _train(default=64)
-    lr: float = _train(default=3e-3)
-    schedule: Literal["constant", "cosine", "onecycle", "step"] = _train(default="cosine")
-    rec_epochs: int = _train(default=0)
-    lbfgs_iters: int = _train(default=0)
-    amp: bool = _train(default=True)
-    lstm_hidden: int = _train(default=128)
-    lstm_epochs: int = _train(default=1000)
-    lstm_lr: float = _train(default=3e-3)
-    train_seed: int = _train(default=0)
-    n_shifts: int = _train(default=0)
-    rec_params: bool = _train(default=False)
-    extra_traj: int = _train(default=0)
-    recipe: str = _train(default="cpu")
+    latent_dim: int = train_field(default=10)
+    dt_lat: float = train_field(default=0.1)
+    dyn_width: int = train_field(default=64)
+    dyn_depth: int = train_field(default=4)
+    rec_arch: Literal["resmlp", "separable", "registered"] = train_field(default="resmlp")
+    rec_width: int = train_field(default=64)
+    rec_depth: int = train_field(default=4)
+    n_basis: int = train_field(default=64)
+    n_fourier: int = train_field(default=32)
+    fourier_scale: float = train_field(default=2.0)
+    train_fourier: bool = train_field(default=True)
+    film: bool = train_field(default=True)
+    epochs: int = train_field(default=400)
+    batch_traj: int = train_field(default=4)
+    points: int = train_field(default=64)
+    lr: float = train_field(default=3e-3)
+    schedule: Literal["constant", "cosine", "onecycle", "step"] = train_field(default="cosine")
+    rec_epochs: int = train_field(default=0)
+    lbfgs_iters: int = train_field(default=0)
+    amp: bool = train_field(default=True)
+    lstm_hidden: int = train_field(default=128)
+    lstm_epochs: int = train_field(default=1000)
+    lstm_lr: float = train_field(default=3e-3)
+    train_seed: int = train_field(default=0)
+    n_shifts: int = train_field(default=0)
+    rec_params: bool = train_field(default=False)
+    extra_traj: int = train_field(default=0)
+    recipe: str = train_field(default="cpu")
 
     scaling: float = 100.0
     sigma_lat: float = 1e-3
@@ -221,11 +216,11 @@ class LDEnSF(SamplerFields, Method):
                                   seed=v["train_seed"])
 
     # ---- offline ---------------------------------------------------------------------------------------------
-    def fit(self, generator: torch.Generator) -> None:
+    def fit(self) -> None:
         """Load or train the LDNet and the encoder, then calibrate ``sigma_lat``.
 
-        Training is seeded by ``train_seed`` (not by ``generator``), so the artifact depends only on the
-        configuration; the calibration noise is drawn from a generator seeded by the artifact hashes.
+        Training is seeded by ``train_seed``, so the artifact depends only on the configuration; the calibration
+        noise is drawn from a generator seeded by the artifact hashes.
         """
         ctx = self.ctx
         pb, obs = ctx.problem, ctx.observer
@@ -254,7 +249,7 @@ class LDEnSF(SamplerFields, Method):
         data = {"dataset": pb.data_key(), "observer": observer_layout(obs, times=True), "ldnet": art_ld.key}
         art_enc = load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
                                 ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_encoder(net, pb, obs, ds))
-        enc = ObsEncoder.from_config(art_enc.config["networks"]["encoder"])
+        enc = LSTMEncoder.from_config(art_enc.config["networks"]["encoder"])
         enc.load_state_dict(art_enc.weights["encoder"])
         enc.eval()
         for p in list(net.parameters()) + list(enc.parameters()):

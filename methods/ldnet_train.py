@@ -16,7 +16,8 @@ import torch
 
 from assimbench.errors import ConfigError
 from methods.artifact_cache import Artifact, HashedConfig
-from methods.ldnet import LDNet, ObsEncoder, normalize_params, param_normalizer, to_points
+from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, normalize_params,
+                          param_normalizer, to_points)
 from methods.train_loop import TrainLog, rel_l2, run_stage
 from problems.base import Dataset, Observer, Problem
 
@@ -115,10 +116,13 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     g = torch.Generator().manual_seed(cfg.seed)
     coords = problem.coords().to(torch.float64)
     lo_c, hi_c = coords.min(0).values, coords.max(0).values
-    net = LDNet(cfg.latent_dim, problem.n_params, problem.n_fields, coords.shape[1], cfg.dt_lat,
-                lo_c.tolist(), hi_c.tolist(), cfg.dyn_width, cfg.dyn_depth, cfg.rec_arch, cfg.rec_width,
-                cfg.rec_depth, cfg.n_fourier, cfg.fourier_scale, cfg.train_fourier, cfg.n_basis, cfg.act,
-                cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts, rec_params=cfg.rec_params).to(device)
+    net = LDNet(LDNetConfig(
+        latent_dim=cfg.latent_dim, n_params=problem.n_params, n_fields=problem.n_fields, coord_dim=coords.shape[1],
+        dt_lat=cfg.dt_lat, coord_lo=lo_c.tolist(), coord_hi=hi_c.tolist(), dyn_width=cfg.dyn_width,
+        dyn_depth=cfg.dyn_depth, rec_arch=cfg.rec_arch, rec_width=cfg.rec_width, rec_depth=cfg.rec_depth,
+        n_fourier=cfg.n_fourier, fourier_scale=cfg.fourier_scale, train_fourier=cfg.train_fourier,
+        n_basis=cfg.n_basis, act=cfg.act, seed=cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts,
+        rec_params=cfg.rec_params)).to(device)
     xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
     p_lo, p_hi = param_normalizer(problem)
     splits = {}
@@ -329,7 +333,7 @@ def encoder_targets(net, problem: Problem, params: torch.Tensor, T: int) -> torc
 
 
 def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, cfg: EncoderTrainConfig,
-                  tlog: TrainLog, device: torch.device | str = "cpu") -> tuple[ObsEncoder, dict]:
+                  tlog: TrainLog, device: torch.device | str = "cpu") -> tuple[LSTMEncoder, dict]:
     """Train the causal LSTM ``y_{1:t} -> (s_t, u_n)`` against the LDNet latents and the true parameters.
 
     The sequences are the observer's: its operator, and only its observed cycles (``obs_every``), so the LSTM
@@ -348,7 +352,8 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
     per_chan = Ytr.reshape(-1, m // C_obs, C_obs)  # point-major, channel-minor
     y_mean = per_chan.mean((0, 1)).repeat(m // C_obs)
     y_std = per_chan.std((0, 1)).clamp_min(1e-8).repeat(m // C_obs)
-    enc = ObsEncoder(m, Ktr.shape[-1], cfg.hidden, cfg.seed, y_mean.tolist(), y_std.tolist()).to(device)
+    enc = LSTMEncoder(LSTMEncoderConfig(m, Ktr.shape[-1], cfg.hidden, cfg.seed), y_mean.tolist(),
+                      y_std.tolist()).to(device)
     d_s = net.latent_dim
     ystd_noise = y_std.to(device)
     tlog.info(f"encoder: LSTM {m} -> {cfg.hidden} -> {Ktr.shape[-1]}, {Ytr.shape[0]} sequences of {Ytr.shape[1]}")
@@ -403,7 +408,7 @@ def rescore_encoder(net, problem: Problem, observer: Observer, dataset: Dataset
                     ) -> Callable[[Artifact], dict[str, float]]:
     """``rescore`` for :func:`load_or_train`: the artifact's encoder scored on ``dataset`` against ``net``."""
     def rescore(art: Artifact) -> dict[str, float]:
-        enc = ObsEncoder.from_config(art.config["networks"]["encoder"])
+        enc = LSTMEncoder.from_config(art.config["networks"]["encoder"])
         enc.load_state_dict(art.weights["encoder"])
         return score_encoder(enc, net.to("cpu", torch.float32), problem, observer, dataset)
     return rescore

@@ -39,6 +39,13 @@ def recipe_values(recipes: dict, recipe: str, problem_name: str | None) -> dict[
     return out
 
 
+def train_field(**kw) -> Any:
+    """A field of a learned method that is a training hyperparameter (``dataclasses.field`` keywords): the ones
+    :func:`resolve_recipe` collects into the training configuration, whose identity is hashed into the artifact
+    key (the filter's own fields are not)."""
+    return dataclasses.field(metadata={"train": True}, **kw)
+
+
 def resolve_recipe(method, recipes: dict, problem_name: str | None) -> dict[str, Any]:
     """Training values of ``method`` under its ``recipe``: a field the user set (it differs from the class
     default) wins; a field at its class default takes the recipe's value; keys that are not fields of the method

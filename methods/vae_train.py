@@ -15,7 +15,7 @@ import torch
 from assimbench.errors import ConfigError
 from methods.artifact_cache import Artifact, HashedConfig
 from methods.train_loop import TrainLog, rel_l2, run_stage
-from methods.vae import CoupledVAE, vae_loss
+from methods.vae import CoupledVAE, VAEConfig, vae_loss
 from problems.base import Dataset, Observer, Problem, lattice_stride
 
 
@@ -101,8 +101,10 @@ def train_vae(problem: Problem, observer: Observer, dataset: Dataset, cfg: VAETr
     if arch == "conv" and lattice is None:
         raise ConfigError("Latent-EnSF obs_arch='conv' needs a lattice observer; use obs_arch='mlp' or 'auto'")
     C, H, W = problem.state_shape
-    vae = CoupledVAE(C, H, m, cfg.c_lat, cfg.h_lat, cfg.width, arch, list(lattice) if lattice else None,
-                     bool(problem.periodic), y_mean.tolist(), y_std.tolist(), cfg.seed).to(device)
+    vae = CoupledVAE(VAEConfig(n_fields=C, n=H, m=m, c_lat=cfg.c_lat, h_lat=cfg.h_lat, width=cfg.width,
+                               obs_arch=arch, lattice=list(lattice) if lattice else None,
+                               periodic=bool(problem.periodic), obs_mean=y_mean.tolist(), obs_std=y_std.tolist(),
+                               seed=cfg.seed)).to(device)
     norm_y = {k: vae.normalize_obs(v[1].to(device)) for k, v in data.items()}
     Xtr, Ytr = Xtr.to(device), norm_y["train"]
     n_tr = Xtr.shape[0]

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 import problems
@@ -125,7 +124,7 @@ def _fit(tiny, **kw) -> LatentEnSF:
     pb, ds, obs, cache = tiny
     m = LatentEnSF(**{**VAE, **kw})
     m.bind(Context(pb, obs, ds, cache_dir=cache))
-    m.fit(torch.Generator().manual_seed(0))
+    m.fit()
     return m
 
 

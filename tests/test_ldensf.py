@@ -19,7 +19,7 @@ from methods.base import Context
 from methods.ldensf import LDEnSF, LatentState
 from bench.train import train_method
 from methods import artifact_cache
-from methods.ldnet import LDNet, ObsEncoder, to_points
+from methods.ldnet import LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, to_points
 from methods.ldnet_train import LDNetTrainConfig, train_ldnet
 from methods.train_loop import TrainLog
 from problems.base import Problem, bind_observer
@@ -102,7 +102,7 @@ def setup(tmp_path_factory, one_thread):
     ds = pb.dataset(cache_dir=cache, progress=False)
     obs = bind_observer(pb, ds, layout="lattice", stride=3, noise=0.05)
     m = LDEnSF(**TINY)
-    summary = train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=cache,
+    summary = train_method(m, pb, obs, ds, cache_dir=cache,
                               progress=False, curve_path=cache / "curve.csv")
     return dict(problem=pb, dataset=ds, observer=obs, method=m, summary=summary, cache=cache)
 
@@ -121,7 +121,7 @@ def test_training_lowers_the_loss(setup):
 
 
 def test_lstm_encoder_is_causal():
-    enc = ObsEncoder(6, 5, hidden=12, seed=3)
+    enc = LSTMEncoder(LSTMEncoderConfig(6, 5, hidden=12, seed=3))
     g = torch.Generator().manual_seed(1)
     y = torch.randn(3, 7, 6, generator=g)
     y2 = y.clone()
@@ -139,7 +139,7 @@ def test_lstm_encoder_is_causal():
 
 
 def test_ldnet_initial_state_is_one_euler_step_from_zero():
-    net = LDNet(3, 2, 1, 2, 0.7, [0, 0], [1, 1], dyn_width=8, dyn_depth=2, rec_width=8, rec_depth=2)
+    net = LDNet(LDNetConfig(3, 2, 1, 2, 0.7, [0, 0], [1, 1], dyn_width=8, dyn_depth=2, rec_width=8, rec_depth=2))
     u = torch.rand(5, 2)
     torch.testing.assert_close(net.initial(u), 0.7 * net.velocity(torch.zeros(5, 3), u))
     traj = net.rollout(u, 4)
@@ -150,7 +150,7 @@ def test_cached_artifact_reloads_bit_identical(setup):
     pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
     m1 = setup["method"]
     m2 = LDEnSF(**TINY)
-    s2 = train_method(m2, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=setup["cache"],
+    s2 = train_method(m2, pb, obs, ds, cache_dir=setup["cache"],
                          progress=False)
     assert s2["ldnet"]["source"] == "cache" and s2["encoder"]["source"] == "cache"
     assert s2["ldnet"]["hash"] == setup["summary"]["ldnet"]["hash"]
@@ -177,7 +177,7 @@ def test_stale_shipped_artifact_is_reported(setup, tmp_path, monkeypatch, caplog
     monkeypatch.setattr(artifact_cache, "SHIPPED_DIR", tmp_path / "shipped")
     m = LDEnSF(**dict(TINY, epochs=2, lstm_epochs=2))
     with caplog.at_level(logging.WARNING, logger="assimbench.training"):
-        train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=tmp_path / "c",
+        train_method(m, pb, obs, ds, cache_dir=tmp_path / "c",
                         progress=False)
     assert any("no longer matches" in r.getMessage() and "training anew" in r.getMessage() for r in caplog.records)
 
@@ -249,7 +249,7 @@ def test_shipped_default_networks(name):
     obs = bind_observer(pb, ds, layout="lattice", coverage=0.0044, noise=0.1)
     m = LDEnSF()
     m.bind(Context(pb, obs, ds))
-    m.fit(torch.Generator().manual_seed(0))
+    m.fit()
     assert m.artifacts["ldnet"].source == "shipped" and m.artifacts["encoder"].source == "shipped"
     assert str(m.artifacts["ldnet"].path).startswith(str(artifact_cache.SHIPPED_DIR))
     documented = m.artifacts["ldnet"].config["summary"]["test_rrmse_phys"]
@@ -270,7 +270,7 @@ def test_film_decoder_starts_as_the_plain_network_and_round_trips():
     its weights move, and survives the config round trip the artifact cache relies on."""
     kw = dict(latent_dim=5, n_params=2, n_fields=3, coord_dim=2, dt_lat=0.1, coord_lo=[0.0, 0.0],
               coord_hi=[1.0, 1.0], rec_width=16, rec_depth=4, n_fourier=8, fourier_scale=2.0, seed=3)
-    plain, film = LDNet(**kw), LDNet(**kw, film=True)
+    plain, film = LDNet(LDNetConfig(**kw)), LDNet(LDNetConfig(**kw, film=True))
     s, xi = torch.randn(4, 5), torch.rand(30, 2) * 2 - 1
     assert torch.equal(plain.reconstruct(s, xi), film.reconstruct(s, xi))
     assert "film" not in plain.config() and film.config()["film"] is True
@@ -392,7 +392,7 @@ def test_registered_decoder_moves_with_its_frames():
     kw = dict(latent_dim=4, n_params=2, n_fields=3, coord_dim=2, dt_lat=0.1, coord_lo=[0.0, 0.0],
               coord_hi=[1.0, 1.0], rec_arch="registered", rec_width=16, rec_depth=3, n_fourier=6, n_shifts=4,
               seed=1)
-    net = LDNet(**kw)
+    net = LDNet(LDNetConfig(**kw))
     assert net.config()["n_shifts"] == 4 and net.rec.centres(torch.zeros(1, 4)).shape == (1, 4, 2)
     with torch.no_grad():
         net.rec.raw.weight[:, 3:] = 0  # the columns of the absolute coordinates
