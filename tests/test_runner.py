@@ -50,6 +50,10 @@ def test_a_run_has_every_column_and_one_row_per_cycle(cache_dir):
     assert [c["spinup"] for c in res.cycles] == [True, True, False, False, False, False]
     assert all(c["p_method"] == "EnKF" and c["cell_id"] == res.row["cell_id"] for c in res.cycles)
     assert res.snapshots == {} and res.latent == {}  # a 1-D problem has no field snapshots
+    # calibration: N + 1 rank counts per cycle (one per state entry), summed over the scored cycles
+    assert all(len(c["rank_hist_a"]) == 7 and sum(c["rank_hist_a"]) == 12 for c in res.cycles)
+    assert res.row["rank_hist_a"] == [sum(c["rank_hist_a"][k] for c in res.cycles[2:]) for k in range(7)]
+    assert 0 < res.row["spread_error_a"] < 10 and all(c["spread_error_a"] > 0 for c in res.cycles)
 
 
 def test_a_skipped_cell_is_a_row_with_its_reason(cache_dir):
@@ -106,3 +110,30 @@ def test_an_error_is_raised_on_request(cache_dir):
     with pytest.raises(ValueError, match="spinup=6 leaves no cycle"):
         run_cell(cell(spinup=6), cache_dir=cache_dir, raise_errors=True)
     assert run_cell(cell(spinup=6), cache_dir=cache_dir).status == "failed"
+
+
+def test_a_cycle_without_an_observation_keeps_the_forecast_and_the_observed_ones_see_the_same_data(cache_dir):
+    """obs_every: 2 -- the method's analysis runs at cycles 2, 4, 6 only, on the observations an every-cycle run
+    sees at those cycles; at cycles 1, 3, 5 the analysis ensemble is the forecast; every cycle has its metrics."""
+    every = prepare(cell(), cache_dir)
+    sparse = prepare(cell(observer=freeze({**dict(OBS), "obs_every": 2})), cache_dir)
+    seen = []
+    analysis = sparse.method.analysis
+
+    def spy(state, y):
+        seen.append(y)
+        return analysis(state, y)
+
+    sparse.method.analysis = spy
+    rows: list[dict] = []
+    out = sparse.assimilate(rows)
+    assert [r["observed"] for r in rows] == [False, True] * 3
+    assert len(seen) == 3 and all(torch.equal(y, every.observations[t - 1]) for y, t in zip(seen, (2, 4, 6)))
+    for r in rows:
+        assert math.isfinite(r["rrmse_a"]) and math.isfinite(r["rrmse_f"])
+        if not r["observed"]:
+            assert r["rmse_a"] == r["rmse_f"] and r["rrmse_a"] == r["rrmse_f"]
+    assert any(r["rmse_a"] != r["rmse_f"] for r in rows if r["observed"])
+    # the analysis timing is over the observed cycles but the first (4 and 6); the metric means pool every cycle
+    assert math.isfinite(out.timings["time_analysis_s"])
+    assert out.means["rrmse_a"] == pytest.approx(sum(r["rrmse_a"] for r in rows) / 6)
