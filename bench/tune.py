@@ -249,19 +249,26 @@ def _score(cells: list[Cell], out: Path, cache_dir: Path | None, metric: str) ->
     return float(np.mean(vals)), rows
 
 
+def _kind(setting: Setting, kind: str) -> str:
+    return ("grid" if len(setting.space) == 1 else "tpe") if kind == "auto" else kind
+
+
+def _grid(setting: Setting, n_trials: int) -> dict[str, list]:
+    k = max(2, int(math.floor(n_trials ** (1.0 / len(setting.space)) + 1e-9)))
+    return {r.name: r.grid(k) for r in setting.space}
+
+
 def _sampler(setting: Setting, kind: str, n_trials: int):
     import optuna
     seed = int(content_hash(setting.key, n=8), 16)
-    if kind == "auto":
-        kind = "grid" if len(setting.space) == 1 else "tpe"
     if kind == "grid":
-        k = max(2, int(math.floor(n_trials ** (1.0 / len(setting.space)) + 1e-9)))
-        space = {r.name: r.grid(k) for r in setting.space}
-        return optuna.samplers.GridSampler(space, seed=seed), "grid", math.prod(len(v) for v in space.values())
+        space = _grid(setting, n_trials)
+        return optuna.samplers.GridSampler(space, seed=seed), math.prod(len(v) for v in space.values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
-        s = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(8, max(2, n_trials // 3)))
-    return s, "tpe", n_trials
+        s = optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                       n_startup_trials=min(8, max(2, n_trials // 3)))
+    return s, n_trials
 
 
 def _suggest(trial, r: Range):
@@ -277,7 +284,18 @@ def tune_setting(setting: Setting, out: Path, storage, *, budget: int, tune_seed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     n_trials = budget // len(tune_seeds)
-    samp, kind, n_max = _sampler(setting, sampler, n_trials)
+    kind = _kind(setting, sampler)
+    # The grid's own choice is scored too, so tuning never ends worse on the tuning truths: as the first trial when
+    # the sampler can propose it, else (a value outside the searched range, a parameter left at the method's
+    # default such as a calibrated sigma_lat = 0, or a point off the search grid) once beside the study, from the
+    # same budget.
+    given = {r.name: setting.base[r.name] for r in setting.space if r.name in setting.base}
+    start = {r.name: r.clip(v) for r in setting.space if (v := given.get(r.name)) is not None}
+    in_study = len(start) == len(setting.space) and start == given and (
+        kind == "tpe" or all(start[n] in vals for n, vals in _grid(setting, n_trials).items()))
+    if not in_study:
+        n_trials -= 1
+    samp, n_max = _sampler(setting, kind, max(n_trials, 1))
     n_trials = min(n_trials, n_max)
     study = optuna.create_study(study_name=setting.key, storage=storage, sampler=samp, direction="minimize",
                                 load_if_exists=True)
@@ -285,9 +303,14 @@ def tune_setting(setting: Setting, out: Path, storage, *, budget: int, tune_seed
         if t.state == optuna.trial.TrialState.RUNNING:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     done = lambda: [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]  # noqa: E731
-    start = {r.name: r.clip(setting.base[r.name]) for r in setting.space if r.name in setting.base}
-    if kind == "tpe" and not study.trials and len(start) == len(setting.space):
-        study.enqueue_trial(start)  # the grid's own choice first: tuning never ends worse on the tuning truths
+    given_score = None
+    if not in_study:
+        given_score, _ = _score(_trial_cells(setting, {}, tune_seeds), out, cache_dir, metric)
+        if progress:
+            print(f"  given {given or '(the method defaults)'} -> {metric} {given_score:.4g}", file=sys.stderr)
+    elif kind == "tpe" and not study.trials:
+        study.enqueue_trial(start)  # the grid's own choice first
+
     def objective(trial) -> float:
         values = {r.name: _suggest(trial, r) for r in setting.space}
         score, rows = _score(_trial_cells(setting, values, tune_seeds), out, cache_dir, metric)
@@ -301,16 +324,21 @@ def tune_setting(setting: Setting, out: Path, storage, *, budget: int, tune_seed
     if remaining > 0:
         study.optimize(objective, n_trials=remaining)
     trials = done()
-    best = min(trials, key=lambda t: t.value)
-    ok = best.value < FAILED_SCORE
-    values = best.user_attrs["values"] if ok else {}
-    baseline = [t.value for t in trials if t.user_attrs.get("values") == start]
+    best = min(trials, key=lambda t: t.value) if trials else None
+    if in_study:
+        baseline = [t.value for t in trials if t.user_attrs.get("values") == start]
+        given_score = baseline[0] if baseline else None
+    kept = given_score is not None and given_score < FAILED_SCORE and (best is None or given_score <= best.value)
+    best_score = given_score if kept or best is None else best.value
+    ok = best_score is not None and best_score < FAILED_SCORE
+    values = dict(given) if kept else best.user_attrs["values"] if ok else {}
     return {"method": setting.template.method, "setting": setting.describe(), "sampler": kind,
-            "trials": len(trials), "cells": len(trials) * len(tune_seeds),
+            "trials": len(trials), "cells": (len(trials) + (not in_study)) * len(tune_seeds),
             "searched": {r.name: [r.low, r.high] + (["log"] if r.log else []) for r in setting.space},
-            "best": values, "tuning_score": round_sig(best.value) if ok else None,
-            "given": start, "given_score": round_sig(baseline[0]) if baseline and baseline[0] < FAILED_SCORE
-            else None, "all_failed": not ok}
+            "best": values, "tuning_score": round_sig(best_score) if ok else None,
+            "given": start if in_study else given,
+            "given_score": round_sig(given_score) if given_score is not None and given_score < FAILED_SCORE
+            else None, "kept_given": kept, "all_failed": not ok}
 
 
 def _block(cell: Cell, seeds: list[int]) -> dict:

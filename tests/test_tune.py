@@ -91,6 +91,13 @@ def test_one_parameter_is_a_grid_search(tiny, tmp_path, cache_dir):
     assert main(["tune", str(tiny), "--method", "EnKF", "--params", "inflation", "--range", "inflation=1.0:1.2",
                  "--budget", "6", "--tune-seeds", "1", "--cache", str(cache_dir), "--out", str(out), "--quiet"]) == 0
     (rec,) = yaml.safe_load((out / "tuned.yaml").read_text())["tuning"]["settings"]
-    assert rec["sampler"] == "grid" and rec["trials"] == 6
+    # the grid's own 1.3 lies outside the searched range: it is scored once beside the grid, from the same budget,
+    # and kept when the grid finds nothing better on the tuning truths
+    assert rec["sampler"] == "grid" and rec["trials"] == 5 and rec["cells"] == 6
     assert rec["searched"] == {"inflation": [1.0, 1.2]}
-    assert 1.0 <= rec["best"]["inflation"] <= 1.2 and set(rec["best"]) == {"inflation"}
+    assert rec["given"] == {"inflation": 1.3} and rec["tuning_score"] <= rec["given_score"]
+    assert set(rec["best"]) == {"inflation"}
+    if rec["kept_given"]:
+        assert rec["best"]["inflation"] == 1.3 and rec["tuning_score"] == rec["given_score"]
+    else:
+        assert 1.0 <= rec["best"]["inflation"] <= 1.2 and rec["tuning_score"] < rec["given_score"]
