@@ -16,9 +16,21 @@ not searched, e.g. the EnKF variant) except the seed. Each setting is tuned on i
    of what was searched, the budget and the scores; the grid's other methods are carried over untuned, so
    ``bench run OUT/tuned.yaml`` gives the whole comparison.
 
-Resumable like ``bench run``: every finished tuning cell is a file in ``OUT/cells/`` and the studies live in an
-Optuna journal, ``OUT/optuna.journal``; rerunning the same command continues where it stopped (a trial cut off
-mid-way is marked failed in the study and its finished cells are reused).
+A tuning folder ``OUT`` has a run folder's layout (:mod:`bench.store`) and follows its policy:
+
+    OUT/grid.yaml          the grid as given
+    OUT/cells/<id>.json    one finished tuning cell (a validation truth), written atomically
+    OUT/results.parquet    one row per tuning cell (so `bench show OUT` / `bench report OUT` read the search)
+    OUT/run.json           the command, its dates and the search's budget, tuning truths, metric and sampler
+    OUT/optuna.journal     the Optuna studies, one per setting and (metric, tuning truths, sampler)
+    OUT/tuned.yaml         the tuned preset
+    OUT/.lock              held by the running `bench tune`
+
+It holds the cells of one search: cells of another search (other methods, problems, searched parameters or
+tuning truths) or of a `bench run` stop the command with exit 2 before anything runs, unless ``--force`` deletes
+them and their studies. Rerunning the same command resumes where it stopped (a trial cut off mid-way is marked
+failed in its study and its finished cells are reused); a larger ``--budget`` continues the same studies; another
+``--metric`` starts studies of its own and reuses the cells they share.
 """
 from __future__ import annotations
 
@@ -45,6 +57,9 @@ from bench.sweep import _prepare_datasets
 FAILED_SCORE = 1e3
 METRICS = ("rrmse_a", "rmse_a", "crps_a", "rrmse_f", "rmse_f", "rrmse_between")
 SAMPLERS = ("auto", "tpe", "grid")
+#: the Optuna studies of a tuning folder (beside bench run's layout: grid.yaml, cells/, results.parquet, run.json)
+JOURNAL_FILE = "optuna.journal"
+TUNED_FILE = "tuned.yaml"
 
 
 @dataclass(frozen=True)
@@ -226,6 +241,50 @@ def plan(config: dict, name: str, *, methods_: list[str] | None, problem: str | 
 
 
 # ----------------------------------------------------------------------------------------------------------------
+def _search_key(cell: Cell, searched: set[str]) -> str:
+    """A tuning cell's identity apart from its seed, its searched values and its device: its setting."""
+    fixed = tuple((k, v) for k, v in cell.method_params if k not in searched)
+    return dataclasses.replace(cell, seed=0, method_params=fixed, truth_split="valid", tuned=False,
+                               device="*").cell_id
+
+
+def belongs(p: Plan):
+    """``belongs(cell_dict)``: whether a finished cell of a tuning folder is one this plan could run (a trial or
+    the given setting of one of its settings, on one of its tuning truths, on any device)."""
+    searched = {m: {r.name for r in ss[0].space} for m, ss in p.settings.items() if ss}
+    keys = {_search_key(s.template, searched[m]) for m, ss in p.settings.items() for s in ss}
+    seeds = set(p.tune_seeds)
+
+    def check(cell: dict) -> bool:
+        try:
+            c = Cell.from_dict(cell)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return (c.truth_split == "valid" and c.seed in seeds and c.method in searched
+                and _search_key(c, searched[c.method]) in keys)
+    return check
+
+
+def _own_command(out: Path) -> str:
+    try:
+        import json
+        cmd = json.loads(store.run_info_path(out).read_text()).get("command")
+    except (OSError, ValueError):
+        cmd = None
+    return f"Rerun that folder's own command ({cmd}) to resume it" if cmd else "Rerun that folder's own command"
+
+
+def preflight(p: Plan, out: Path, force: bool = False) -> None:
+    """The folder policy of `bench run`, for a tuning folder: it holds the cells of one tuning search. Cells of
+    another search (or of a `bench run`) stop the command with a ConfigError before anything runs, unless
+    ``force``; a rerun of the same command, or one that only raises the budget, resumes."""
+    out = Path(out)
+    with store.RunLock(out):
+        if not force:
+            store.check_folder(out, belongs(p), store.finished_cells(out, remove_corrupt=False),
+                               own=_own_command(out))
+
+
 def _trial_cells(setting: Setting, values: dict, seeds: list[int]) -> list[Cell]:
     mp = freeze({**setting.base, **values})
     return [dataclasses.replace(setting.template, method_params=mp, seed=s, truth_split="valid", tuned=False)
@@ -271,6 +330,12 @@ def _sampler(setting: Setting, kind: str, n_trials: int):
     return s, n_trials
 
 
+def study_name(setting: Setting, metric: str, tune_seeds: list[int], kind: str) -> str:
+    """The Optuna study of one setting: its key plus what the scores mean (metric, tuning truths, sampler), so
+    a rerun with another metric starts a study of its own (and reuses the cells it shares with the first)."""
+    return f"{setting.key}-{content_hash(metric, list(tune_seeds), kind, n=8)}"
+
+
 def _suggest(trial, r: Range):
     if r.integer:
         return trial.suggest_int(r.name, int(math.ceil(r.low)), int(math.floor(r.high)), log=r.log)
@@ -297,7 +362,8 @@ def tune_setting(setting: Setting, out: Path, storage, *, budget: int, tune_seed
         n_trials -= 1
     samp, n_max = _sampler(setting, kind, max(n_trials, 1))
     n_trials = min(n_trials, n_max)
-    study = optuna.create_study(study_name=setting.key, storage=storage, sampler=samp, direction="minimize",
+    study = optuna.create_study(study_name=study_name(setting, metric, tune_seeds, kind), storage=storage,
+                                sampler=samp, direction="minimize",
                                 load_if_exists=True)
     for t in study.trials:  # a trial cut off by an interruption: closed as failed; its finished cells are reused
         if t.state == optuna.trial.TrialState.RUNNING:
@@ -360,8 +426,12 @@ def _plain(v: Any) -> Any:
 
 
 def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: bool = True,
-             command: str = "") -> Path:
-    """Tune every setting of the plan into ``out``; returns the path of the tuned preset."""
+             command: str = "", force: bool = False) -> Path:
+    """Tune every setting of the plan into ``out``; returns the path of the tuned preset.
+
+    ``out`` follows `bench run`'s folder policy (:func:`bench.store.check_folder`): it holds one search, the
+    cells of another stop the command unless ``force`` deletes them (with their studies)."""
+    import optuna
     import yaml
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -370,18 +440,38 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     tuned_blocks: list[tuple[Cell, dict, list[int], bool]] = []
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with store.RunLock(out):
         store.remove_stale_tmp(out)
+        store.check_folder(out, belongs(p), store.finished_cells(out), force, own=_own_command(out))
+        storage = JournalStorage(JournalFileBackend(str(out / JOURNAL_FILE)))
+        if force:  # the studies of another search go with its cells
+            names = {study_name(s, p.metric, p.tune_seeds, _kind(s, p.sampler)) for ss in p.settings.values()
+                     for s in ss}
+            for st in storage.get_all_studies():
+                if st.study_name not in names:
+                    optuna.delete_study(study_name=st.study_name, storage=storage)
+        store.write_grid(out, p.config)
         _prepare_datasets([c for ss in p.settings.values() for s in ss for c in [s.template]], cache_dir, progress)
-        storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
-        for method, settings in p.settings.items():
-            for i, s in enumerate(settings, 1):
-                if progress:
-                    print(f"bench tune: {method} setting {i}/{len(settings)}: {s.describe()}", file=sys.stderr)
-                rec = tune_setting(s, out, storage, budget=p.budget, tune_seeds=p.tune_seeds, metric=p.metric,
-                                   sampler=p.sampler, cache_dir=cache_dir, progress=progress)
-                records.append(rec)
-                tuned_blocks.append((s.template, {**s.base, **rec["best"]}, s.seeds, not rec["all_failed"]))
+        try:
+            for method, settings in p.settings.items():
+                for i, s in enumerate(settings, 1):
+                    if progress:
+                        print(f"bench tune: {method} setting {i}/{len(settings)}: {s.describe()}", file=sys.stderr)
+                    rec = tune_setting(s, out, storage, budget=p.budget, tune_seeds=p.tune_seeds, metric=p.metric,
+                                       sampler=p.sampler, cache_dir=cache_dir, progress=progress)
+                    records.append(rec)
+                    tuned_blocks.append((s.template, {**s.base, **rec["best"]}, s.seeds, not rec["all_failed"]))
+        finally:
+            # interrupted or not, the tables hold every tuning cell finished so far (`bench show OUT` reads them)
+            if store.finished_cells(out):
+                store.consolidate(out)
+            import json
+            store.atomic_write_bytes(store.run_info_path(out), json.dumps({
+                "config": p.config, "name": p.name, "command": command, "started": started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "tuning": {"budget_cells_per_setting": p.budget, "tune_seeds": p.tune_seeds, "metric": p.metric,
+                           "sampler": p.sampler, "settings": len(records)}}, indent=2, default=str).encode())
     # the tuned preset: tuned settings, then every other cell of the grid as it was
     tuned_methods = set(p.settings)
     experiments, index = [], {}
@@ -427,6 +517,6 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
     }
     if p.config.get("plugins"):
         doc["plugins"] = p.config["plugins"]
-    path = out / "tuned.yaml"
+    path = out / TUNED_FILE
     store.atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False, width=120).encode())
     return path
