@@ -253,8 +253,7 @@ class PreparedCell:
     ``skip_reason``; ``truth`` (trajectory ``seed % n`` of the cell's ``truth_split``, ``(T+1, *state_shape)``) and
     ``truth_params``; ``observations`` ``(T, m)`` from a seed of (problem, observer, seed) only; ``initial``
     (``x0 (N, *state_shape)``, ``params0 (N, P)``, :func:`initial_ensemble`) from a seed of (problem, seed, N)
-    only. ``fit_generator`` and
-    ``method_generator`` give the method's seeds. All tensors are on the cell's device and dtype.
+    only. ``method_generator`` gives the method's seed for the cycle. All tensors are on the cell's device and dtype.
     """
 
     def __init__(self, cell: Cell, cache_dir: Path | None = None, progress: bool = False):
@@ -307,9 +306,6 @@ class PreparedCell:
         x0, params0 = initial_ensemble(self.cell, self.problem, self._truth_cpu[0][0])
         return x0.to(device=self.device, dtype=self.dtype), params0.to(device=self.device, dtype=self.dtype)
 
-    def fit_generator(self) -> torch.Generator:
-        return generator("fit", self.problem.label, self.observer.label, self.method.label)
-
     def method_generator(self) -> torch.Generator:
         return generator("method", self.problem.label, self.observer.label, self.method.label, self.cell.n_ens,
                          self.cell.seed)
@@ -321,9 +317,10 @@ class PreparedCell:
                                  device=self.device, dtype=self.dtype, cache_dir=self.cache_dir,
                                  progress=self.progress))
 
-    def fit(self, generator: torch.Generator | None = None) -> None:
-        """The method's offline training (shipped artifact, cache or fresh), seeded by :meth:`fit_generator`."""
-        self.method.fit(generator if generator is not None else self.fit_generator())
+    def fit(self) -> None:
+        """The method's offline training (shipped artifact, cache or fresh; each method seeds its own training
+        from its configuration, so a trained network depends on nothing but that)."""
+        self.method.fit()
 
     def init(self) -> Any:
         """The method's initial state from the shared initial ensemble."""

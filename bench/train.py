@@ -2,7 +2,7 @@
 
 For each distinct (problem, observer layout, learned method) of the grid it prepares the cell the way the runner
 does (:func:`bench.runner.prepare`: dataset, observer, skip reason), runs the method's ``fit`` (shipped artifact
--> cache -> fresh training, see methods/training.py) and prints the test errors measured on the data at hand (the
+-> cache -> fresh training, see methods/artifact_cache.py) and prints the test errors measured on the data at hand (the
 recorded ones when the artifact's data checksum is the dataset's, else re-scored; a line per network says
 which). ``--ship`` copies the resulting artifacts into ``methods/artifacts/`` so that they are committed and a
 cold ``bench run`` uses them; ``--curve PREFIX`` writes time-to-accuracy curves as CSV. A shipped network whose
@@ -17,13 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 import methods
 from bench.config import Grid, freeze
 from bench.runner import prepare
 from methods.base import Context, Method
-from methods.training import SHIPPED_DIR, ArtifactError, write_curve
+from methods.artifact_cache import SHIPPED_DIR, ArtifactError, write_curve
 from problems.base import Dataset, Observer, Problem
 
 ARTIFACT_DIR = SHIPPED_DIR
@@ -34,12 +33,12 @@ def is_learned(method) -> bool:
 
 
 def train_method(method: Method, problem: Problem, observer: Observer, dataset: Dataset | None = None, *,
-                 generator: torch.Generator | None = None, cache_dir: Path | str | None = None,
+                 cache_dir: Path | str | None = None,
                  progress: bool = True, curve_path: Path | str | None = None) -> dict:
     """Bind ``method`` to (problem, observer, dataset), run its ``fit`` and summarise the training.
 
     The method's networks come from the shipped artifacts, the cache, or fresh training (in that order; see
-    methods/training.py). ``curve_path``, when given, receives the learning curve(s) as one CSV (a ``network``
+    methods/artifact_cache.py). ``curve_path``, when given, receives the learning curve(s) as one CSV (a ``network``
     column tells the artifacts apart). Returns a dict with ``time_fit_s`` (wall-clock of ``fit``), and, from the
     method's ``training_summary``: per network, its artifact ``hash``, ``source`` (shipped/cache/trained),
     ``path`` and test errors (e.g. ``test_rrmse_norm``/``test_rrmse_phys`` for an LDNet).
@@ -49,9 +48,8 @@ def train_method(method: Method, problem: Problem, observer: Observer, dataset: 
     ctx = Context(problem=problem, observer=observer, dataset=dataset,
                   cache_dir=Path(cache_dir) if cache_dir is not None else None, progress=progress)
     method.bind(ctx)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    method.fit(gen)
+    method.fit()
     summary = dict(method.training_summary)
     summary["time_fit_s"] = time.perf_counter() - t0
     summary["method"] = method.label
@@ -95,7 +93,7 @@ def train_grid(grid: Grid, cache_dir: Path | None = None, ship: bool = False, cu
             curve_path.parent.mkdir(parents=True, exist_ok=True)
         try:  # the training seed of `bench train` is fixed (0), independent of the cell
             summary = train_method(prep.method, prep.problem, prep.observer, prep.dataset,
-                                   generator=torch.Generator().manual_seed(0), cache_dir=cache_dir,
+                                   cache_dir=cache_dir,
                                    progress=progress, curve_path=curve_path)
         except ArtifactError as e:  # a corrupt shipped network: refused, said once, the other methods go on
             print(f"error: {e}", file=sys.stderr)

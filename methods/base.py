@@ -7,7 +7,7 @@ methods never see the truth. Per cycle the runner calls, each under its own time
     state = method.analysis(state, y)     # T_a
     x_hat = method.estimate(state)        # T_r (decoding, for latent methods)
 
-Before the cycle: ``bind(ctx)`` (untimed) then ``fit(generator)`` (timed as ``time_fit_s``), then
+Before the cycle: ``bind(ctx)`` (untimed) then ``fit()`` (timed as ``time_fit_s``), then
 ``init(x0, params, generator)``.
 """
 from __future__ import annotations
@@ -125,8 +125,9 @@ class Method:
     def bind(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def fit(self, generator: torch.Generator) -> None:
-        """Offline training (learned methods); default: nothing."""
+    def fit(self) -> None:
+        """Offline training (learned methods); default: nothing. A learned method seeds its training from its own
+        fields (e.g. ``train_seed``), so its trained networks depend on its configuration only."""
 
     # ---- the cycle -------------------------------------------------------------------------------------------
     def init(self, x0: torch.Tensor, params: torch.Tensor, generator: torch.Generator) -> Any:

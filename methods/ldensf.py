@@ -1,10 +1,10 @@
 """LD-EnSF (Xiao, Si & Chen, ICLR 2026): the ensemble score filter in the latent space of an LDNet.
 
-Offline (``fit``, cached artifacts, see :mod:`methods.training`):
+Offline (``fit``, cached artifacts, see :mod:`methods.artifact_cache`; the trainers are :mod:`methods.ldnet_train`):
 
 1. an LDNet (:class:`methods.ldnet.LDNet`) learns the latent dynamics ``s_t = s_{t-1} + dt_lat F(s_{t-1}, u)``
    from ``s_{-1} = 0`` and the pointwise reconstruction ``x(t, xi) = R(s_t, xi)`` on the training trajectories;
-2. a causal LSTM (:class:`methods.ldnet.ObsEncoder`) learns ``E: y_{1:t} -> (s_t, u)`` from the clean sparse
+2. a causal LSTM (:class:`methods.ldnet.LSTMEncoder`) learns ``E: y_{1:t} -> (s_t, u)`` from the clean sparse
    observations of the same trajectories, against the LDNet latents and the true (normalised) parameters;
 3. the latent observation noise is calibrated on the validation split at the observer's operating noise: RMS
    of ``E(y~_{1:t}) - kappa_t`` with ``y~`` drawn by ``observer.sample`` (used when ``sigma_lat = 0``; the
@@ -26,15 +26,20 @@ Continuous time and space: :meth:`LDEnSF.decode` evaluates members at arbitrary 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 
-from assimbench.errors import ConfigError
+from assimbench.errors import ConfigError, Diverged
+from assimbench.naming import content_hash
+from methods.artifact_cache import load_or_train, observer_layout
 from methods.base import Method, Tunable
-from methods.score import SamplerFields
-from methods.training import recipe_values, resolve_recipe
+from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
+from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, rescore_encoder,
+                                 rescore_ldnet, train_encoder, train_ldnet)
+from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
+from methods.train_loop import recipe_values, resolve_recipe, train_field
 from problems.base import Observer, Problem
 
 
@@ -55,7 +60,7 @@ class LatentState:
 
 
 #: Named training recipes: values of the network/training fields (of :class:`LDEnSF` or, for keys it does not
-#: have, of :class:`methods.training.LDNetTrainConfig` / the encoder), per problem name (``"*"``: any problem).
+#: have, of :class:`methods.ldnet_train.LDNetTrainConfig` / the encoder), per problem name (``"*"``: any problem).
 #: ``cpu`` is the class defaults (the best found for a 2-core CPU, see ``docs/training.md``); ``paper`` is the
 #: authors' released training scripts (pengpeng-xiao/ld-ensf, ``*/train_ldnet.py``): residual ReLU networks with
 #: Glorot-normal weights, Adam 1e-3 with a step decay every 200 of 2000 epochs, one random subset of grid points
@@ -72,11 +77,6 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                            points=5000, n_fourier=10, fourier_scale=1.0, norm="zscore", step_gamma=0.5),
     },
 }
-
-
-def _train(**kw) -> Any:
-    """A training hyperparameter: part of the artifact hash (the filter's own fields are not)."""
-    return field(metadata={"train": True}, **kw)
 
 
 @dataclass
@@ -133,34 +133,34 @@ class LDEnSF(SamplerFields, Method):
                                           "rec_depth": 2, "epochs": 3, "batch_traj": 2, "points": 64,
                                           "lstm_hidden": 8, "lstm_epochs": 3}
 
-    latent_dim: int = _train(default=10)
-    dt_lat: float = _train(default=0.1)
-    dyn_width: int = _train(default=64)
-    dyn_depth: int = _train(default=4)
-    rec_arch: Literal["resmlp", "separable", "registered"] = _train(default="resmlp")
-    rec_width: int = _train(default=64)
-    rec_depth: int = _train(default=4)
-    n_basis: int = _train(default=64)
-    n_fourier: int = _train(default=32)
-    fourier_scale: float = _train(default=2.0)
-    train_fourier: bool = _train(default=True)
-    film: bool = _train(default=True)
-    epochs: int = _train(default=400)
-    batch_traj: int = _train(default=4)
-    points: int = _train(default=64)
-    lr: float = _train(default=3e-3)
-    schedule: Literal["constant", "cosine", "onecycle", "step"] = _train(default="cosine")
-    rec_epochs: int = _train(default=0)
-    lbfgs_iters: int = _train(default=0)
-    amp: bool = _train(default=True)
-    lstm_hidden: int = _train(default=128)
-    lstm_epochs: int = _train(default=1000)
-    lstm_lr: float = _train(default=3e-3)
-    train_seed: int = _train(default=0)
-    n_shifts: int = _train(default=0)
-    rec_params: bool = _train(default=False)
-    extra_traj: int = _train(default=0)
-    recipe: str = _train(default="cpu")
+    latent_dim: int = train_field(default=10)
+    dt_lat: float = train_field(default=0.1)
+    dyn_width: int = train_field(default=64)
+    dyn_depth: int = train_field(default=4)
+    rec_arch: Literal["resmlp", "separable", "registered"] = train_field(default="resmlp")
+    rec_width: int = train_field(default=64)
+    rec_depth: int = train_field(default=4)
+    n_basis: int = train_field(default=64)
+    n_fourier: int = train_field(default=32)
+    fourier_scale: float = train_field(default=2.0)
+    train_fourier: bool = train_field(default=True)
+    film: bool = train_field(default=True)
+    epochs: int = train_field(default=400)
+    batch_traj: int = train_field(default=4)
+    points: int = train_field(default=64)
+    lr: float = train_field(default=3e-3)
+    schedule: Literal["constant", "cosine", "onecycle", "step"] = train_field(default="cosine")
+    rec_epochs: int = train_field(default=0)
+    lbfgs_iters: int = train_field(default=0)
+    amp: bool = train_field(default=True)
+    lstm_hidden: int = train_field(default=128)
+    lstm_epochs: int = train_field(default=1000)
+    lstm_lr: float = train_field(default=3e-3)
+    train_seed: int = train_field(default=0)
+    n_shifts: int = train_field(default=0)
+    rec_params: bool = train_field(default=False)
+    extra_traj: int = train_field(default=0)
+    recipe: str = train_field(default="cpu")
 
     scaling: float = 100.0
     sigma_lat: float = 1e-3
@@ -200,9 +200,8 @@ class LDEnSF(SamplerFields, Method):
         """Every training value under :attr:`recipe` for ``problem_name`` (see :func:`resolve_recipe`)."""
         return resolve_recipe(self, RECIPES, problem_name)
 
-    def ldnet_config(self, problem_name: str | None = None):
+    def ldnet_config(self, problem_name: str | None = None) -> LDNetTrainConfig:
         """The LDNet training configuration for ``problem_name`` (recipes may differ per problem)."""
-        from methods.training import LDNetTrainConfig
         v = self.training_values(problem_name)
         names = {f.name for f in dataclasses.fields(LDNetTrainConfig)}
         kw = {k: val for k, val in v.items() if k in names}
@@ -210,21 +209,18 @@ class LDEnSF(SamplerFields, Method):
         kw["eval_every"] = max(1, v["epochs"] // 20)
         return LDNetTrainConfig(**kw)
 
-    def encoder_config(self, problem_name: str | None = None):
-        from methods.training import EncoderTrainConfig
+    def encoder_config(self, problem_name: str | None = None) -> EncoderTrainConfig:
         v = self.training_values(problem_name)
         return EncoderTrainConfig(hidden=v["lstm_hidden"], epochs=v["lstm_epochs"], lr=v["lstm_lr"],
                                   seed=v["train_seed"])
 
     # ---- offline ---------------------------------------------------------------------------------------------
-    def fit(self, generator: torch.Generator) -> None:
+    def fit(self) -> None:
         """Load or train the LDNet and the encoder, then calibrate ``sigma_lat``.
 
-        Training is seeded by ``train_seed`` (not by ``generator``), so the artifact depends only on the
-        configuration; the calibration noise is drawn from a generator seeded by the artifact hashes.
+        Training is seeded by ``train_seed``, so the artifact depends only on the configuration; the calibration
+        noise is drawn from a generator seeded by the artifact hashes.
         """
-        from methods import training as tr
-        from methods.ldnet import LDNet, ObsEncoder
         ctx = self.ctx
         pb, obs = ctx.problem, ctx.observer
         reason = self.skip(pb, obs)
@@ -235,26 +231,24 @@ class LDEnSF(SamplerFields, Method):
         ld_cfg = self.ldnet_config(pb.name)
 
         def train_ld(tlog):
-            net, summary = tr.train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev)
+            net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev)
             return {"ldnet": net}, {"ldnet": net.config()}, summary
 
-        art_ld = tr.load_or_train("ldnet", self.name, pb.label, {"dataset": pb.data_key()},
-                                  ld_cfg.identity(), train_ld, ctx.cache_dir, ctx.progress,
-                                  dataset=ds, rescore=tr.rescore_ldnet(pb, ds))
+        art_ld = load_or_train("ldnet", self.name, pb.label, {"dataset": pb.data_key()}, ld_cfg.identity(),
+                               train_ld, ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_ldnet(pb, ds))
         net = LDNet.from_config(art_ld.config["networks"]["ldnet"])
         net.load_state_dict(art_ld.weights["ldnet"])
         net.eval()
         enc_cfg = self.encoder_config(pb.name)
 
         def train_enc(tlog):
-            enc, summary = tr.train_encoder(net.to(train_dev), pb, obs, ds, enc_cfg, tlog, device=train_dev)
+            enc, summary = train_encoder(net.to(train_dev), pb, obs, ds, enc_cfg, tlog, device=train_dev)
             return {"encoder": enc}, {"encoder": enc.config()}, summary
 
-        data = {"dataset": pb.data_key(), "observer": tr.observer_layout(obs), "ldnet": art_ld.key}
-        art_enc = tr.load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
-                                   ctx.cache_dir, ctx.progress, dataset=ds,
-                                   rescore=tr.rescore_encoder(net, pb, obs, ds))
-        enc = ObsEncoder.from_config(art_enc.config["networks"]["encoder"])
+        data = {"dataset": pb.data_key(), "observer": observer_layout(obs), "ldnet": art_ld.key}
+        art_enc = load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
+                                ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_encoder(net, pb, obs, ds))
+        enc = LSTMEncoder.from_config(art_enc.config["networks"]["encoder"])
         enc.load_state_dict(art_enc.weights["encoder"])
         enc.eval()
         for p in list(net.parameters()) + list(enc.parameters()):
@@ -262,7 +256,7 @@ class LDEnSF(SamplerFields, Method):
         self.net = net.to(ctx.device, ctx.dtype)
         self.encoder = enc.to(ctx.device, ctx.dtype)
         self.artifacts = {"ldnet": art_ld, "encoder": art_enc}
-        self._p_lo, self._p_hi = tr.param_normalizer(pb)
+        self._p_lo, self._p_hi = param_normalizer(pb)
         self._grid = self.net.normalize_coords(pb.coords().to(ctx.device, ctx.dtype))
         self._field_mean = ds.field_mean.to(ctx.device, ctx.dtype)
         self._field_std = ds.field_std.to(ctx.device, ctx.dtype)
@@ -278,8 +272,6 @@ class LDEnSF(SamplerFields, Method):
     @torch.no_grad()
     def _calibrate(self, ds, key: str) -> tuple[torch.Tensor, dict]:
         """``sigma_lat`` from the validation split at the observer's noise (or the user's fixed value)."""
-        from assimbench.naming import content_hash
-        from methods.training import encoder_targets
         ctx = self.ctx
         pb, obs = ctx.problem, ctx.observer
         xv, pv = ds.split("valid")
@@ -307,7 +299,6 @@ class LDEnSF(SamplerFields, Method):
     # ---- the cycle -------------------------------------------------------------------------------------------
     def init(self, x0: torch.Tensor, params: torch.Tensor, generator: torch.Generator) -> LatentState:
         """``u`` from the prior draws ``params (N, P)`` (physical), ``s_0 = dt_lat F(0, u)``; ``x0`` is unused."""
-        from methods.training import normalize_params
         self.generator = generator
         ctx = self.ctx
         u = normalize_params(params.to(ctx.device, torch.float64), self._p_lo, self._p_hi).to(ctx.dtype)
@@ -322,7 +313,6 @@ class LDEnSF(SamplerFields, Method):
     @torch.no_grad()
     def analysis(self, state: LatentState, y: torch.Tensor) -> LatentState:
         """One LSTM step on ``y (m,)`` (physical, after the operator), then EnSF on ``scaling * (s, u)``."""
-        from methods.score import ensf_update, gaussian_identity_grad
         ctx = self.ctx
         phi, hc = self.encoder(y.reshape(1, 1, -1).to(ctx.device, ctx.dtype), state.hc)
         phi = phi[0, 0]
@@ -332,21 +322,18 @@ class LDEnSF(SamplerFields, Method):
         post = ensf_update(prior, grad, self._score, self.generator) / k
         d_s = self.latent_dim
         if not torch.isfinite(post).all():
-            from assimbench.errors import Diverged
             raise Diverged("LD-EnSF analysis produced non-finite latents")
         return LatentState(post[:, :d_s].contiguous(), post[:, d_s:].contiguous(), state.t, hc)
 
     @torch.no_grad()
     def estimate(self, state: LatentState) -> torch.Tensor:
         """Decode every member on the full grid: ``(N, *state_shape)`` in physical units."""
-        from methods.training import from_points
         z = self.net.reconstruct(state.s, self._grid, self.decode_chunk, u=state.u)  # (N, P, C) normalised
         x = z * self._field_std + self._field_mean
         return from_points(self.ctx.problem, x)
 
     def estimate_params(self, state: LatentState) -> torch.Tensor:
         """``(N, P)`` parameters in physical units."""
-        from methods.training import denormalize_params
         return denormalize_params(state.u.to(torch.float64), self._p_lo, self._p_hi).to(state.u.dtype)
 
     # ---- continuous time and space ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Latent-dynamics networks (LDNet: Regazzoni et al., Nat. Commun. 15, 1834, 2024; as modified by LD-EnSF) and the
-causal LSTM observation encoder.
+causal LSTM observation encoder (:class:`LSTMEncoder`).
 
 All networks work in normalised units:
 
@@ -13,16 +13,20 @@ The dynamics network ``F`` advances the latent state, ``s_t = s_{t-1} + dt_lat F
 condition). The reconstruction network ``R(s, xi)`` maps a latent state and a point ``xi`` to the field values
 there; it is a pointwise (grid-free) network, so a state can be decoded at any set of points.
 
-Every network is rebuilt from a plain-dict config (``config()`` -> ``from_config``), which is what the artifact
-cache stores next to the float32 weights.
+Each network is built from a config dataclass (:class:`LDNetConfig`, :class:`LSTMEncoderConfig`); its plain-dict
+form (``config()``, rebuilt by ``from_config``) is what the artifact cache stores next to the float32 weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+
+from problems.base import Dataset, Problem
 
 Act = Literal["relu", "tanh", "gelu", "silu"]
 
@@ -223,8 +227,9 @@ class RegisteredDecoder(nn.Module):
         return net.out(h).mean(-3)  # the mean, not the sum: K coherent frames would start K times too large
 
 
-class LDNet(nn.Module):
-    """Latent dynamics ``F`` + reconstruction ``R`` (LD-EnSF's modified LDNet), in normalised units.
+@dataclass(frozen=True)
+class LDNetConfig:
+    """Everything that builds an :class:`LDNet` (sizes, architecture, initialisation seed, output map).
 
     Parameters
     ----------
@@ -234,54 +239,102 @@ class LDNet(nn.Module):
     coord_dim : k, spatial dimension of the points.
     dt_lat : latent Euler step per observation interval.
     coord_lo, coord_hi : per-axis physical coordinate range mapped to [-1, 1].
+    dyn_width, dyn_depth : the dynamics MLP ``F``.
+    rec_arch : the reconstruction network ``R``: ``resmlp`` (:class:`ResMLP`), ``separable``
+        (:class:`SeparableDecoder`) or ``registered`` (:class:`RegisteredDecoder`).
+    rec_width, rec_depth, n_basis, n_shifts : sizes of ``R`` (``n_basis``: separable, ``n_shifts``: registered).
+    n_fourier, fourier_scale, train_fourier : Fourier features of the coordinates (0 = raw coordinates).
+    act : activation; seed : initialisation seed; film : FiLM conditioning of a ``resmlp`` ``R``.
+    out_scale, out_shift : output map per field (z-score units = raw * scale + shift), None = identity.
+    rec_params : ``R`` decodes ``(s, u)`` instead of ``s``.
+
+    :meth:`as_dict` is the artifact's ``networks`` entry (plain JSON values; the later-added keys ``film``,
+    ``n_shifts``, ``rec_params``, ``out_scale``/``out_shift`` only where they matter, so the entries of networks
+    made before them read the same); ``LDNetConfig(**entry)`` rebuilds it.
     """
 
-    def __init__(self, latent_dim: int, n_params: int, n_fields: int, coord_dim: int, dt_lat: float,
-                 coord_lo: list[float], coord_hi: list[float], dyn_width: int = 64, dyn_depth: int = 4,
-                 rec_arch: Literal["resmlp", "separable", "registered"] = "resmlp", rec_width: int = 64,
-                 rec_depth: int = 4, n_fourier: int = 0, fourier_scale: float = 1.0, train_fourier: bool = True,
-                 n_basis: int = 64, act: Act = "relu", seed: int = 0, film: bool = False, n_shifts: int = 0,
-                 out_scale: list[float] | None = None, out_shift: list[float] | None = None,
-                 rec_params: bool = False):
+    latent_dim: int
+    n_params: int
+    n_fields: int
+    coord_dim: int
+    dt_lat: float
+    coord_lo: list[float]
+    coord_hi: list[float]
+    dyn_width: int = 64
+    dyn_depth: int = 4
+    rec_arch: Literal["resmlp", "separable", "registered"] = "resmlp"
+    rec_width: int = 64
+    rec_depth: int = 4
+    n_fourier: int = 0
+    fourier_scale: float = 1.0
+    train_fourier: bool = True
+    n_basis: int = 64
+    act: Act = "relu"
+    seed: int = 0
+    film: bool = False
+    n_shifts: int = 0
+    out_scale: list[float] | None = None
+    out_shift: list[float] | None = None
+    rec_params: bool = False
+
+    def as_dict(self) -> dict:
+        """The plain-dict form stored in an artifact's ``networks``."""
+        d = dict(latent_dim=self.latent_dim, n_params=self.n_params, n_fields=self.n_fields,
+                 coord_dim=self.coord_dim, dt_lat=float(self.dt_lat), coord_lo=[float(v) for v in self.coord_lo],
+                 coord_hi=[float(v) for v in self.coord_hi], dyn_width=self.dyn_width, dyn_depth=self.dyn_depth,
+                 rec_arch=self.rec_arch, rec_width=self.rec_width, rec_depth=self.rec_depth,
+                 n_fourier=self.n_fourier, fourier_scale=float(self.fourier_scale),
+                 train_fourier=self.train_fourier, n_basis=self.n_basis, act=self.act, seed=self.seed)
+        if self.film:  # only when on: configs of networks without it stay as they were
+            d["film"] = True
+        if self.rec_arch == "registered":
+            d["n_shifts"] = self.n_shifts
+        if self.rec_params:
+            d["rec_params"] = True
+        if self.out_scale is not None or self.out_shift is not None:
+            d["out_scale"] = [float(v) for v in (self.out_scale if self.out_scale is not None
+                                                 else [1.0] * self.n_fields)]
+            d["out_shift"] = [float(v) for v in (self.out_shift if self.out_shift is not None
+                                                 else [0.0] * self.n_fields)]
+        return d
+
+
+class LDNet(nn.Module):
+    """Latent dynamics ``F`` + reconstruction ``R`` (LD-EnSF's modified LDNet), in normalised units, built from
+    an :class:`LDNetConfig`."""
+
+    def __init__(self, cfg: LDNetConfig):
         super().__init__()
-        self._config = dict(latent_dim=latent_dim, n_params=n_params, n_fields=n_fields, coord_dim=coord_dim,
-                            dt_lat=float(dt_lat), coord_lo=[float(v) for v in coord_lo],
-                            coord_hi=[float(v) for v in coord_hi], dyn_width=dyn_width, dyn_depth=dyn_depth,
-                            rec_arch=rec_arch, rec_width=rec_width, rec_depth=rec_depth, n_fourier=n_fourier,
-                            fourier_scale=float(fourier_scale), train_fourier=train_fourier, n_basis=n_basis,
-                            act=act, seed=seed)
-        if film:  # only when on: configs of networks without it stay as they were
-            self._config["film"] = True
-        if rec_arch == "registered":
-            self._config["n_shifts"] = n_shifts
-        if rec_params:
-            self._config["rec_params"] = True
-        self.rec_params = bool(rec_params)
-        rec_in = latent_dim + (n_params if rec_params else 0)  # R sees (s, u) when rec_params
-        g = torch.Generator().manual_seed(seed)
-        self.latent_dim, self.n_params, self.dt_lat = latent_dim, n_params, float(dt_lat)
-        self.dyn = MLP(latent_dim + n_params, latent_dim, dyn_width, dyn_depth, act, g)
-        if rec_arch == "resmlp":
-            self.rec: nn.Module = ResMLP(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
-                                         fourier_scale, train_fourier, g, film=film)
-        elif rec_arch == "registered":
-            self.rec = RegisteredDecoder(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
-                                         fourier_scale, train_fourier, max(1, n_shifts), g)
+        self.cfg = cfg
+        latent_dim, n_params, n_fields, coord_dim = cfg.latent_dim, cfg.n_params, cfg.n_fields, cfg.coord_dim
+        self.rec_params = bool(cfg.rec_params)
+        rec_in = latent_dim + (n_params if cfg.rec_params else 0)  # R sees (s, u) when rec_params
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.latent_dim, self.n_params, self.dt_lat = latent_dim, n_params, float(cfg.dt_lat)
+        self.dyn = MLP(latent_dim + n_params, latent_dim, cfg.dyn_width, cfg.dyn_depth, cfg.act, g)
+        features = dict(n_fourier=cfg.n_fourier, fourier_scale=cfg.fourier_scale, train_fourier=cfg.train_fourier)
+        if cfg.rec_arch == "resmlp":
+            self.rec: nn.Module = ResMLP(rec_in, coord_dim, n_fields, cfg.rec_width, cfg.rec_depth, cfg.act,
+                                         **features, generator=g, film=cfg.film)
+        elif cfg.rec_arch == "registered":
+            self.rec = RegisteredDecoder(rec_in, coord_dim, n_fields, cfg.rec_width, cfg.rec_depth, cfg.act,
+                                         **features, n_shifts=max(1, cfg.n_shifts), generator=g)
         else:
-            self.rec = SeparableDecoder(rec_in, coord_dim, n_fields, rec_width, rec_depth, act, n_fourier,
-                                        fourier_scale, train_fourier, n_basis, g)
+            self.rec = SeparableDecoder(rec_in, coord_dim, n_fields, cfg.rec_width, cfg.rec_depth, cfg.act,
+                                        **features, n_basis=cfg.n_basis, generator=g)
         # output map (z-score units = raw * out_scale + out_shift); not in the state dict, the config holds it
         self.register_buffer("out_scale", torch.ones(n_fields), persistent=False)
         self.register_buffer("out_shift", torch.zeros(n_fields), persistent=False)
-        if out_scale is not None or out_shift is not None:
-            self.set_output_map(out_scale if out_scale is not None else [1.0] * n_fields,
-                                out_shift if out_shift is not None else [0.0] * n_fields)
-        self.register_buffer("coord_lo", torch.tensor(coord_lo, dtype=torch.float32))
-        self.register_buffer("coord_hi", torch.tensor(coord_hi, dtype=torch.float32))
+        if cfg.out_scale is not None or cfg.out_shift is not None:
+            self.set_output_map(cfg.out_scale if cfg.out_scale is not None else [1.0] * n_fields,
+                                cfg.out_shift if cfg.out_shift is not None else [0.0] * n_fields)
+        self.register_buffer("coord_lo", torch.tensor(cfg.coord_lo, dtype=torch.float32))
+        self.register_buffer("coord_hi", torch.tensor(cfg.coord_hi, dtype=torch.float32))
 
     # ---- config ----------------------------------------------------------------------------------------------
     def config(self) -> dict:
-        return dict(self._config)
+        """The artifact's ``networks`` entry (:meth:`LDNetConfig.as_dict`)."""
+        return self.cfg.as_dict()
 
     def set_output_map(self, scale: list[float], shift: list[float]) -> None:
         """Outputs in z-score units are ``R_raw * scale + shift`` per field (e.g. a min-max normalisation the
@@ -289,12 +342,13 @@ class LDNet(nn.Module):
         with torch.no_grad():
             self.out_scale.copy_(torch.tensor(scale, dtype=torch.float32))
             self.out_shift.copy_(torch.tensor(shift, dtype=torch.float32))
-        self._config["out_scale"] = [float(v) for v in scale]
-        self._config["out_shift"] = [float(v) for v in shift]
+        self.cfg = dataclasses.replace(self.cfg, out_scale=[float(v) for v in scale],
+                                       out_shift=[float(v) for v in shift])
 
     @classmethod
     def from_config(cls, cfg: dict) -> "LDNet":
-        return cls(**cfg)
+        """Rebuild from an artifact's ``networks`` entry."""
+        return cls(LDNetConfig(**cfg))
 
     # ---- dynamics --------------------------------------------------------------------------------------------
     def velocity(self, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -344,7 +398,7 @@ class LDNet(nn.Module):
             z = self.rec(s, xi)
         else:
             z = torch.cat([self.rec(s, xi[..., i:i + chunk, :]) for i in range(0, xi.shape[-2], chunk)], dim=-2)
-        if "out_scale" in self._config:
+        if self.cfg.out_scale is not None:
             z = z * self.out_scale.to(z.dtype) + self.out_shift.to(z.dtype)
         return z
 
@@ -354,33 +408,48 @@ class LDNet(nn.Module):
         return self.reconstruct(s, self.normalize_coords(coords), chunk, u)
 
 
-class ObsEncoder(nn.Module):
-    """Causal LSTM ``E: y_{1:t} -> (s_t, u)``: single-layer ``nn.LSTM`` then ``Linear(hidden -> d_s + d_u)``.
+@dataclass(frozen=True)
+class LSTMEncoderConfig:
+    """Everything that builds an :class:`LSTMEncoder`: ``n_obs`` inputs, ``out_dim = d_s + d_u`` outputs, the LSTM
+    width ``hidden`` and the initialisation ``seed``. ``dataclasses.asdict`` of it is the artifact's ``networks``
+    entry; ``LSTMEncoderConfig(**entry)`` rebuilds it."""
+
+    n_obs: int
+    out_dim: int
+    hidden: int = 128
+    seed: int = 0
+
+
+class LSTMEncoder(nn.Module):
+    """Causal LSTM observation encoder ``E: y_{1:t} -> (s_t, u)``: single-layer ``nn.LSTM`` then
+    ``Linear(hidden -> d_s + d_u)``.
 
     The input is the raw observation vector (physical units, after the operator); it is normalised inside with
-    per-entry ``y_mean``/``y_std`` buffers computed from the clean training observations.
+    per-entry ``y_mean``/``y_std`` buffers computed from the clean training observations (stored with the
+    weights, not in the config).
     """
 
-    def __init__(self, n_obs: int, out_dim: int, hidden: int = 128, seed: int = 0,
-                 y_mean: list[float] | None = None, y_std: list[float] | None = None):
+    def __init__(self, cfg: LSTMEncoderConfig, y_mean: list[float] | None = None, y_std: list[float] | None = None):
         super().__init__()
-        self._config = dict(n_obs=n_obs, out_dim=out_dim, hidden=hidden, seed=seed)
-        g = torch.Generator().manual_seed(seed)
-        self.lstm = nn.LSTM(n_obs, hidden, batch_first=True)
-        bound = 1.0 / math.sqrt(hidden)
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.lstm = nn.LSTM(cfg.n_obs, cfg.hidden, batch_first=True)
+        bound = 1.0 / math.sqrt(cfg.hidden)
         with torch.no_grad():
             for p in self.lstm.parameters():  # PyTorch's LSTM init, from our generator
                 nn.init.uniform_(p, -bound, bound, generator=g)
-        self.head = glorot_(nn.Linear(hidden, out_dim), g)
-        self.register_buffer("y_mean", torch.zeros(n_obs) if y_mean is None else torch.tensor(y_mean))
-        self.register_buffer("y_std", torch.ones(n_obs) if y_std is None else torch.tensor(y_std))
+        self.head = glorot_(nn.Linear(cfg.hidden, cfg.out_dim), g)
+        self.register_buffer("y_mean", torch.zeros(cfg.n_obs) if y_mean is None else torch.tensor(y_mean))
+        self.register_buffer("y_std", torch.ones(cfg.n_obs) if y_std is None else torch.tensor(y_std))
 
     def config(self) -> dict:
-        return dict(self._config)
+        """The artifact's ``networks`` entry."""
+        return dataclasses.asdict(self.cfg)
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "ObsEncoder":
-        return cls(**cfg)
+    def from_config(cls, cfg: dict) -> "LSTMEncoder":
+        """Rebuild from an artifact's ``networks`` entry (the normalisation comes with the weights)."""
+        return cls(LSTMEncoderConfig(**cfg))
 
     def forward(self, y: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -391,3 +460,41 @@ class ObsEncoder(nn.Module):
         yn = (y - self.y_mean.to(y.dtype)) / self.y_std.to(y.dtype)
         h, state = self.lstm(yn, state)
         return self.head(h), state
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normalised units and the point-major layout
+# --------------------------------------------------------------------------------------------------------------
+def param_normalizer(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) float64 of the parameter box; ``u_n = 2 (u - lo)/(hi - lo) - 1``."""
+    lo, hi = problem.param_bounds
+    return lo.to(torch.float64), hi.to(torch.float64)
+
+
+def normalize_params(u: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    lo, hi = lo.to(u.device, u.dtype), hi.to(u.device, u.dtype)
+    return 2 * (u - lo) / (hi - lo) - 1
+
+
+def denormalize_params(un: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    lo, hi = lo.to(un.device, un.dtype), hi.to(un.device, un.dtype)
+    return lo + (un + 1) * (hi - lo) / 2
+
+
+def to_points(problem: Problem, dataset: Dataset, snaps: torch.Tensor) -> torch.Tensor:
+    """Normalised, point-major view: ``(n, T+1, *state_shape)`` physical -> ``(n, T+1, n_points, C)``."""
+    nd = len(problem.state_shape)
+    z = dataset.normalize(snaps.to(torch.float32), nd)
+    n, T1 = z.shape[:2]
+    if nd == 1:
+        return z.reshape(n, T1, -1, 1).contiguous()
+    return z.reshape(n, T1, problem.n_fields, -1).transpose(-1, -2).contiguous()
+
+
+def from_points(problem: Problem, z: torch.Tensor) -> torch.Tensor:
+    """Inverse layout of :func:`to_points`: ``(..., n_points, C) -> (..., *state_shape)`` (still normalised)."""
+    lead = z.shape[:-2]
+    if len(problem.state_shape) == 1:
+        return z.reshape(*lead, *problem.state_shape)
+    return z.transpose(-1, -2).reshape(*lead, *problem.state_shape)
+

@@ -14,13 +14,15 @@ observations per observed channel with the statistics stored in the network conf
 - ``Decoder`` ``D``: ``(N, c_lat, h, h) -> (N, C, n, n)``; 3 x 3 convs with ``k`` bilinear x2 upsamplings, a final
   bilinear resize to ``n x n`` when ``h 2^k != n``, and a 3 x 3 output conv.
 
-Periodic problems (Kolmogorov) use circular padding in every convolution. Every network is rebuilt from a plain
-dict (:meth:`CoupledVAE.config` -> :meth:`CoupledVAE.from_config`), which the artifact cache stores next to the
-float32 weights; all weights are initialised from an explicit ``torch.Generator`` (no global seed).
+Periodic problems (Kolmogorov) use circular padding in every convolution. The VAE is built from a
+:class:`VAEConfig`; its plain-dict form (:meth:`CoupledVAE.config` -> :meth:`CoupledVAE.from_config`) is what the
+artifact cache stores next to the float32 weights; all weights are initialised from an explicit
+``torch.Generator`` (no global seed).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -186,8 +188,9 @@ class Decoder(nn.Module):
         return h
 
 
-class CoupledVAE(nn.Module):
-    """``E_x``, ``E_y`` and the shared ``D`` of Latent-EnSF, plus the observation normalisation.
+@dataclass(frozen=True)
+class VAEConfig:
+    """Everything that builds a :class:`CoupledVAE`.
 
     Parameters
     ----------
@@ -200,36 +203,63 @@ class CoupledVAE(nn.Module):
     periodic : circular padding.
     obs_mean, obs_std : ``(m,)`` normalisation of raw observations (``y_n = (y - mean) / std``).
     seed : initialisation seed.
+
+    :meth:`as_dict` is the artifact's ``networks`` entry; ``VAEConfig(**entry)`` rebuilds it.
     """
 
-    def __init__(self, n_fields: int, n: int, m: int, c_lat: int, h_lat: int, width: int,
-                 obs_arch: Literal["conv", "mlp"], lattice: list[int] | None, periodic: bool,
-                 obs_mean: list[float], obs_std: list[float], seed: int = 0):
+    n_fields: int
+    n: int
+    m: int
+    c_lat: int
+    h_lat: int
+    width: int
+    obs_arch: Literal["conv", "mlp"]
+    lattice: list[int] | None
+    periodic: bool
+    obs_mean: list[float]
+    obs_std: list[float]
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        """The plain-dict form stored in an artifact's ``networks``."""
+        return dict(n_fields=self.n_fields, n=self.n, m=self.m, c_lat=self.c_lat, h_lat=self.h_lat,
+                    width=self.width, obs_arch=self.obs_arch,
+                    lattice=list(self.lattice) if self.lattice is not None else None, periodic=self.periodic,
+                    obs_mean=[float(v) for v in self.obs_mean], obs_std=[float(v) for v in self.obs_std],
+                    seed=self.seed)
+
+
+class CoupledVAE(nn.Module):
+    """``E_x``, ``E_y`` and the shared ``D`` of Latent-EnSF, plus the observation normalisation, built from a
+    :class:`VAEConfig`."""
+
+    def __init__(self, cfg: VAEConfig):
         super().__init__()
-        self._cfg = dict(n_fields=n_fields, n=n, m=m, c_lat=c_lat, h_lat=h_lat, width=width, obs_arch=obs_arch,
-                         lattice=list(lattice) if lattice is not None else None, periodic=periodic,
-                         obs_mean=[float(v) for v in obs_mean], obs_std=[float(v) for v in obs_std], seed=seed)
-        g = torch.Generator().manual_seed(seed)
+        self.cfg = cfg
+        n_fields, n, c_lat, h_lat, width, periodic = cfg.n_fields, cfg.n, cfg.c_lat, cfg.h_lat, cfg.width, cfg.periodic
+        g = torch.Generator().manual_seed(cfg.seed)
         self.enc_x = _init_(StateEncoder(n_fields, n, c_lat, h_lat, width, periodic), g)
-        self.enc_y = _init_(VAEObsEncoder(m, c_lat, h_lat, width, obs_arch,
-                                       tuple(lattice) if lattice is not None else None, periodic), g)
+        self.enc_y = _init_(VAEObsEncoder(cfg.m, c_lat, h_lat, width, cfg.obs_arch,
+                                          tuple(cfg.lattice) if cfg.lattice is not None else None, periodic), g)
         self.dec = _init_(Decoder(n_fields, n, c_lat, h_lat, width, periodic), g)
         _init_head_(self.enc_x.head, c_lat)
-        _init_head_(self.enc_y.head if obs_arch == "conv" else self.enc_y.mlp[-1], c_lat)
-        self.register_buffer("obs_mean", torch.tensor(obs_mean, dtype=torch.float32))
-        self.register_buffer("obs_std", torch.tensor(obs_std, dtype=torch.float32))
+        _init_head_(self.enc_y.head if cfg.obs_arch == "conv" else self.enc_y.mlp[-1], c_lat)
+        self.register_buffer("obs_mean", torch.tensor(cfg.obs_mean, dtype=torch.float32))
+        self.register_buffer("obs_std", torch.tensor(cfg.obs_std, dtype=torch.float32))
 
     # ---- config ----------------------------------------------------------------------------------------------
     def config(self) -> dict:
-        return dict(self._cfg)
+        """The artifact's ``networks`` entry (:meth:`VAEConfig.as_dict`)."""
+        return self.cfg.as_dict()
 
     @classmethod
     def from_config(cls, cfg: dict) -> "CoupledVAE":
-        return cls(**cfg)
+        """Rebuild from an artifact's ``networks`` entry."""
+        return cls(VAEConfig(**cfg))
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return (self._cfg["c_lat"], self._cfg["h_lat"], self._cfg["h_lat"])
+        return (self.cfg.c_lat, self.cfg.h_lat, self.cfg.h_lat)
 
     @property
     def latent_dim(self) -> int:

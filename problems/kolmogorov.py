@@ -270,8 +270,10 @@ class Kolmogorov(Problem):
         return spectral_ops(self.n, str(torch.device(device)), dtype, float(self.forcing_amplitude),
                             int(self.forcing_wavenumber))
 
-    def n_substeps(self, T: float, speed: float = 0.0) -> int:
-        """Equal sub-steps for time ``T`` with Courant number ``<= cfl`` at speed ``max(max_velocity, speed)``."""
+    def n_substeps(self, T: float | None = None, speed: float = 0.0) -> int:
+        """Equal sub-steps for time ``T`` (default ``dt_obs``) with Courant number ``<= cfl`` at speed
+        ``max(max_velocity, speed)``."""
+        T = self.dt_obs if T is None else T
         u = max(self.max_velocity, float(speed))
         return max(1, math.ceil(T * u / (self.cfl * self.dx) - 1e-9))
 

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import torch
 
+from assimbench.errors import ConfigError
 from problems.base import Problem, record_substeps
 
 
@@ -29,7 +30,6 @@ class LinearGauss(Problem):
     n_traj: int = 10
 
     def validate(self) -> None:
-        from assimbench.errors import ConfigError
         super().validate()  # finite decay and prior_std, n_cycles, n_traj
         if self.dim < 1 or self.prior_std <= 0:
             raise ConfigError(f"linear_gauss needs dim >= 1 and prior_std > 0 (got dim={self.dim}, "

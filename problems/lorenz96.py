@@ -62,7 +62,6 @@ class Lorenz96(Problem):
             raise ConfigError("lorenz96 needs dt > 0 and steps_per_obs >= 1")
 
     def validate(self) -> None:
-        from assimbench.errors import ConfigError
         super().validate()  # finite dt and forcing, n_cycles, n_traj
         if self.spinup_time < 0:
             raise ConfigError(f"lorenz96 spinup_time={self.spinup_time} must be >= 0")

@@ -23,7 +23,8 @@ wall fluxes simple. Units: u, v in m/s, eta in m.
 
 Scheme (internal Arakawa C-grid, forward-backward / Stormer-Verlet)
 -------------------------------------------------------------------
-Inside ``step`` the velocities live on the faces of the cells: ``u`` on the ``n - 1`` interior x-faces of each
+Inside ``step`` (the module functions :func:`to_staggered`, :func:`integrate`, :func:`to_collocated`) the
+velocities live on the faces of the cells: ``u`` on the ``n - 1`` interior x-faces of each
 row, ``v`` on the ``n - 1`` interior y-faces of each column; the wall faces carry zero normal velocity (and are
 never updated), so no flow crosses the walls by construction. Two operators:
 
@@ -98,6 +99,86 @@ def sine_transfer_matrices(n: int, device=None, dtype=torch.float64) -> tuple[to
         _MATRIX_CACHE[key] = (to_face.to(device=device, dtype=dtype).contiguous(),
                               to_centre.to(device=device, dtype=dtype).contiguous())
     return _MATRIX_CACHE[key]
+
+
+def to_staggered(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Public ``(N, 3, n, n)`` -> ``(U (N, n, n+1), V (N, n+1, n), eta (N, n, n))`` with zero wall faces."""
+    N, n = x.shape[0], x.shape[-1]
+    to_face, _ = sine_transfer_matrices(n, x.device, x.dtype)
+    U = x.new_zeros(N, n, n + 1)
+    V = x.new_zeros(N, n + 1, n)
+    U[:, :, 1:-1] = x[:, 0] @ to_face.T
+    V[:, 1:-1, :] = to_face @ x[:, 1]
+    eta = x[:, 2].clone()
+    return U, V, eta
+
+
+def to_collocated(U: torch.Tensor, V: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`to_staggered` (exact on face fields): ``(N, 3, n, n)``."""
+    _, to_centre = sine_transfer_matrices(eta.shape[-1], eta.device, eta.dtype)
+    return torch.stack([U[:, :, 1:-1] @ to_centre.T, to_centre @ V[:, 1:-1, :], eta], dim=1)
+
+
+def coriolis_at_v_faces(n: int, length: float, f0: float, beta: float, device, dtype) -> torch.Tensor:
+    """``f = f0 + beta y`` at the ``n + 1`` y-faces of a basin of side ``length``: ``(n+1, 1)``."""
+    yf = -length / 2 + torch.arange(n + 1, dtype=torch.float64) * (length / n)
+    return (f0 + beta * yf).to(device=device, dtype=dtype)[:, None]
+
+
+def integrate(U: torch.Tensor, V: torch.Tensor, eta: torch.Tensor, n_steps: int, dt: float, dx: float,
+              gravity: float, depth: float, f_v: torch.Tensor | None) -> None:
+    """Advance the staggered state ``(U, V, eta)`` (:func:`to_staggered`) in place by ``n_steps`` sub-steps of
+    ``dt`` on a grid of spacing ``dx``, with Coriolis parameter ``f_v`` at the y-faces (None: no rotation).
+
+    Stormer-Verlet order: half a continuity step, then ``n_steps`` times (momentum with the current eta, a
+    continuity step), the last continuity step being a half one. Interior continuity half-steps are merged.
+    """
+    g, H = gravity, depth
+    rotating = f_v is not None
+    f_all, f_int = (f_v, f_v[1:-1]) if rotating else (None, None)
+    N, n = eta.shape[0], eta.shape[-1]
+    Fx = torch.zeros_like(U)              # fluxes / H (N, n, n+1), walls stay 0
+    Fy = torch.zeros_like(V)              # (N, n+1, n)
+    hx = eta.new_empty(N, n, n - 1)
+    hy = eta.new_empty(N, n - 1, n)
+    div = eta.new_empty(N, n, n)
+    fV = torch.empty_like(V)
+    s_u = eta.new_empty(N, n, n)
+    c = dt / dx
+    Uin, Vin = U[:, :, 1:-1], V[:, 1:-1, :]
+
+    def continuity(frac: float) -> None:
+        # eta -= frac dt div((H + eta_face) u_face); fluxes are stored divided by H,
+        # F / H = u (1 + (eta_L + eta_R) / (2 H)), which keeps float32 precision on small eta
+        torch.add(eta[:, :, :-1], eta[:, :, 1:], out=hx)
+        torch.addcmul(Uin, hx, Uin, value=0.5 / H, out=Fx[:, :, 1:-1])
+        torch.add(eta[:, :-1, :], eta[:, 1:, :], out=hy)
+        torch.addcmul(Vin, hy, Vin, value=0.5 / H, out=Fy[:, 1:-1, :])
+        torch.sub(Fx[:, :, 1:], Fx[:, :, :-1], out=div)
+        div.add_(Fy[:, 1:, :]).sub_(Fy[:, :-1, :])
+        eta.sub_(div, alpha=frac * c * H)
+
+    def momentum() -> None:
+        # u += dt (A(f v) - g d(eta)/dx) with the old v ...
+        if rotating:
+            torch.mul(V, f_all, out=fV)
+            torch.add(fV[:, :-1, :], fV[:, 1:, :], out=s_u)                # (N, n, n) y-pairs
+            Uin.add_(s_u[:, :, :-1], alpha=0.25 * dt).add_(s_u[:, :, 1:], alpha=0.25 * dt)
+        Uin.sub_(eta[:, :, 1:], alpha=g * c).add_(eta[:, :, :-1], alpha=g * c)
+        # ... then v += dt (-f A^T u - g d(eta)/dy) with the new u (symplectic rotation)
+        if rotating:
+            torch.add(U[:, :, :-1], U[:, :, 1:], out=s_u)                    # (N, n, n) x-pairs
+            torch.add(s_u[:, :-1, :], s_u[:, 1:, :], out=hy)
+            hy.mul_(f_int)
+            Vin.sub_(hy, alpha=0.25 * dt)
+        Vin.sub_(eta[:, 1:, :], alpha=g * c).add_(eta[:, :-1, :], alpha=g * c)
+
+    if n_steps < 1:
+        return
+    continuity(0.5)
+    for k in range(n_steps):
+        momentum()
+        continuity(1.0 if k < n_steps - 1 else 0.5)
 
 
 @dataclass(frozen=True)
@@ -223,82 +304,18 @@ class ShallowWater(Problem):
         return x
 
     # ---- the solver -------------------------------------------------------------------------------------------
-    def to_staggered(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Public ``(N, 3, n, n)`` -> ``(U (N, n, n+1), V (N, n+1, n), eta (N, n, n))`` with zero wall faces."""
-        N, n = x.shape[0], self.n
-        to_face, _ = sine_transfer_matrices(n, x.device, x.dtype)
-        U = x.new_zeros(N, n, n + 1)
-        V = x.new_zeros(N, n + 1, n)
-        U[:, :, 1:-1] = x[:, 0] @ to_face.T
-        V[:, 1:-1, :] = to_face @ x[:, 1]
-        eta = x[:, 2].clone()
-        return U, V, eta
-
-    def to_collocated(self, U: torch.Tensor, V: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`to_staggered` (exact on face fields): ``(N, 3, n, n)``."""
-        _, to_centre = sine_transfer_matrices(self.n, eta.device, eta.dtype)
-        return torch.stack([U[:, :, 1:-1] @ to_centre.T, to_centre @ V[:, 1:-1, :], eta], dim=1)
-
-    def _coriolis_v(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f`` at all y-faces ``(n+1, 1)`` and at the interior ones ``(n-1, 1)``."""
-        yf = -self.length / 2 + torch.arange(self.n + 1, dtype=torch.float64) * self.dx
-        f = (self.f0 + self.beta * yf).to(device=device, dtype=dtype)[:, None]
-        return f, f[1:-1]
+    def coriolis(self, device, dtype) -> torch.Tensor | None:
+        """``f = f0 + beta y`` at all y-faces, ``(n+1, 1)``, or None for a non-rotating basin."""
+        if self.f0 == 0.0 and self.beta == 0.0:
+            return None
+        return coriolis_at_v_faces(self.n, self.length, self.f0, self.beta, device, dtype)
 
     def integrate(self, U: torch.Tensor, V: torch.Tensor, eta: torch.Tensor, n_steps: int,
                   dt: float | None = None) -> None:
-        """Advance the staggered state in place by ``n_steps`` sub-steps of :attr:`dt`.
-
-        Stormer-Verlet order: half a continuity step, then ``n_steps`` times (momentum with the current eta, a
-        continuity step), the last continuity step being a half one. Interior continuity half-steps are merged.
-        """
-        dt = self.dt if dt is None else float(dt)
-        dx, g, H = self.dx, self.gravity, self.depth
-        f_all, f_int = self._coriolis_v(eta.device, eta.dtype)
-        rotating = self.f0 != 0.0 or self.beta != 0.0
-        N, n = eta.shape[0], self.n
-        Fx = torch.zeros_like(U)              # fluxes / H (N, n, n+1), walls stay 0
-        Fy = torch.zeros_like(V)              # (N, n+1, n)
-        hx = eta.new_empty(N, n, n - 1)
-        hy = eta.new_empty(N, n - 1, n)
-        div = eta.new_empty(N, n, n)
-        fV = torch.empty_like(V)
-        s_u = eta.new_empty(N, n, n)
-        c = dt / dx
-        Uin, Vin = U[:, :, 1:-1], V[:, 1:-1, :]
-
-        def continuity(frac: float) -> None:
-            # eta -= frac dt div((H + eta_face) u_face); fluxes are stored divided by H,
-            # F / H = u (1 + (eta_L + eta_R) / (2 H)), which keeps float32 precision on small eta
-            torch.add(eta[:, :, :-1], eta[:, :, 1:], out=hx)
-            torch.addcmul(Uin, hx, Uin, value=0.5 / H, out=Fx[:, :, 1:-1])
-            torch.add(eta[:, :-1, :], eta[:, 1:, :], out=hy)
-            torch.addcmul(Vin, hy, Vin, value=0.5 / H, out=Fy[:, 1:-1, :])
-            torch.sub(Fx[:, :, 1:], Fx[:, :, :-1], out=div)
-            div.add_(Fy[:, 1:, :]).sub_(Fy[:, :-1, :])
-            eta.sub_(div, alpha=frac * c * H)
-
-        def momentum() -> None:
-            # u += dt (A(f v) - g d(eta)/dx) with the old v ...
-            if rotating:
-                torch.mul(V, f_all, out=fV)
-                torch.add(fV[:, :-1, :], fV[:, 1:, :], out=s_u)                # (N, n, n) y-pairs
-                Uin.add_(s_u[:, :, :-1], alpha=0.25 * dt).add_(s_u[:, :, 1:], alpha=0.25 * dt)
-            Uin.sub_(eta[:, :, 1:], alpha=g * c).add_(eta[:, :, :-1], alpha=g * c)
-            # ... then v += dt (-f A^T u - g d(eta)/dy) with the new u (symplectic rotation)
-            if rotating:
-                torch.add(U[:, :, :-1], U[:, :, 1:], out=s_u)                    # (N, n, n) x-pairs
-                torch.add(s_u[:, :-1, :], s_u[:, 1:, :], out=hy)
-                hy.mul_(f_int)
-                Vin.sub_(hy, alpha=0.25 * dt)
-            Vin.sub_(eta[:, 1:, :], alpha=g * c).add_(eta[:, :-1, :], alpha=g * c)
-
-        if n_steps < 1:
-            return
-        continuity(0.5)
-        for k in range(n_steps):
-            momentum()
-            continuity(1.0 if k < n_steps - 1 else 0.5)
+        """Advance the staggered state in place by ``n_steps`` sub-steps of ``dt`` (default :attr:`dt`): the
+        module's :func:`integrate` with this basin's constants."""
+        integrate(U, V, eta, n_steps, self.dt if dt is None else float(dt), self.dx, self.gravity, self.depth,
+                  self.coriolis(eta.device, eta.dtype))
 
     def step(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
         """Advance ``x (N, 3, n, n)`` by ``dt_obs`` (``n_substeps`` sub-steps); device/dtype of ``x``.
@@ -322,9 +339,9 @@ class ShallowWater(Problem):
         n = max(1, math.ceil(frac * self.n_substeps() - 1e-9))
         record_substeps(n, self.wave_speed)
         with torch.no_grad():
-            U, V, eta = self.to_staggered(x)
+            U, V, eta = to_staggered(x)
             self.integrate(U, V, eta, n, dt=frac * self.dt_obs / n)
-            return self.to_collocated(U, V, eta)
+            return to_collocated(U, V, eta)
 
     # ---- diagnostics ------------------------------------------------------------------------------------------
     def mass(self, x: torch.Tensor) -> torch.Tensor:

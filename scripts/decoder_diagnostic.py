@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None) -> int:
     import problems
-    from methods.ldnet import RegisteredDecoder, ResMLP
-    from methods.training import normalize_params, param_normalizer, to_points
+    from methods.ldnet import RegisteredDecoder, ResMLP, normalize_params, param_normalizer, to_points
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("decoder", choices=["film", "registered"])

@@ -8,8 +8,8 @@ The run checkpoints to ``<out>/<problem>_<TAG>.ckpt`` after every evaluation and
 again with the same arguments (a larger ``epochs=`` continues a finished run); ``--curve-only`` writes the
 curve of a run in progress (or interrupted) from its checkpoint.
 
-Trains :func:`methods.training.train_ldnet` with the LD-EnSF default recipe overridden by ``key=value``
-(fields of :class:`methods.training.LDNetTrainConfig`), and writes ``<out>/<problem>_<TAG>.csv`` (training
+Trains :func:`methods.ldnet_train.train_ldnet` with the LD-EnSF default recipe overridden by ``key=value``
+(fields of :class:`methods.ldnet_train.LDNetTrainConfig`), and writes ``<out>/<problem>_<TAG>.csv`` (training
 seconds vs validation/test rRMSE) and ``<out>/<problem>_<TAG>.json`` (the summary and the recipe).
 """
 from __future__ import annotations
@@ -31,7 +31,9 @@ from train_curve import _value  # noqa: E402  (scripts/ is on sys.path when a sc
 def main(argv=None) -> int:
     import problems
     import methods
-    from methods.training import TrainLog, train_ldnet, write_curve
+    from methods.artifact_cache import write_curve
+    from methods.ldnet_train import train_ldnet
+    from methods.train_loop import TrainLog
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("problem")

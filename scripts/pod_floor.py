@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None) -> int:
     import problems
-    from methods.training import rel_l2, to_points
+    from methods.ldnet import to_points
+    from methods.train_loop import rel_l2
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("problem")

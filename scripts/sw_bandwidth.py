@@ -47,6 +47,7 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 torch.set_num_threads(args.threads)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import problems  # noqa: E402
+from problems.shallow_water import to_staggered  # noqa: E402
 from _timing import samples  # noqa: E402  (scripts/_timing.py)
 
 
@@ -110,7 +111,7 @@ def main():
             K = pb.n_substeps()
             for N in args.members:
                 x = pb.initial_state(pb.sample_params(N, torch.Generator().manual_seed(0))).to(dtype)
-                U, V, eta = pb.to_staggered(x)
+                U, V, eta = to_staggered(x)
                 state_bytes = (U.numel() + V.numel() + eta.numel()) * U.element_size()
                 with ByteCounter() as bc:
                     pb.integrate(U.clone(), V.clone(), eta.clone(), 1)

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     import problems
     import methods
     from bench.train import train_method
-    from methods.training import SHIPPED_DIR
+    from methods.artifact_cache import SHIPPED_DIR
     from problems.base import bind_observer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     kw = dict(kv.split("=", 1) for kv in args.set)
     m = methods.get("LD-EnSF", **{k: _value(v) for k, v in kw.items()})
     curve = args.curve or f"results/train_curve_{args.problem}.csv"
-    summary = train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=args.cache,
+    summary = train_method(m, pb, obs, ds, cache_dir=args.cache,
                            progress=True, curve_path=curve)
     print(json.dumps(summary, indent=2, default=str))
     if args.ship:

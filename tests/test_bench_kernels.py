@@ -89,8 +89,9 @@ def test_bench_ldnet_forward(benchmark):
     """One latent Euler step and the decoding of N = 20 latents at 64 x 64 points (3 fields), float32."""
     ldnet = pytest.importorskip("methods.ldnet", reason="methods.ldnet (the LDNet module) is not available")
     N, n, d_s, d_u, C = 20, 64, 10, 2, 3
-    net = ldnet.LDNet(latent_dim=d_s, n_params=d_u, n_fields=C, coord_dim=2, dt_lat=0.1, coord_lo=[0.0, 0.0],
-                      coord_hi=[1.0, 1.0], dyn_width=64, dyn_depth=4, rec_width=64, rec_depth=4, seed=0).eval()
+    net = ldnet.LDNet(ldnet.LDNetConfig(latent_dim=d_s, n_params=d_u, n_fields=C, coord_dim=2, dt_lat=0.1,
+                                        coord_lo=[0.0, 0.0], coord_hi=[1.0, 1.0], dyn_width=64, dyn_depth=4,
+                                        rec_width=64, rec_depth=4, seed=0)).eval()
     ax = torch.linspace(0.0, 1.0, n)
     coords = torch.stack(torch.meshgrid(ax, ax, indexing="ij"), -1).reshape(-1, 2)
     g = torch.Generator().manual_seed(0)

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 import problems
 from bench.store import load_results
-from methods import training as tr
+from methods import artifact_cache
 from methods.base import Context
 from methods.latent_ensf import LatentEnSF
 from problems import base
@@ -99,14 +98,14 @@ def test_corrupted_cached_network_is_retrained_with_a_message(tmp_path):
     r1 = _cli(["train", str(grid)], cache)
     assert r1.returncode == 0, r1.stderr
     (folder,) = [p for p in (cache / "models").iterdir() if not p.name.startswith(".")]
-    assert (folder / tr.SUMS_FILE).exists()
+    assert (folder / artifact_cache.SUMS_FILE).exists()
     first = (folder / "weights.pt").read_bytes()
     flip_middle(folder / "weights.pt")
     r2 = _cli(["train", str(grid)], cache)
     assert r2.returncode == 0, r2.stderr
     msgs = [line for line in r2.stderr.splitlines() if "weights.pt does not match its checksum" in line]
     assert len(msgs) == 1 and "removing it and training anew" in msgs[0], r2.stderr
-    sums, problem = tr.verify_checksums(folder)
+    sums, problem = artifact_cache.verify_checksums(folder)
     assert sums and not problem
     assert (folder / "weights.pt").read_bytes() == first  # seeded training: the same network again
 
@@ -125,15 +124,15 @@ def _fit(tiny, **kw) -> LatentEnSF:
     pb, ds, obs, cache = tiny
     m = LatentEnSF(**{**VAE, **kw})
     m.bind(Context(pb, obs, ds, cache_dir=cache))
-    m.fit(torch.Generator().manual_seed(0))
+    m.fit()
     return m
 
 
-def _as_shipped(art: tr.Artifact, tmp_path: Path, monkeypatch) -> Path:
+def _as_shipped(art: artifact_cache.Artifact, tmp_path: Path, monkeypatch) -> Path:
     shipped = tmp_path / "shipped"
     shutil.copytree(art.path, shipped / art.key)
     shutil.rmtree(art.path)
-    monkeypatch.setattr(tr, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(artifact_cache, "SHIPPED_DIR", shipped)
     return shipped / art.key
 
 
@@ -145,7 +144,7 @@ def _edit_config(folder: Path, **changes) -> None:
         else:
             cfg[k] = v
     (folder / "config.json").write_text(json.dumps(cfg))
-    tr.write_checksums(folder)
+    artifact_cache.write_checksums(folder)
 
 
 def test_corrupted_shipped_network_is_refused(tiny, tmp_path, monkeypatch):
@@ -153,13 +152,13 @@ def test_corrupted_shipped_network_is_refused(tiny, tmp_path, monkeypatch):
     folder = _as_shipped(art, tmp_path, monkeypatch)
     intact = (folder / "weights.pt").read_bytes()
     flip_middle(folder / "weights.pt")
-    with pytest.raises(tr.ArtifactError, match="shipped artifact .* is corrupt: weights.pt does not match"):
+    with pytest.raises(artifact_cache.ArtifactError, match="shipped artifact .* is corrupt: weights.pt does not match"):
         _fit(tiny)
     (folder / "weights.pt").write_bytes(intact)
     assert _fit(tiny).artifacts["vae"].source == "shipped"
     # a config.json edited by hand is caught too
     (folder / "config.json").write_text((folder / "config.json").read_text().replace('"vae"', '"vae" '))
-    with pytest.raises(tr.ArtifactError, match="config.json does not match"):
+    with pytest.raises(artifact_cache.ArtifactError, match="config.json does not match"):
         _fit(tiny)
 
 
@@ -167,7 +166,7 @@ def test_new_artifact_records_its_data_and_checksums(tiny):
     pb, ds, obs, cache = tiny
     art = _fit(tiny).artifacts["vae"]
     assert art.config["data_checksum"] == ds.checksum
-    sums, problem = tr.verify_checksums(art.path)
+    sums, problem = artifact_cache.verify_checksums(art.path)
     assert not problem and set(sums) == {"config.json", "weights.pt", "curve.csv", "log.txt"}
     again = _fit(tiny).artifacts["vae"]
     assert again.source == "cache" and "measured on these data" in again.data_note
@@ -196,7 +195,7 @@ def test_other_data_is_rescored_and_reported(tiny, tmp_path, monkeypatch, caplog
     assert s["source"] == "shipped" and s["test_rrmse_phys"] == pytest.approx(recorded, rel=1e-3)
     assert s["recorded"]["test_rrmse_phys"] == pytest.approx(recorded + 0.2)
     # the same mismatch in the cache: the network is retrained for these data
-    monkeypatch.setattr(tr, "SHIPPED_DIR", tmp_path / "none")
+    monkeypatch.setattr(artifact_cache, "SHIPPED_DIR", tmp_path / "none")
     shutil.copytree(folder, cache / "models" / folder.name)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -208,22 +207,22 @@ def test_other_data_is_rescored_and_reported(tiny, tmp_path, monkeypatch, caplog
 def test_older_artifact_without_checksums_loads(tiny, caplog):
     pb, ds, obs, cache = tiny
     art = _fit(tiny).artifacts["vae"]
-    (art.path / tr.SUMS_FILE).unlink()
+    (art.path / artifact_cache.SUMS_FILE).unlink()
     _edit_config(art.path, data_checksum=None)
-    (art.path / tr.SUMS_FILE).unlink()
+    (art.path / artifact_cache.SUMS_FILE).unlink()
     with caplog.at_level(logging.WARNING):
         again = _fit(tiny).artifacts["vae"]
     assert again.source == "cache" and not caplog.records and "as recorded" in again.data_note
     # it was checked against these data and now records them, with checksums
     assert json.loads((art.path / "config.json").read_text())["data_checksum"] == ds.checksum
-    assert not tr.verify_checksums(art.path)[1] and (art.path / tr.SUMS_FILE).exists()
+    assert not artifact_cache.verify_checksums(art.path)[1] and (art.path / artifact_cache.SUMS_FILE).exists()
 
 
 def test_shipped_artifacts_verify():
-    folders = sorted(p for p in tr.SHIPPED_DIR.iterdir() if (p / "config.json").exists())
+    folders = sorted(p for p in artifact_cache.SHIPPED_DIR.iterdir() if (p / "config.json").exists())
     assert len(folders) >= 6
     for folder in folders:
-        sums, problem = tr.verify_checksums(folder)
+        sums, problem = artifact_cache.verify_checksums(folder)
         assert not problem and {"config.json", "weights.pt"} <= set(sums), folder
         cfg = json.loads((folder / "config.json").read_text())
         assert "data_checksum" in cfg and cfg["hash"] == folder.name

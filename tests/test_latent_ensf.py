@@ -9,9 +9,10 @@ import torch
 
 import problems
 from methods.base import Context, EnsembleState
-from methods.latent_ensf import LatentEnSF, VAETrainConfig, observer_lattice, train_vae
-from methods.training import TrainLog
-from methods.vae import CoupledVAE, vae_loss
+from methods.latent_ensf import LatentEnSF
+from methods.train_loop import TrainLog
+from methods.vae_train import VAETrainConfig, observer_lattice, train_vae
+from methods.vae import CoupledVAE, VAEConfig, vae_loss
 from problems.base import lattice_stride
 
 TINY = dict(c_lat=2, h_lat=4, width=4, epochs=3, batch=8, n_steps=20)
@@ -29,15 +30,15 @@ def _fitted(tiny, cache_dir, **kw) -> LatentEnSF:
     pb, ds, obs = tiny
     m = LatentEnSF(**{**TINY, **kw})
     m.bind(Context(pb, obs, ds, cache_dir=cache_dir))
-    m.fit(torch.Generator().manual_seed(0))
+    m.fit()
     return m
 
 
 @pytest.mark.parametrize("arch,n,h", [("conv", 16, 4), ("mlp", 16, 4), ("conv", 20, 4), ("mlp", 64, 8)])
 def test_round_trip_shapes(arch, n, h):
     C, m, lattice = 3, 27, [3, 3, 3]
-    vae = CoupledVAE(C, n, m, 2, h, 4, arch, lattice if arch == "conv" else None, arch == "mlp", [0.0] * m,
-                     [1.0] * m)
+    vae = CoupledVAE(VAEConfig(C, n, m, 2, h, 4, arch, lattice if arch == "conv" else None, arch == "mlp",
+                               [0.0] * m, [1.0] * m))
     x = torch.randn(5, C, n, n)
     y = torch.randn(5, m)
     mu, lv = vae.encode_x(x)
@@ -50,7 +51,7 @@ def test_round_trip_shapes(arch, n, h):
 
 
 def test_same_seed_same_network():
-    a = CoupledVAE(2, 16, 8, 2, 4, 4, "mlp", None, True, [0.0] * 8, [1.0] * 8, seed=3)
+    a = CoupledVAE(VAEConfig(2, 16, 8, 2, 4, 4, "mlp", None, True, [0.0] * 8, [1.0] * 8, seed=3))
     b = CoupledVAE.from_config(a.config())
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)

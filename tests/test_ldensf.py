@@ -17,9 +17,11 @@ import torch
 
 from methods.base import Context
 from methods.ldensf import LDEnSF, LatentState
-from methods.ldnet import LDNet, ObsEncoder
 from bench.train import train_method
-from methods import training as tr
+from methods import artifact_cache
+from methods.ldnet import LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, to_points
+from methods.ldnet_train import LDNetTrainConfig, train_ldnet
+from methods.train_loop import TrainLog
 from problems.base import Problem, bind_observer
 
 
@@ -100,7 +102,7 @@ def setup(tmp_path_factory, one_thread):
     ds = pb.dataset(cache_dir=cache, progress=False)
     obs = bind_observer(pb, ds, layout="lattice", stride=3, noise=0.05)
     m = LDEnSF(**TINY)
-    summary = train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=cache,
+    summary = train_method(m, pb, obs, ds, cache_dir=cache,
                               progress=False, curve_path=cache / "curve.csv")
     return dict(problem=pb, dataset=ds, observer=obs, method=m, summary=summary, cache=cache)
 
@@ -119,7 +121,7 @@ def test_training_lowers_the_loss(setup):
 
 
 def test_lstm_encoder_is_causal():
-    enc = ObsEncoder(6, 5, hidden=12, seed=3)
+    enc = LSTMEncoder(LSTMEncoderConfig(6, 5, hidden=12, seed=3))
     g = torch.Generator().manual_seed(1)
     y = torch.randn(3, 7, 6, generator=g)
     y2 = y.clone()
@@ -137,7 +139,7 @@ def test_lstm_encoder_is_causal():
 
 
 def test_ldnet_initial_state_is_one_euler_step_from_zero():
-    net = LDNet(3, 2, 1, 2, 0.7, [0, 0], [1, 1], dyn_width=8, dyn_depth=2, rec_width=8, rec_depth=2)
+    net = LDNet(LDNetConfig(3, 2, 1, 2, 0.7, [0, 0], [1, 1], dyn_width=8, dyn_depth=2, rec_width=8, rec_depth=2))
     u = torch.rand(5, 2)
     torch.testing.assert_close(net.initial(u), 0.7 * net.velocity(torch.zeros(5, 3), u))
     traj = net.rollout(u, 4)
@@ -148,7 +150,7 @@ def test_cached_artifact_reloads_bit_identical(setup):
     pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
     m1 = setup["method"]
     m2 = LDEnSF(**TINY)
-    s2 = train_method(m2, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=setup["cache"],
+    s2 = train_method(m2, pb, obs, ds, cache_dir=setup["cache"],
                          progress=False)
     assert s2["ldnet"]["source"] == "cache" and s2["encoder"]["source"] == "cache"
     assert s2["ldnet"]["hash"] == setup["summary"]["ldnet"]["hash"]
@@ -172,10 +174,10 @@ def test_stale_shipped_artifact_is_reported(setup, tmp_path, monkeypatch, caplog
     fake.mkdir(parents=True)
     (fake / "config.json").write_text(json.dumps(dict(hash="0123456789abcdef", kind="ldnet", method="LD-EnSF",
                                                       problem=pb.label, data={}, train={"epochs": 1})))
-    monkeypatch.setattr(tr, "SHIPPED_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(artifact_cache, "SHIPPED_DIR", tmp_path / "shipped")
     m = LDEnSF(**dict(TINY, epochs=2, lstm_epochs=2))
     with caplog.at_level(logging.WARNING, logger="assimbench.training"):
-        train_method(m, pb, obs, ds, generator=torch.Generator().manual_seed(0), cache_dir=tmp_path / "c",
+        train_method(m, pb, obs, ds, cache_dir=tmp_path / "c",
                         progress=False)
     assert any("no longer matches" in r.getMessage() and "training anew" in r.getMessage() for r in caplog.records)
 
@@ -242,15 +244,14 @@ def test_skip_without_parameters():
 def test_shipped_default_networks(name):
     """The shipped default-preset networks load without training and reproduce their documented test error."""
     import problems
-    from methods.training import SHIPPED_DIR
     pb = problems.get(name)
     ds = pb.dataset(progress=False)
     obs = bind_observer(pb, ds, layout="lattice", coverage=0.0044, noise=0.1)
     m = LDEnSF()
     m.bind(Context(pb, obs, ds))
-    m.fit(torch.Generator().manual_seed(0))
+    m.fit()
     assert m.artifacts["ldnet"].source == "shipped" and m.artifacts["encoder"].source == "shipped"
-    assert str(m.artifacts["ldnet"].path).startswith(str(SHIPPED_DIR))
+    assert str(m.artifacts["ldnet"].path).startswith(str(artifact_cache.SHIPPED_DIR))
     documented = m.artifacts["ldnet"].config["summary"]["test_rrmse_phys"]
     # recompute the physical test rRMSE on the full grid for a subset of test trajectories
     x, p = ds.split("test")
@@ -269,7 +270,7 @@ def test_film_decoder_starts_as_the_plain_network_and_round_trips():
     its weights move, and survives the config round trip the artifact cache relies on."""
     kw = dict(latent_dim=5, n_params=2, n_fields=3, coord_dim=2, dt_lat=0.1, coord_lo=[0.0, 0.0],
               coord_hi=[1.0, 1.0], rec_width=16, rec_depth=4, n_fourier=8, fourier_scale=2.0, seed=3)
-    plain, film = LDNet(**kw), LDNet(**kw, film=True)
+    plain, film = LDNet(LDNetConfig(**kw)), LDNet(LDNetConfig(**kw, film=True))
     s, xi = torch.randn(4, 5), torch.rand(30, 2) * 2 - 1
     assert torch.equal(plain.reconstruct(s, xi), film.reconstruct(s, xi))
     assert "film" not in plain.config() and film.config()["film"] is True
@@ -282,9 +283,9 @@ def test_film_decoder_starts_as_the_plain_network_and_round_trips():
     again.load_state_dict(film.state_dict())
     assert torch.equal(again.reconstruct(s, xi), out)
     # the artifact identity ignores the later-added fields at their defaults (shipped hashes stay valid)
-    cfg = tr.LDNetTrainConfig()
+    cfg = LDNetTrainConfig()
     assert "film" not in cfg.identity() and "point_sampling" not in cfg.identity()
-    assert tr.LDNetTrainConfig(film=True).identity()["film"] is True
+    assert LDNetTrainConfig(film=True).identity()["film"] is True
 
 
 # ---- training recipes, checkpoints, the registered decoder ------------------------------------------------------
@@ -292,9 +293,8 @@ def test_default_recipe_keeps_the_shipped_identities():
     """The ``cpu`` recipe reproduces the training identity the shipped networks were hashed with, so adding the
     recipe machinery leaves every shipped artifact valid."""
     from methods.latent_ensf import LatentEnSF
-    from methods.training import SHIPPED_DIR
     shipped = {}
-    for p in SHIPPED_DIR.glob("*/config.json"):
+    for p in artifact_cache.SHIPPED_DIR.glob("*/config.json"):
         c = json.loads(p.read_text())
         shipped[(c["kind"], c["method"], c["problem"].split("[")[0])] = c["train"]
     for name in ("shallow_water", "kolmogorov"):
@@ -345,21 +345,21 @@ def test_bench_train_unknown_recipe_exits_2(tmp_path):
 def test_training_resumes_from_its_checkpoint(setup, tmp_path):
     """An interrupted run continued from its checkpoint ends with the weights of an uninterrupted run."""
     pb, ds = setup["problem"], setup["dataset"]
-    cfg = tr.LDNetTrainConfig(latent_dim=3, dyn_width=8, dyn_depth=2, rec_width=12, rec_depth=2, epochs=4,
+    cfg = LDNetTrainConfig(latent_dim=3, dyn_width=8, dyn_depth=2, rec_width=12, rec_depth=2, epochs=4,
                               batch_traj=8, points=16, eval_every=1, eval_points=16)
-    straight, s1 = tr.train_ldnet(pb, ds, cfg, tr.TrainLog(progress=False))
+    straight, s1 = train_ldnet(pb, ds, cfg, TrainLog(progress=False))
     ck = tmp_path / "ck"
 
-    class Interrupted(tr.TrainLog):  # the run is killed while recording its third evaluation
+    class Interrupted(TrainLog):  # the run is killed while recording its third evaluation
         def record(self, **row):
             if len(self.rows) == 2:
                 raise KeyboardInterrupt
             super().record(**row)
     with pytest.raises(KeyboardInterrupt):
-        tr.train_ldnet(pb, ds, cfg, Interrupted(progress=False), checkpoint_dir=ck)
+        train_ldnet(pb, ds, cfg, Interrupted(progress=False), checkpoint_dir=ck)
     assert (ck / "ldnet.pt").exists()
-    log = tr.TrainLog(progress=False)
-    resumed, s2 = tr.train_ldnet(pb, ds, cfg, log, checkpoint_dir=ck)
+    log = TrainLog(progress=False)
+    resumed, s2 = train_ldnet(pb, ds, cfg, log, checkpoint_dir=ck)
     assert any("resumed" in line for line in log.lines)
     assert [r["epoch"] for r in log.rows] == [1, 2, 3, 4]
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -369,11 +369,11 @@ def test_training_resumes_from_its_checkpoint(setup, tmp_path):
 
 def test_minmax_normalisation_and_fixed_points_train_and_round_trip(setup):
     pb, ds = setup["problem"], setup["dataset"]
-    cfg = tr.LDNetTrainConfig(latent_dim=3, dyn_width=8, dyn_depth=2, rec_width=12, rec_depth=2, epochs=2,
+    cfg = LDNetTrainConfig(latent_dim=3, dyn_width=8, dyn_depth=2, rec_width=12, rec_depth=2, epochs=2,
                               batch_traj=8, points=20, point_sampling="fixed", norm="minmax", eval_every=1)
-    net, summary = tr.train_ldnet(pb, ds, cfg, tr.TrainLog(progress=False))
+    net, summary = train_ldnet(pb, ds, cfg, TrainLog(progress=False))
     c = net.config()
-    Z = tr.to_points(pb, ds, ds.split("train")[0])
+    Z = to_points(pb, ds, ds.split("train")[0])
     lo, hi = Z.amin((0, 1, 2)), Z.amax((0, 1, 2))
     assert torch.allclose(torch.tensor(c["out_scale"]), (hi - lo) / 2, atol=1e-6)
     again = LDNet.from_config(c)
@@ -383,7 +383,7 @@ def test_minmax_normalisation_and_fixed_points_train_and_round_trip(setup):
     assert math.isfinite(summary["test_rrmse_phys"])
     from assimbench.errors import ConfigError
     with pytest.raises(ConfigError, match="norm='l2'; valid: zscore, minmax"):
-        tr.train_ldnet(pb, ds, dataclasses.replace(cfg, norm="l2"), tr.TrainLog(progress=False))
+        train_ldnet(pb, ds, dataclasses.replace(cfg, norm="l2"), TrainLog(progress=False))
 
 
 def test_registered_decoder_moves_with_its_frames():
@@ -392,7 +392,7 @@ def test_registered_decoder_moves_with_its_frames():
     kw = dict(latent_dim=4, n_params=2, n_fields=3, coord_dim=2, dt_lat=0.1, coord_lo=[0.0, 0.0],
               coord_hi=[1.0, 1.0], rec_arch="registered", rec_width=16, rec_depth=3, n_fourier=6, n_shifts=4,
               seed=1)
-    net = LDNet(**kw)
+    net = LDNet(LDNetConfig(**kw))
     assert net.config()["n_shifts"] == 4 and net.rec.centres(torch.zeros(1, 4)).shape == (1, 4, 2)
     with torch.no_grad():
         net.rec.raw.weight[:, 3:] = 0  # the columns of the absolute coordinates

@@ -9,7 +9,7 @@ import torch
 import problems
 from assimbench.errors import ConfigError
 from problems.base import lattice_stride
-from problems.shallow_water import ShallowWater, sine_transfer_matrices
+from problems.shallow_water import ShallowWater, sine_transfer_matrices, to_collocated, to_staggered
 
 
 def _params(*ab) -> torch.Tensor:
@@ -106,8 +106,8 @@ def test_sine_transfer_maps_are_exact_inverses_and_norm_preserving():
 def test_public_state_is_a_lossless_view_of_the_solver_state():
     pb = ShallowWater(n=32)
     x1 = pb.step(pb.initial_state(_params([0.2, 0.35])), None)
-    U, V, eta = pb.to_staggered(x1)
-    assert torch.allclose(pb.to_collocated(U, V, eta), x1, atol=1e-15, rtol=0)
+    U, V, eta = to_staggered(x1)
+    assert torch.allclose(to_collocated(U, V, eta), x1, atol=1e-15, rtol=0)
 
 
 @pytest.mark.parametrize("amplitude, tol", [(1.0, 1e-3), (1e-6, 1e-9)])
@@ -116,10 +116,10 @@ def test_restart_matches_one_long_integration(amplitude, tol):
     whose O(dt^2 eta/H) difference comes from the nonlinear flux only (it vanishes with the amplitude)."""
     pb = ShallowWater(n=32, amplitude=amplitude)
     x0 = pb.initial_state(_params([0.2, 0.35]))
-    U, V, eta = pb.to_staggered(x0)
+    U, V, eta = to_staggered(x0)
     pb.integrate(U, V, eta, 2 * pb.n_substeps())
     x2 = pb.step(pb.step(x0, None), None)
-    err = (pb.to_collocated(U, V, eta) - x2).abs().amax(dim=(0, 2, 3)) / x2.abs().amax(dim=(0, 2, 3))
+    err = (to_collocated(U, V, eta) - x2).abs().amax(dim=(0, 2, 3)) / x2.abs().amax(dim=(0, 2, 3))
     assert err.max() < tol
 
 
@@ -141,7 +141,7 @@ def test_mass_is_conserved_to_round_off():
 def test_no_normal_flow_through_the_walls():
     pb = ShallowWater(n=24)
     x = pb.initial_state(_params([0.0, 0.0], [0.4, 0.1]))
-    U, V, eta = pb.to_staggered(x)
+    U, V, eta = to_staggered(x)
     pb.integrate(U, V, eta, 50)
     assert U.abs().max() > 1e-3 and V.abs().max() > 1e-3
     assert torch.all(U[:, :, 0] == 0) and torch.all(U[:, :, -1] == 0)

@@ -265,3 +265,77 @@ class MethodRun(_Suite):
         return float(self._run()["rrmse_a"])
 
     track_rrmse_a.unit = "relative RMSE"
+
+
+#: the learned methods whose accuracy is tracked at the scale their shipped networks were trained for
+LEARNED = ("LD-EnSF", "Latent-EnSF")
+LEARNED_PROBLEMS = ("shallow_water", "kolmogorov")
+
+
+def learned_cell(problem: str, method: str) -> Cell:
+    """The first truth (seed 0) of the default preset's cell for (problem, method): the setting the shipped
+    networks (``methods/artifacts/``) were trained for, so fit loads them instead of training."""
+    from bench.config import expand, load_preset
+    cells = [c for c in expand(load_preset("default")).cells
+             if c.problem == problem and c.method == method and c.seed == 0]
+    if not cells:
+        raise NotImplementedError(f"the default preset has no {method} cell on {problem}")
+    return cells[0]
+
+
+def learned_setup_cache():
+    """Run the four default-preset cells once (datasets from the user's cache, ``$ASSIMBENCH_CACHE`` or
+    ``~/.cache/assimbench``, built there when missing); returns their analysis and surrogate errors."""
+    out: dict[str, dict] = {}
+    for p in LEARNED_PROBLEMS:
+        for m in LEARNED:
+            key = f"{p}|{m}"
+            try:
+                res = run_cell(learned_cell(p, m))
+            except NotImplementedError as e:
+                out[key] = {"skip": str(e)}
+                continue
+            row = res.row
+            if row["status"] != "ok":
+                out[key] = {"skip": f"the default-preset cell {row['status']}: "
+                                    f"{(row['error'] or '').splitlines()[0] if row['error'] else ''}"}
+                continue
+            net = {k: v for k, v in res.surrogate.items() if k.endswith("test_rrmse_phys")}
+            out[key] = {"rrmse_a": float(row["rrmse_a"]),
+                        "surrogate": float(next(iter(net.values()))) if net else float("nan")}
+            print(f"assimbench asv: {m} on {p}: analysis rRMSE {out[key]['rrmse_a']:.4f}, network test rRMSE "
+                  f"{out[key]['surrogate']:.4f}", file=sys.stderr)
+    return out
+
+
+learned_setup_cache.timeout = 1800
+
+
+class LearnedAccuracy:
+    """The learned methods where they work: the default preset's 64 x 64 tsunami and Kolmogorov cells (N = 20,
+    sparsest lattice, 10 % noise, first truth) with the shipped networks. Tracks the analysis rRMSE and the
+    network's test rRMSE (physical units, full test grid, measured on the data at hand), so a change of the
+    training recipe, the shipped artifacts or the filter shows up as a step in both curves."""
+
+    params = (list(LEARNED_PROBLEMS), list(LEARNED))
+    param_names = ["problem", "method"]
+    timeout = 1800
+    setup_cache = staticmethod(learned_setup_cache)
+
+    def setup(self, cache, problem, method):
+        entry = cache[f"{problem}|{method}"]
+        if "skip" in entry:
+            raise NotImplementedError(entry["skip"])
+        self.entry = entry
+
+    def track_analysis_rrmse(self, cache, problem, method):
+        """Time-averaged relative RMSE of the analysis mean after the spin-up (deterministic seeds)."""
+        return self.entry["rrmse_a"]
+
+    track_analysis_rrmse.unit = "relative RMSE"
+
+    def track_network_test_rrmse(self, cache, problem, method):
+        """Test rRMSE of the method's reconstruction network (LDNet / coupled VAE), physical units."""
+        return self.entry["surrogate"]
+
+    track_network_test_rrmse.unit = "relative RMSE"

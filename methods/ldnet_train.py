@@ -1,0 +1,404 @@
+"""Training of LD-EnSF's networks, beside them (:mod:`methods.ldnet`): the LDNet on the training trajectories and
+the causal LSTM observation encoder against its latents, with the scorers that re-measure a stored network's test
+errors on the data at hand (the ``rescore`` of :func:`methods.artifact_cache.load_or_train`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from assimbench.errors import ConfigError
+from methods.artifact_cache import Artifact, HashedConfig
+from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, normalize_params,
+                          param_normalizer, to_points)
+from methods.train_loop import TrainLog, rel_l2, run_stage
+from problems.base import Dataset, Observer, Problem
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LDNet
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LDNetTrainConfig(HashedConfig):
+    """Everything that determines a trained LDNet (architecture + optimisation).
+
+    ``points``: random points per snapshot per step (0 = the full grid); ``batch_traj``: trajectories per step
+    (the latent rollout runs over all times of each); ``rec_epochs``: stage-2 epochs retraining ``R`` with ``F``
+    frozen; ``lbfgs_iters``: L-BFGS iterations on ``R`` and ``F`` after Adam (full batch of fixed points);
+    ``amp``: bfloat16 autocast in the training steps (2-3x faster on CPUs with AMX/AVX512-BF16; evaluation and
+    the stored weights stay float32); ``film``: latent FiLM modulation of every hidden layer of ``R`` (see
+    :class:`methods.ldnet.ResMLP`); ``point_sampling``: ``uniform`` points per snapshot, or ``signal``: half
+    uniform, half drawn with probability proportional to the point's deviation from the field's spatial median
+    in that snapshot (follows the wave fronts; the loss is the plain mean over the drawn points), or ``fixed``:
+    one random subset of ``points`` grid points drawn once before training and used for every snapshot of every
+    step (the LD-EnSF authors' recipe); ``norm``: the units the loss is measured in, ``zscore`` (per field, the
+    dataset's normalisation) or ``minmax`` (per field mapped to [-1, 1] by the training split's range; the
+    network stores the map, its outputs stay in z-score units); ``step_gamma``: the decay factor of the ``step``
+    schedule; ``n_shifts``: frames of the ``registered`` decoder; ``rec_params``: the reconstruction network decodes
+    ``(s, u)`` instead of ``s`` (LD-EnSF's analysis state holds both); ``extra_traj``: training trajectories added to
+    the dataset's training split (simulated with another data seed); ``recipe``: the name of the recipe these
+    values came from (see ``methods.ldensf.RECIPES``), recorded in the identity.
+    """
+
+    latent_dim: int = 10
+    dt_lat: float = 0.1
+    dyn_width: int = 64
+    dyn_depth: int = 4
+    rec_arch: str = "resmlp"
+    rec_width: int = 64
+    rec_depth: int = 4
+    n_basis: int = 64
+    n_fourier: int = 0
+    fourier_scale: float = 1.0
+    train_fourier: bool = True
+    act: str = "relu"
+    epochs: int = 100
+    batch_traj: int = 8
+    points: int = 256
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    rec_epochs: int = 0
+    rec_lr: float = 1e-3
+    lbfgs_iters: int = 0
+    amp: bool = False
+    eval_every: int = 5
+    eval_points: int = 256
+    seed: int = 0
+    film: bool = False
+    point_sampling: str = "uniform"
+    n_shifts: int = 0
+    rec_params: bool = False
+    extra_traj: int = 0
+    norm: str = "zscore"
+    step_gamma: float = 0.6
+    recipe: str = "cpu"
+
+    #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
+                                               "norm", "step_gamma", "recipe")
+
+
+
+def extra_training_data(problem: Problem, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` more trajectories ``(snapshots, params)`` from the problem's prior, simulated with another data seed
+    (``data_seed + 1``; cached like any dataset). All three splits of that dataset are returned together."""
+    more = dataclasses.replace(problem, n_traj=max(int(n), 5), data_seed=problem.data_seed + 1).dataset()
+    parts = [more.split(name) for name in ("train", "valid", "test")]
+    x = torch.cat([a for a, _ in parts])[:n]
+    p = torch.cat([b for _, b in parts])[:n]
+    return x, p
+
+
+def _gather_points(Z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``Z (b, T1, P, C)``, ``idx (b, T1, n)`` -> ``(b, T1, n, C)``."""
+    return torch.gather(Z, 2, idx.unsqueeze(-1).expand(*idx.shape, Z.shape[-1]))
+
+
+def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog: TrainLog,
+                device: torch.device | str = "cpu", checkpoint_dir: Path | str | None = None
+                ) -> tuple[LDNet, dict]:
+    """Train an LDNet on the training split, select by validation, report test errors.
+
+    Returns the network (best validation weights) and a summary with ``test_rrmse_norm`` and
+    ``test_rrmse_phys`` (time- and trajectory-averaged per-snapshot relative L2 on the full test grid, in
+    normalised and physical units). ``checkpoint_dir``: the Adam stage checkpoints there (``ldnet.pt``) and
+    resumes from it (see :func:`run_stage`). ``cfg.extra_traj > 0`` adds that many training trajectories,
+    simulated from the same prior with another data seed (the validation and test splits are unchanged).
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    coords = problem.coords().to(torch.float64)
+    lo_c, hi_c = coords.min(0).values, coords.max(0).values
+    net = LDNet(LDNetConfig(
+        latent_dim=cfg.latent_dim, n_params=problem.n_params, n_fields=problem.n_fields, coord_dim=coords.shape[1],
+        dt_lat=cfg.dt_lat, coord_lo=lo_c.tolist(), coord_hi=hi_c.tolist(), dyn_width=cfg.dyn_width,
+        dyn_depth=cfg.dyn_depth, rec_arch=cfg.rec_arch, rec_width=cfg.rec_width, rec_depth=cfg.rec_depth,
+        n_fourier=cfg.n_fourier, fourier_scale=cfg.fourier_scale, train_fourier=cfg.train_fourier,
+        n_basis=cfg.n_basis, act=cfg.act, seed=cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts,
+        rec_params=cfg.rec_params)).to(device)
+    xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
+    p_lo, p_hi = param_normalizer(problem)
+    splits = {}
+    for name in ("train", "valid", "test"):
+        x, p = dataset.split(name)
+        splits[name] = (to_points(problem, dataset, x).to(device),
+                        normalize_params(p, p_lo, p_hi).to(device, torch.float32))
+    if cfg.extra_traj > 0:
+        more = extra_training_data(problem, cfg.extra_traj)
+        x, p = more
+        Ztr, Utr = splits["train"]
+        splits["train"] = (torch.cat([Ztr, to_points(problem, dataset, x).to(device)]),
+                           torch.cat([Utr, normalize_params(p, p_lo, p_hi).to(device, torch.float32)]))
+        del x, p, more
+    Ztr, Utr = splits["train"]
+    n_tr, T1, P, C = Ztr.shape
+    n_pts = P if cfg.points <= 0 or cfg.points >= P else cfg.points
+    if cfg.point_sampling not in ("uniform", "signal", "fixed"):
+        raise ConfigError(f"point_sampling={cfg.point_sampling!r}; valid: uniform, signal, fixed")
+    if cfg.norm not in ("zscore", "minmax"):
+        raise ConfigError(f"norm={cfg.norm!r}; valid: zscore, minmax")
+    if cfg.norm == "minmax":  # the network's own output map: z = raw * scale + shift (z-score units)
+        zmin = Ztr.amin(dim=(0, 1, 2)).float().cpu()
+        zmax = Ztr.amax(dim=(0, 1, 2)).float().cpu()
+        net.set_output_map(((zmax - zmin) / 2).clamp_min(1e-12).tolist(), ((zmax + zmin) / 2).tolist())
+    out_scale = net.out_scale.to(device)
+    fixed_idx = torch.randperm(P, generator=g)[:n_pts].to(device) \
+        if cfg.point_sampling == "fixed" and n_pts < P else None
+    signal_w = None
+    if cfg.point_sampling == "signal" and n_pts < P:  # (n_tr, T1, P) sampling weights, fixed for the run
+        dev_ = (Ztr - Ztr.median(dim=2, keepdim=True).values).abs().sum(-1)
+        signal_w = (dev_ / dev_.sum(-1, keepdim=True).clamp_min(1e-30)).float().cpu()
+    mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
+    tlog.info(f"LDNet: {sum(p.numel() for p in net.parameters())} parameters; data {n_tr} x {T1} snapshots x "
+              f"{P} points x {C} fields; {n_pts} points per snapshot, {cfg.batch_traj} trajectories per step")
+
+    # fixed evaluation points per snapshot (validation selects, test is the curve)
+    ge = torch.Generator().manual_seed(cfg.seed + 7919)
+    eval_sets = {}
+    n_tr_eval = min(n_tr, max(splits["valid"][0].shape[0], 1))  # a fixed training subset: the train error
+    splits["train_eval"] = (Ztr[:n_tr_eval], Utr[:n_tr_eval])
+    for name in ("valid", "test", "train_eval"):
+        Z, U = splits[name]
+        if cfg.eval_points <= 0 or cfg.eval_points >= P:
+            eval_sets[name] = (Z, U, None)
+        else:
+            idx = torch.randint(P, (Z.shape[0], T1, cfg.eval_points), generator=ge).to(device)
+            eval_sets[name] = (_gather_points(Z, idx), U, idx)
+
+    def predict(U: torch.Tensor, idx: torch.Tensor | None, bs: int = 8) -> torch.Tensor:
+        outs = []
+        for i in range(0, U.shape[0], bs):
+            s = net.rollout(U[i:i + bs], T1 - 1)                                    # (b, T1, d_s)
+            x = xi if idx is None else xi[idx[i:i + bs]]
+            outs.append(net.reconstruct(s, x, u=U[i:i + bs]))
+        return torch.cat(outs)
+
+    def evaluate() -> dict[str, float]:
+        out = {}
+        for name, (Z, U, idx) in eval_sets.items():
+            pred = predict(U, idx)
+            key = "train" if name == "train_eval" else name
+            out[f"{key}_rrmse"] = float(rel_l2(pred, Z).mean())
+            if name != "valid":
+                out[f"{key}_rrmse_phys"] = float(rel_l2(pred, Z, mean, std).mean())
+        return out
+
+    def batches(ep: int) -> Iterable[torch.Tensor]:
+        perm = torch.randperm(n_tr, generator=g)
+        for i in range(0, n_tr, cfg.batch_traj):
+            b = perm[i:i + cfg.batch_traj].to(device)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.amp):
+                s = net.rollout(Utr[b], T1 - 1)
+                if n_pts == P:
+                    pred, true = net.reconstruct(s, xi, u=Utr[b]), Ztr[b]
+                elif fixed_idx is not None:
+                    pred, true = net.reconstruct(s, xi[fixed_idx], u=Utr[b]), Ztr[b][:, :, fixed_idx]
+                else:
+                    idx = torch.randint(P, (len(b), T1, n_pts), generator=g).to(device)
+                    if signal_w is not None:  # replace the second half by signal-following draws
+                        k = n_pts // 2
+                        w = signal_w[b.cpu()].reshape(-1, P)
+                        drawn = torch.multinomial(w, k, replacement=True, generator=g)
+                        idx[..., n_pts - k:] = drawn.reshape(len(b), T1, k).to(device)
+                    pred, true = net.reconstruct(s, xi[idx], u=Utr[b]), _gather_points(Ztr[b], idx)
+            yield ((pred.float() - true) / out_scale).pow(2).mean()
+
+    steps = math.ceil(n_tr / cfg.batch_traj)
+    best = run_stage("ldnet", {"ldnet": net}, list(p for p in net.parameters() if p.requires_grad), batches,
+                     epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, schedule=cfg.schedule,
+                     evaluate=evaluate, select="valid_rrmse", eval_every=cfg.eval_every, tlog=tlog,
+                     weight_decay=cfg.weight_decay,
+                     checkpoint=Path(checkpoint_dir) / "ldnet.pt" if checkpoint_dir is not None else None, rng=g,
+                     step_gamma=cfg.step_gamma)
+    if cfg.rec_epochs > 0:  # stage 2: freeze F (and with it the latent trajectories), retrain R
+        for p in net.dyn.parameters():
+            p.requires_grad_(False)
+        best = run_stage("ldnet-rec", {"ldnet": net}, [p for p in net.rec.parameters() if p.requires_grad],
+                         batches, epochs=cfg.rec_epochs, steps_per_epoch=steps, lr=cfg.rec_lr,
+                         schedule=cfg.schedule, evaluate=evaluate, select="valid_rrmse",
+                         eval_every=cfg.eval_every, tlog=tlog, weight_decay=cfg.weight_decay,
+                         step_gamma=cfg.step_gamma)
+        for p in net.dyn.parameters():
+            p.requires_grad_(True)
+    if cfg.lbfgs_iters > 0:
+        best = _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best)
+    net.eval()
+    with torch.no_grad():
+        Z, U = splits["test"]
+        pred = predict(U, None)
+        test_norm = float(rel_l2(pred, Z).mean())
+        test_phys = float(rel_l2(pred, Z, mean, std).mean())
+    tlog.info(f"LDNet test rRMSE (full grid): {test_norm:.4f} normalised, {test_phys:.4f} physical")
+    summary = dict(test_rrmse_norm=test_norm, test_rrmse_phys=test_phys, best_epoch=best.get("epoch"),
+                   valid_rrmse=best.get("valid_rrmse"), n_weights=sum(p.numel() for p in net.parameters()))
+    return net, summary
+
+
+def _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best):
+    """Full-batch L-BFGS on a fixed point subset (LDNets' Adam-then-BFGS recipe)."""
+    n_tr, T1, P, _ = Ztr.shape
+    idx = torch.randint(P, (n_tr, T1, n_pts), generator=g).to(Ztr.device)
+    true = _gather_points(Ztr, idx)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=cfg.lbfgs_iters, history_size=50,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = ((net.reconstruct(net.rollout(Utr, T1 - 1), xi[idx], u=Utr) - true) / net.out_scale).pow(2).mean()
+        loss.backward()
+        return loss
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss = float(opt.step(closure))
+    tlog.train_s += time.perf_counter() - t0
+    tlog.train_cpu_s += time.process_time() - c0
+    with torch.no_grad():
+        ev = evaluate()
+    tlog.record(stage="lbfgs", epoch=cfg.lbfgs_iters, lr=1.0, train_loss=loss, **ev)
+    tlog.info(f"L-BFGS {cfg.lbfgs_iters} iterations: loss {loss:.3e}, valid {ev['valid_rrmse']:.4f}")
+    return dict(ev, epoch="lbfgs") if ev["valid_rrmse"] < best["valid_rrmse"] else best
+
+
+@torch.no_grad()
+def score_ldnet(net, problem: Problem, dataset: Dataset, device: torch.device | str = "cpu") -> dict[str, float]:
+    """An LDNet's test errors on ``dataset``, as :func:`train_ldnet` reports them (full test grid, per-snapshot
+    relative L2 averaged): ``test_rrmse_norm`` and ``test_rrmse_phys``."""
+    net = net.to(device).eval()
+    xi = net.normalize_coords(problem.coords().to(device, torch.float32))
+    p_lo, p_hi = param_normalizer(problem)
+    x, p = dataset.split("test")
+    mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
+    norm, phys = [], []
+    for i in range(0, x.shape[0], 8):
+        Z = to_points(problem, dataset, x[i:i + 8]).to(device)
+        U = normalize_params(p[i:i + 8], p_lo, p_hi).to(device, torch.float32)
+        pred = net.reconstruct(net.rollout(U, Z.shape[1] - 1), xi, u=U)
+        norm.append(rel_l2(pred, Z))
+        phys.append(rel_l2(pred, Z, mean, std))
+    return dict(test_rrmse_norm=float(torch.cat(norm).mean()), test_rrmse_phys=float(torch.cat(phys).mean()))
+
+
+def rescore_ldnet(problem: Problem, dataset: Dataset) -> Callable[[Artifact], dict[str, float]]:
+    """``rescore`` for :func:`load_or_train`: the artifact's LDNet scored on ``dataset``."""
+    def rescore(art: Artifact) -> dict[str, float]:
+        net = LDNet.from_config(art.config["networks"]["ldnet"])
+        net.load_state_dict(art.weights["ldnet"])
+        return score_ldnet(net, problem, dataset)
+    return rescore
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The observation encoder (LSTM)
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncoderTrainConfig:
+    """The LSTM encoder's architecture and optimisation (full batch Adam on clean observations)."""
+
+    hidden: int = 128
+    epochs: int = 1500
+    lr: float = 3e-3
+    schedule: str = "cosine"
+    train_noise: float = 0.0
+    eval_every: int = 50
+    seed: int = 0
+
+
+def clean_observations(problem: Problem, observer: Observer, snaps: torch.Tensor) -> torch.Tensor:
+    """``(n, T+1, *state_shape)`` physical -> ``(n, T, m)`` noise-free observations at ``t = 1 .. T``."""
+    n, T1 = snaps.shape[:2]
+    x = snaps[:, 1:].reshape(n * (T1 - 1), *problem.state_shape).to(torch.float32)
+    return observer.observe(x).reshape(n, T1 - 1, -1)
+
+
+def encoder_targets(net, problem: Problem, params: torch.Tensor, T: int) -> torch.Tensor:
+    """Targets ``kappa_t = (s_t, u_n)`` for ``t = 1 .. T``: ``(n, T, d_s + d_u)`` from the LDNet rollout."""
+    p_lo, p_hi = param_normalizer(problem)
+    dev = next(net.parameters()).device
+    un = normalize_params(params, p_lo, p_hi).to(dev, torch.float32)
+    with torch.no_grad():
+        s = net.rollout(un, T)[:, 1:]
+    return torch.cat([s, un[:, None, :].expand(-1, T, -1)], dim=-1)
+
+
+def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, cfg: EncoderTrainConfig,
+                  tlog: TrainLog, device: torch.device | str = "cpu") -> tuple[LSTMEncoder, dict]:
+    """Train the causal LSTM ``y_{1:t} -> (s_t, u_n)`` against the LDNet latents and the true parameters."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    data = {}
+    for name in ("train", "valid", "test"):
+        x, p = dataset.split(name)
+        Y = clean_observations(problem, observer, x).to(device)
+        K = encoder_targets(net, problem, p, x.shape[1] - 1).to(device)
+        data[name] = (Y, K)
+    Ytr, Ktr = data["train"]
+    m = Ytr.shape[-1]
+    C_obs = len(observer.channels)
+    per_chan = Ytr.reshape(-1, m // C_obs, C_obs)  # point-major, channel-minor
+    y_mean = per_chan.mean((0, 1)).repeat(m // C_obs)
+    y_std = per_chan.std((0, 1)).clamp_min(1e-8).repeat(m // C_obs)
+    enc = LSTMEncoder(LSTMEncoderConfig(m, Ktr.shape[-1], cfg.hidden, cfg.seed), y_mean.tolist(),
+                      y_std.tolist()).to(device)
+    d_s = net.latent_dim
+    ystd_noise = y_std.to(device)
+    tlog.info(f"encoder: LSTM {m} -> {cfg.hidden} -> {Ktr.shape[-1]}, {Ytr.shape[0]} sequences of {Ytr.shape[1]}")
+
+    def evaluate() -> dict[str, float]:
+        out = {}
+        for name in ("valid", "test"):
+            Y, K = data[name]
+            pred, _ = enc(Y)
+            e = (pred - K).pow(2)
+            out[f"{name}_rel"] = float((e.sum() / K.pow(2).sum()).sqrt())
+            out[f"{name}_rel_s"] = float((e[..., :d_s].sum() / K[..., :d_s].pow(2).sum()).sqrt())
+            if K.shape[-1] > d_s:
+                out[f"{name}_rel_u"] = float((e[..., d_s:].sum() / K[..., d_s:].pow(2).sum()).sqrt())
+        return out
+
+    def batches(ep: int) -> Iterable[torch.Tensor]:
+        Y = Ytr
+        if cfg.train_noise > 0:
+            Y = Y + cfg.train_noise * ystd_noise * torch.randn(Y.shape, generator=g).to(device)
+        pred, _ = enc(Y)
+        yield (pred - Ktr).pow(2).mean()
+
+    best = run_stage("encoder", {"encoder": enc}, list(enc.parameters()), batches, epochs=cfg.epochs,
+                     steps_per_epoch=1, lr=cfg.lr, schedule=cfg.schedule, evaluate=evaluate, select="valid_rel",
+                     eval_every=cfg.eval_every, tlog=tlog)
+    summary = {k: v for k, v in best.items()}
+    tlog.info("encoder test: " + " ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("test")))
+    return enc, summary
+
+
+@torch.no_grad()
+def score_encoder(enc, net, problem: Problem, observer: Observer, dataset: Dataset) -> dict[str, float]:
+    """An observation encoder's test errors on ``dataset`` against the LDNet ``net``'s latents, as
+    :func:`train_encoder` reports them: ``test_rel`` (latent and parameters), ``test_rel_s``, ``test_rel_u``."""
+    enc.eval()
+    x, p = dataset.split("test")
+    Y = clean_observations(problem, observer, x)
+    K = encoder_targets(net, problem, p, x.shape[1] - 1)
+    pred, _ = enc(Y)
+    e = (pred - K).pow(2)
+    d_s = net.latent_dim
+    out = dict(test_rel=float((e.sum() / K.pow(2).sum()).sqrt()),
+               test_rel_s=float((e[..., :d_s].sum() / K[..., :d_s].pow(2).sum()).sqrt()))
+    if K.shape[-1] > d_s:
+        out["test_rel_u"] = float((e[..., d_s:].sum() / K[..., d_s:].pow(2).sum()).sqrt())
+    return out
+
+
+def rescore_encoder(net, problem: Problem, observer: Observer, dataset: Dataset
+                    ) -> Callable[[Artifact], dict[str, float]]:
+    """``rescore`` for :func:`load_or_train`: the artifact's encoder scored on ``dataset`` against ``net``."""
+    def rescore(art: Artifact) -> dict[str, float]:
+        enc = LSTMEncoder.from_config(art.config["networks"]["encoder"])
+        enc.load_state_dict(art.weights["encoder"])
+        return score_encoder(enc, net.to("cpu", torch.float32), problem, observer, dataset)
+    return rescore
