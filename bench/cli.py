@@ -343,7 +343,7 @@ def cmd_list(args) -> int:
     import problems
     from bench.config import preset_names, load_preset
     from assimbench.naming import public_fields
-    from problems.base import Observer
+    from problems.base import ObserverConfig
 
     def describe(cls) -> str:
         parts = []
@@ -369,7 +369,7 @@ def cmd_list(args) -> int:
 
     section("problems", problems)
     print("observer parameters:")
-    print(textwrap.indent(textwrap.fill(describe(Observer), 100), "      "))
+    print(textwrap.indent(textwrap.fill(describe(ObserverConfig), 100), "      "))
     section("methods", methods)
     print("presets:")
     for p in preset_names():

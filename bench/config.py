@@ -49,7 +49,7 @@ import problems
 from assimbench.errors import ConfigError, unknown
 from assimbench.naming import canonical_key, content_hash, public_fields
 from assimbench.registry import load_plugins
-from problems.base import Observer
+from problems.base import ObserverConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -389,7 +389,7 @@ def expand(config: dict, device: str | None = None, name: str = "custom") -> Gri
                     prob.check_subdivision(between + 1)
                 ospec = obs_spec if p_obs is None else (
                     {**obs_spec, **p_obs} if isinstance(obs_spec, dict) and isinstance(p_obs, dict) else p_obs)
-                for op in expand_params(Observer, ospec, "observers"):
+                for op in expand_params(ObserverConfig, ospec, "observers"):
                     problems.bind_observer(prob, None, **op)  # validates against the problem geometry
                     for mname, mspec in exp["methods"].items():
                         mcls = methods.cls(mname)

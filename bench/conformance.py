@@ -26,23 +26,26 @@ def tiny_problem(name: str):
 
 
 def tiny_cell(method_name: str, problem_name: str, *, n_ens: int = 4, device: str = "cpu",
-              dtype: torch.dtype = torch.float32) -> Cell:
+              dtype: torch.dtype = torch.float32, observer: dict | None = None) -> Cell:
     """The cell of the conformance run: each class's ``conformance_params`` (and the problem's
-    ``conformance_observer``), seed 0."""
+    ``conformance_observer``, updated by ``observer``), seed 0."""
     pcls, mcls = problems.cls(problem_name), methods.cls(method_name)
-    return Cell(problem_name, freeze(getattr(pcls, "conformance_params", {})),
-                freeze(getattr(pcls, "conformance_observer", {"coverage": 0.5})), method_name,
+    obs = {**getattr(pcls, "conformance_observer", {"coverage": 0.5}), **(observer or {})}
+    return Cell(problem_name, freeze(getattr(pcls, "conformance_params", {})), freeze(obs), method_name,
                 freeze(getattr(mcls, "conformance_params", {})), n_ens, 0, device, str(dtype).removeprefix("torch."))
 
 
 def check(method_name: str, problem_name: str, *, n_ens: int = 4, n_cycles: int = 2,
-          cache_dir: Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+          cache_dir: Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+          observer: dict | None = None) -> str | None:
     """Run ``n_cycles`` cycles of a tiny configuration; returns the skip reason or None (AssertionError on failure).
 
     The cell is set up by :func:`bench.runner.prepare` and cycled by its :meth:`~bench.runner.PreparedCell.cycle`,
-    exactly as ``bench run`` does it (same seeds, same divergence checks).
+    exactly as ``bench run`` does it (same seeds, same divergence checks). ``observer``: observer parameters
+    that replace the tiny configuration's (e.g. ``{"operator": "arctan"}``).
     """
-    prep = prepare(tiny_cell(method_name, problem_name, n_ens=n_ens, device=device, dtype=dtype), cache_dir)
+    prep = prepare(tiny_cell(method_name, problem_name, n_ens=n_ens, device=device, dtype=dtype,
+                             observer=observer), cache_dir)
     reason = prep.skip_reason
     if reason:
         assert isinstance(reason, str) and reason, "skip() must return a non-empty reason or None"

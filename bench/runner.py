@@ -45,7 +45,7 @@ from assimbench.naming import content_hash
 from bench.config import Cell, init_std
 from bench.metrics import ensemble_metrics, param_rmse
 from methods.base import Context
-from problems.base import Observer, count_substeps
+from problems.base import Observer, ObserverConfig, count_substeps
 
 METRICS = ("rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
            "rmse_between", "rrmse_between")
@@ -183,7 +183,7 @@ def param_columns(cell: Cell, problem=None, observer=None, method=None) -> dict:
 
     Built from whatever is known: the problem and method labels when they were built (else their registry
     names), the observer's coverage and noise when it was bound (else the cell's values, falling back to the
-    :class:`~problems.base.Observer` defaults), and the per-parameter columns only once the observer is bound.
+    :class:`~problems.base.ObserverConfig` defaults), and the per-parameter columns only once the observer is bound.
     """
     cols = {"p_problem": problem.label if problem is not None else cell.problem,
             "p_method": method.label if method is not None else cell.method,
@@ -207,7 +207,7 @@ def param_columns(cell: Cell, problem=None, observer=None, method=None) -> dict:
 
 def _observer_value(cell: Cell, key: str):
     """The cell's observer parameter ``key``, or the Observer's own default."""
-    return cell.odict.get(key, Observer.__dataclass_fields__[key].default)
+    return cell.odict.get(key, ObserverConfig.__dataclass_fields__[key].default)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -297,7 +297,11 @@ class PreparedCell:
 
     @cached_property
     def observations(self) -> torch.Tensor:
-        g_obs = generator("obs", self.problem.label, self.observer.label, self.cell.seed, *_tuning(self.cell))
+        """``(T, m)``: row ``t - 1`` is the observation of cycle ``t``. Drawn for every cycle from a seed that
+        leaves ``obs_every`` out, so the observed cycles of ``obs_every: k`` see the very data of ``obs_every: 1``
+        (the rows of the other cycles are never given to the method)."""
+        every_cycle = dataclasses.replace(self.observer.config, obs_every=1)
+        g_obs = generator("obs", self.problem.label, every_cycle.label, self.cell.seed, *_tuning(self.cell))
         return self.observer.sample(self.truth[1:].double().cpu(), g_obs).to(device=self.device,
                                                                             dtype=self.dtype)  # (T, m)
 
@@ -333,8 +337,12 @@ class PreparedCell:
 
     def cycle(self, t: int, state: Any, timer: "Timer", scale: float) -> tuple[Any, dict, torch.Tensor, Any]:
         """Forecast, analysis, estimate (timed) and the cycle's metrics (untimed)
-        -> (state, row, analysis ensemble, forecast state)."""
+        -> (state, row, analysis ensemble, forecast state).
+
+        A cycle without an observation (``obs_every > 1``) is forecast-only: no analysis (its time is 0), the
+        "analysis" ensemble is the forecast, and every metric is recorded as on the other cycles."""
         method, truth, truth_params = self.method, self.truth, self.truth_params
+        observed = self.observer.observes_at(t)
         s0 = timer.stamp()
         with count_substeps() as steps:
             state = method.forecast(state)
@@ -347,7 +355,8 @@ class PreparedCell:
                                "up from the previous analysis)")
         s2 = timer.stamp()
         try:
-            state = method.analysis(state, self.observations[t - 1])
+            if observed:
+                state = method.analysis(state, self.observations[t - 1])
         except torch.linalg.LinAlgError as e:  # an ill-conditioned update is a divergence of this cell, not a crash
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise Diverged(f"diverged at cycle {t}: the analysis failed numerically ({first}); the forecast "
@@ -362,7 +371,8 @@ class PreparedCell:
         mf = ensemble_metrics(xf, truth[t])
         ma = ensemble_metrics(xa, truth[t])
         pe = method.estimate_params(state)
-        r = {"cycle": t, "time": float(self.dataset.times[t]), "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
+        r = {"cycle": t, "time": float(self.dataset.times[t]), "observed": observed,
+             "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
              "rmse_a": ma["rmse"], "rrmse_a": ma["rrmse"], "rrmse_member_a": ma["rrmse_member"],
              "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params)}
         r.update(_phase_times(s0, s1, s2, s3, s4))
@@ -393,7 +403,8 @@ class PreparedCell:
                     state = self.method.forecast(state)
                     s1 = timer.stamp()
                     s2 = timer.stamp()
-                    state = self.method.analysis(state, self.observations[t - 1])
+                    if self.observer.observes_at(t):
+                        state = self.method.analysis(state, self.observations[t - 1])
                     s3 = timer.stamp()
                     self.method.estimate(state)
                     s4 = timer.stamp()
@@ -596,22 +607,27 @@ def _summarise(rows: list[dict], time_fit: float) -> tuple[dict, dict]:
 
     Per phase: the mean (``time_<phase>_s``, comparable with older runs), the median and the interquartile
     range over cycles (``time_<phase>_med_s``, ``time_<phase>_iqr_s``) and the median CPU time
-    (``time_<phase>_cpu_s``); ``cpu_per_wall`` is total CPU over total wall time of the online phases (about the
-    number of busy threads; well below it when the process waited for a core); the forecast's sub-steps (mean per
-    cycle over all cycles), the largest speed that set a CFL count, and the median forecast time per sub-step.
+    (``time_<phase>_cpu_s``); the analysis's statistics are over the observed cycles but the first (with
+    ``obs_every > 1`` the forecast-only cycles have no analysis to time); ``cpu_per_wall`` is total CPU over
+    total wall time of the online phases (about the number of busy threads; well below it when the process
+    waited for a core); the forecast's sub-steps (mean per cycle over all cycles), the largest speed that set a
+    CFL count, and the median forecast time per sub-step.
     """
     scored = [r for r in rows if not r["spinup"]]
     means = {m: float(np.nanmean([r[m] for r in scored])) if scored and not all(
         isinstance(r[m], float) and math.isnan(r[m]) for r in scored) else float("nan") for m in METRICS}
     timed = rows[1:] if len(rows) > 1 else rows  # cycle 1 is the warm-up
+    # analyses: the observed cycles but the first (the analysis's own warm-up; cycle 1 when every cycle is)
+    observed = [r for r in rows if r.get("observed", True)]
+    analysed = observed[1:] if len(observed) > 1 else observed
     col = lambda key, rs=timed: np.array([r.get(key, np.nan) for r in rs], dtype=float)  # noqa: E731
     timings = {"time_fit_s": time_fit, "timed_cycles": float(len(timed))}
     for key, stem in PHASES.items():
-        v = col(key)
+        v = col(key, analysed if key == "t_analysis" else timed)
         timings[f"time_{stem}_s"] = float(np.mean(v)) if len(v) else float("nan")
         timings[f"time_{stem}_med_s"], timings[f"time_{stem}_iqr_s"] = _quartiles(v)
     for stem in ("forecast", "analysis", "reconstruct", "online"):
-        timings[f"time_{stem}_cpu_s"] = _quartiles(col(f"t_{stem}_cpu"))[0]
+        timings[f"time_{stem}_cpu_s"] = _quartiles(col(f"t_{stem}_cpu", analysed if stem == "analysis" else timed))[0]
     wall, cpu = np.nansum(col("t_online")), np.nansum(col("t_online_cpu"))
     timings["cpu_per_wall"] = float(cpu / wall) if wall > 0 else float("nan")
     subs = col("forecast_substeps", rows)

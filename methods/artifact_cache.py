@@ -91,11 +91,16 @@ def artifact_hash(kind: str, method: str, data: dict, train: dict) -> str:
     return content_hash(kind, method, data, train, ARTIFACT_FORMAT, n=16)
 
 
-def observer_layout(observer: Observer) -> dict:
-    """The parts of an observer that determine *where and what* it observes (not its noise)."""
-    return dict(layout=observer.layout, coverage=observer.coverage, stride=observer.stride,
-                fields=list(getattr(observer, "obs_fields", observer.fields)), operator=observer.operator,
-                layout_seed=observer.layout_seed, n_obs=observer.n_obs)
+def observer_layout(observer: Observer, times: bool = False) -> dict:
+    """The parts of an observer that determine *where and what* it observes (not its noise); with ``times`` (a
+    network that reads the observation sequence) also *when*: ``obs_every``, recorded only when it is not 1 (so
+    the every-cycle layouts keep the hashes they always had)."""
+    out = dict(layout=observer.layout, coverage=observer.coverage, stride=observer.stride,
+               fields=list(observer.obs_fields), operator=observer.operator,
+               layout_seed=observer.layout_seed, n_obs=observer.n_obs)
+    if times and observer.obs_every != 1:
+        out["obs_every"] = observer.obs_every
+    return out
 
 
 def _read_curve(path: Path) -> list[dict]:

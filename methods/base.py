@@ -20,7 +20,7 @@ import torch
 
 from assimbench.errors import ConfigError
 from assimbench.naming import param_name, params_of
-from problems.base import Dataset, Observer, Problem
+from problems.base import OPERATORS, Dataset, Observer, Problem
 
 
 @dataclass
@@ -90,6 +90,9 @@ class Method:
     min_ens: ClassVar[int] = 1
     #: the fields ``bench tune`` may search, with default ranges (none: the method has nothing to tune)
     tunable: ClassVar[dict[str, Tunable]] = {}
+    #: the observation operators the method can assimilate (:data:`problems.base.OPERATORS`; e.g. a filter whose
+    #: update assumes a linear operator declares ``("identity",)``); checked by :meth:`validate`
+    operators: ClassVar[tuple[str, ...]] = tuple(OPERATORS)
     ctx: Context | None = field(default=None, init=False, repr=False, compare=False)
     generator: torch.Generator | None = field(default=None, init=False, repr=False, compare=False)
     training_summary: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -106,8 +109,12 @@ class Method:
 
     def validate(self, problem: Problem, observer: Observer, n_ens: int) -> None:
         """Raise :class:`ConfigError` when this method cannot run ``n_ens`` members on ``problem`` with
-        ``observer``: checked at grid expansion, before anything is computed. Default: ``n_ens >= min_ens``.
-        (An unsupported but valid combination is a :meth:`skip` reason instead.)"""
+        ``observer``: checked at grid expansion, before anything is computed. Default: the observer's operator is
+        one of :attr:`operators` and ``n_ens >= min_ens``. (An unsupported but valid combination is a
+        :meth:`skip` reason instead.)"""
+        if observer.operator not in self.operators:
+            raise ConfigError(f"{self.label} cannot assimilate observations with operator={observer.operator}; "
+                              f"valid for {self.name}: {', '.join(self.operators)}")
         if n_ens < self.min_ens:
             raise ConfigError(f"{self.label} needs an ensemble of at least {self.min_ens} members (n_ens={n_ens}); "
                               f"give n_ens >= {self.min_ens}")

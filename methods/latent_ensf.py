@@ -16,7 +16,8 @@ Offline (``fit``, one cached artifact ``vae``, see :mod:`methods.artifact_cache`
 Online (the state is the full-space :class:`methods.base.EnsembleState`):
 
 - ``forecast`` (T_d): the problem's solver on every member (the base class);
-- ``analysis`` (T_a): ``z_i = mu_x(x_i)``, ``z_obs = mu_y(y)``, EnSF (:func:`methods.score.ensf_update`) on
+- ``analysis`` (T_a): ``z_i = mu_x(x_i)``, ``z_obs = mu_y(y)`` (``mu_y(H^{-1}(y))`` for a nonlinear operator
+  ``H``, see ``invert_operator``), EnSF (:func:`methods.score.ensf_update`) on
   ``scaling * z`` with the identity likelihood ``z_obs = z + N(0, sigma_lat^2 I)``, then ``x_i = D(z_i)``
   (denormalised): the decoded members are the analysis ensemble and the next forecast starts from them;
 - ``estimate`` (T_r): the full-space members themselves (no extra decoding);
@@ -84,6 +85,13 @@ class LatentEnSF(SamplerFields, Method):
         ``mu_y(y~) - mu_x(x)`` at the observer's noise). The value used and the calibrated RMS are reported in
         ``training_summary['sigma_lat']``.
     encode_batch : members per encoder / decoder call (bounds memory).
+    invert_operator : with a nonlinear observation operator (``arctan``), ``True`` (default) gives the
+        observation encoder ``H^{-1}(y)``, the observations mapped back through the operator's inverse and clamped
+        to the training range of each observed field (:meth:`problems.base.Observer.invert`), and uses the VAE
+        trained on identity observations of the same points (the same artifact): no retraining, exact in the
+        noise-free limit; the noise, amplified by the inverse (``1 + x^2`` for arctan), is what the calibrated
+        ``sigma_lat`` measures. ``False`` trains a VAE on the operator's own observations (its own artifact, the
+        full VAE training time). No effect with the identity operator.
     """
 
     name: ClassVar[str] = "Latent-EnSF"
@@ -111,6 +119,7 @@ class LatentEnSF(SamplerFields, Method):
     scaling: float = 1.0
     sigma_lat: float = 0.0
     encode_batch: int = 64
+    invert_operator: bool = True
 
     def __post_init__(self):
         for k in ("c_lat", "h_lat", "width", "epochs", "batch", "n_steps", "encode_batch"):
@@ -163,14 +172,19 @@ class LatentEnSF(SamplerFields, Method):
         ds = ctx.dataset if ctx.dataset is not None else pb.dataset(ctx.cache_dir, progress=ctx.progress)
         cfg = self.vae_config(pb.name)
         train_dev = ctx.device
+        self._invert = self.invert_operator and obs.operator != "identity"
+        # the observer the VAE's observation branch is trained for: the same points, identity when inverting
+        vae_obs = dataclasses.replace(obs.config, operator="identity").bind(pb, obs.field_std) if self._invert \
+            else obs
+        self._obs_range = obs.obs_range(ds)
 
         def trainer(tlog):
-            vae, summary = train_vae(pb, obs, ds, cfg, tlog, device=train_dev)
+            vae, summary = train_vae(pb, vae_obs, ds, cfg, tlog, device=train_dev)
             return {"vae": vae}, {"vae": vae.config()}, summary
 
-        data = {"dataset": pb.data_key(), "observer": observer_layout(obs)}
+        data = {"dataset": pb.data_key(), "observer": observer_layout(vae_obs)}
         art = load_or_train("vae", self.name, pb.label, data, cfg.identity(), trainer,
-                               ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_vae(pb, obs, ds))
+                            ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_vae(pb, vae_obs, ds))
         vae = CoupledVAE.from_config(art.config["networks"]["vae"])
         vae.load_state_dict(art.weights["vae"])
         vae.eval()
@@ -197,9 +211,13 @@ class LatentEnSF(SamplerFields, Method):
 
     @torch.no_grad()
     def encode_obs(self, y: torch.Tensor) -> torch.Tensor:
-        """Physical observations ``(N, m)`` -> latent means ``mu_y`` flattened ``(N, d_lat)``."""
+        """Physical observations ``(N, m)`` (after the operator) -> latent means ``mu_y`` flattened ``(N, d_lat)``
+        (through the operator's inverse first, see ``invert_operator``)."""
         ctx = self.ctx
-        yn = self.vae.normalize_obs(y.to(ctx.device, ctx.dtype))
+        y = y.to(ctx.device, ctx.dtype)
+        if self._invert:
+            y = ctx.observer.invert(y, *self._obs_range)
+        yn = self.vae.normalize_obs(y)
         out = [self.vae.encode_y(yn[i:i + self.encode_batch])[0].flatten(1)
                for i in range(0, yn.shape[0], self.encode_batch)]
         return torch.cat(out)

@@ -5,7 +5,8 @@ Offline (``fit``, cached artifacts, see :mod:`methods.artifact_cache`; the train
 1. an LDNet (:class:`methods.ldnet.LDNet`) learns the latent dynamics ``s_t = s_{t-1} + dt_lat F(s_{t-1}, u)``
    from ``s_{-1} = 0`` and the pointwise reconstruction ``x(t, xi) = R(s_t, xi)`` on the training trajectories;
 2. a causal LSTM (:class:`methods.ldnet.LSTMEncoder`) learns ``E: y_{1:t} -> (s_t, u)`` from the clean sparse
-   observations of the same trajectories, against the LDNet latents and the true (normalised) parameters;
+   observations of the same trajectories (through the observer's operator, at its observed cycles only when
+   ``obs_every > 1``), against the LDNet latents and the true (normalised) parameters;
 3. the latent observation noise is calibrated on the validation split at the observer's operating noise: RMS
    of ``E(y~_{1:t}) - kappa_t`` with ``y~`` drawn by ``observer.sample`` (used when ``sigma_lat = 0``; the
    default is the paper's fixed value, see :class:`LDEnSF`).
@@ -36,8 +37,8 @@ from assimbench.naming import content_hash
 from methods.artifact_cache import load_or_train, observer_layout
 from methods.base import Method, Tunable
 from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
-from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, rescore_encoder,
-                                 rescore_ldnet, train_encoder, train_ldnet)
+from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, observed_cycles,
+                                 rescore_encoder, rescore_ldnet, train_encoder, train_ldnet)
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
 from methods.train_loop import recipe_values, resolve_recipe, train_field
 from problems.base import Observer, Problem
@@ -245,7 +246,7 @@ class LDEnSF(SamplerFields, Method):
             enc, summary = train_encoder(net.to(train_dev), pb, obs, ds, enc_cfg, tlog, device=train_dev)
             return {"encoder": enc}, {"encoder": enc.config()}, summary
 
-        data = {"dataset": pb.data_key(), "observer": observer_layout(obs), "ldnet": art_ld.key}
+        data = {"dataset": pb.data_key(), "observer": observer_layout(obs, times=True), "ldnet": art_ld.key}
         art_enc = load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
                                 ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_encoder(net, pb, obs, ds))
         enc = LSTMEncoder.from_config(art_enc.config["networks"]["encoder"])
@@ -278,9 +279,10 @@ class LDEnSF(SamplerFields, Method):
         n, T1 = xv.shape[:2]
         g = torch.Generator().manual_seed(int(content_hash(key, obs.noise, obs.noise_type), 16) % (2**62))
         x = xv[:, 1:].reshape(n * (T1 - 1), *pb.state_shape).to(ctx.device, ctx.dtype)
-        y = obs.sample(x, g).reshape(n, T1 - 1, -1)
+        sel = observed_cycles(obs)  # the sequence the encoder reads online
+        y = obs.sample(x, g).reshape(n, T1 - 1, -1)[:, sel]
         phi, _ = self.encoder(y)
-        kappa = encoder_targets(self.net, pb, pv, T1 - 1).to(ctx.device, ctx.dtype)
+        kappa = encoder_targets(self.net, pb, pv, T1 - 1)[:, sel].to(ctx.device, ctx.dtype)
         err = (phi - kappa).reshape(-1, kappa.shape[-1])
         rms_iso = float(err.pow(2).mean().sqrt())
         rms_diag = err.pow(2).mean(0).sqrt()

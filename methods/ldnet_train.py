@@ -317,6 +317,11 @@ def clean_observations(problem: Problem, observer: Observer, snaps: torch.Tensor
     return observer.observe(x).reshape(n, T1 - 1, -1)
 
 
+def observed_cycles(observer: Observer) -> slice:
+    """The entries of a per-cycle sequence over ``t = 1 .. T`` that the observer observes (``t = k, 2k, ...``)."""
+    return slice(observer.obs_every - 1, None, observer.obs_every)
+
+
 def encoder_targets(net, problem: Problem, params: torch.Tensor, T: int) -> torch.Tensor:
     """Targets ``kappa_t = (s_t, u_n)`` for ``t = 1 .. T``: ``(n, T, d_s + d_u)`` from the LDNet rollout."""
     p_lo, p_hi = param_normalizer(problem)
@@ -329,13 +334,17 @@ def encoder_targets(net, problem: Problem, params: torch.Tensor, T: int) -> torc
 
 def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, cfg: EncoderTrainConfig,
                   tlog: TrainLog, device: torch.device | str = "cpu") -> tuple[LSTMEncoder, dict]:
-    """Train the causal LSTM ``y_{1:t} -> (s_t, u_n)`` against the LDNet latents and the true parameters."""
+    """Train the causal LSTM ``y_{1:t} -> (s_t, u_n)`` against the LDNet latents and the true parameters.
+
+    The sequences are the observer's: its operator, and only its observed cycles (``obs_every``), so the LSTM
+    steps once per observation as it does online."""
     g = torch.Generator().manual_seed(cfg.seed)
     data = {}
+    sel = observed_cycles(observer)
     for name in ("train", "valid", "test"):
         x, p = dataset.split(name)
-        Y = clean_observations(problem, observer, x).to(device)
-        K = encoder_targets(net, problem, p, x.shape[1] - 1).to(device)
+        Y = clean_observations(problem, observer, x)[:, sel].to(device)
+        K = encoder_targets(net, problem, p, x.shape[1] - 1)[:, sel].to(device)
         data[name] = (Y, K)
     Ytr, Ktr = data["train"]
     m = Ytr.shape[-1]
@@ -382,8 +391,9 @@ def score_encoder(enc, net, problem: Problem, observer: Observer, dataset: Datas
     :func:`train_encoder` reports them: ``test_rel`` (latent and parameters), ``test_rel_s``, ``test_rel_u``."""
     enc.eval()
     x, p = dataset.split("test")
-    Y = clean_observations(problem, observer, x)
-    K = encoder_targets(net, problem, p, x.shape[1] - 1)
+    sel = observed_cycles(observer)
+    Y = clean_observations(problem, observer, x)[:, sel]
+    K = encoder_targets(net, problem, p, x.shape[1] - 1)[:, sel]
     pred, _ = enc(Y)
     e = (pred - K).pow(2)
     d_s = net.latent_dim

@@ -7,7 +7,7 @@ or :func:`register`.
 from __future__ import annotations
 
 from assimbench.registry import Registry
-from problems.base import Dataset, Observer, Problem, bind_observer
+from problems.base import Dataset, Observer, ObserverConfig, Problem, bind_observer
 
 _REGISTRY = Registry("problem", "assimbench.problems", "problems", {
     "lorenz96": "problems.lorenz96:Lorenz96",
@@ -34,4 +34,4 @@ def register(cls_: type[Problem], name: str | None = None) -> type[Problem]:
     return _REGISTRY.register(cls_, name)
 
 
-__all__ = ["Dataset", "Observer", "Problem", "bind_observer", "get", "names", "cls", "register"]
+__all__ = ["Dataset", "Observer", "ObserverConfig", "Problem", "bind_observer", "get", "names", "cls", "register"]

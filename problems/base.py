@@ -7,7 +7,8 @@ Conventions (all problems):
 - Parameters are a tensor ``(N, P)`` (``P = len(param_names)``, possibly 0), in physical units.
 - ``step(x, params)`` advances one *observation interval* ``dt_obs``; CFL sub-steps are the solver's business.
   It is deterministic, batched, and runs on the device and dtype of ``x``.
-- Snapshot ``t = 0`` is the initial state; observations exist for ``t = 1 .. n_cycles`` (no observation at 0).
+- Snapshot ``t = 0`` is the initial state; observations exist for ``t = 1 .. n_cycles`` (no observation at 0), or
+  for every ``obs_every``-th of them (:class:`ObserverConfig`).
 """
 from __future__ import annotations
 
@@ -523,11 +524,13 @@ def _simulate_and_split(problem: Problem, progress: bool) -> dict[str, torch.Ten
 # Observer
 # --------------------------------------------------------------------------------------------------------------
 Operator = Literal["identity", "arctan"]
+#: the observation operators, elementwise on the physical value: (operator, its inverse)
+OPERATORS: dict[str, tuple] = {"identity": (lambda z: z, lambda y: y), "arctan": (torch.atan, torch.tan)}
 
 
 @dataclass(frozen=True)
-class Observer:
-    """Sparse, noisy observations of a problem's state.
+class ObserverConfig:
+    """What a user chooses about the observations: a frozen dataclass of plain values (no problem, no tensors).
 
     Parameters
     ----------
@@ -542,8 +545,10 @@ class Observer:
     noise_type : ``additive`` (std = noise x per-field std of the training data), ``relative`` (std = noise x
         |H(x)|, the LD-EnSF tsunami convention) or ``absolute`` (std = noise, physical units).
     layout_seed : seed of the random layout.
+    obs_every : observations exist at every ``obs_every``-th cycle only (``t = k, 2k, ...``); the cycles between
+        are forecast-only (1 = every cycle).
 
-    Observations are flattened point-major, field-minor: ``y[p * n_obs_fields + c]``.
+    :meth:`bind` makes the :class:`Observer` of a problem from it.
     """
 
     layout: Literal["lattice", "random"] = "lattice"
@@ -554,9 +559,7 @@ class Observer:
     noise: float = 0.1
     noise_type: Literal["additive", "relative", "absolute"] = "additive"
     layout_seed: int = 0
-    # bound context, not user parameters
-    problem: Problem | None = field(default=None, repr=False, compare=False, metadata={"internal": True})
-    field_std: tuple[float, ...] = field(default=(), repr=False, compare=False, metadata={"internal": True})
+    obs_every: int = 1
 
     name: ClassVar[str] = "obs"
 
@@ -567,48 +570,102 @@ class Observer:
             raise ConfigError(f"observer stride={self.stride} must be >= 0 (0 = derive from coverage)")
         if self.noise < 0 or not math.isfinite(self.noise):
             raise ConfigError(f"observer noise={self.noise} must be a finite number >= 0")
-        if self.problem is None:
-            return
-        pb = self.problem
-        fields = self.fields or pb.default_obs_fields or pb.field_names
+        if self.obs_every < 1:
+            raise ConfigError(f"observer obs_every={self.obs_every} must be an integer >= 1 (1 = observe every "
+                              "cycle, k = every k-th cycle)")
+
+    @property
+    def label(self) -> str:
+        return param_name(self)
+
+    def params_dict(self) -> dict:
+        return params_of(self)
+
+    def bind(self, problem: Problem, field_std: tuple[float, ...] = ()) -> "Observer":
+        """The observation operator of this configuration on ``problem``; ``field_std`` (per field, the training
+        data's std) is needed by additive noise only."""
+        return Observer(self, problem, field_std)
+
+
+class Observer:
+    """An :class:`ObserverConfig` bound to a problem: the sparse, noisy observation operator.
+
+    Built from the configuration, the problem and (for additive noise) the training data's per-field std; holds
+    what the binding computes: ``obs_fields`` (names), ``points`` ``(m_p,)`` (flat grid indices), ``channels``
+    ``(C_obs,)``, ``index`` ``(m,)`` (flat state indices) and the noise std ``(m,)``. The configuration's values
+    read through (``observer.operator``, ``observer.noise``, ...).
+
+    Observations are flattened point-major, field-minor: ``y[p * n_obs_fields + c]``.
+    """
+
+    def __init__(self, config: ObserverConfig, problem: Problem, field_std: tuple[float, ...] = ()):
+        self.config, self.problem, self.field_std = config, problem, tuple(field_std)
+        pb = problem
+        fields = config.fields or pb.default_obs_fields or pb.field_names
         bad = [f for f in fields if f not in pb.field_names]
         if bad:
             raise ConfigError(f"observer fields {bad} do not exist in {pb.name}; valid: {', '.join(pb.field_names)}")
-        object.__setattr__(self, "obs_fields", tuple(fields))
-        points = self._points()
-        if len(points) == 0:
-            raise ConfigError(f"observer coverage={self.coverage} rounds to no observed point on the "
+        if config.obs_every > pb.n_cycles:
+            raise ConfigError(f"observer obs_every={config.obs_every} leaves no observed cycle: {pb.label} has "
+                              f"n_cycles={pb.n_cycles}; valid: 1 .. {pb.n_cycles}")
+        self.obs_fields: tuple[str, ...] = tuple(fields)
+        self.points = self._points()
+        if len(self.points) == 0:
+            raise ConfigError(f"observer coverage={config.coverage} rounds to no observed point on the "
                               f"{'x'.join(map(str, pb.spatial_shape))} grid of {pb.name}; raise the coverage")
         chans = [pb.field_names.index(f) for f in fields]
         P = pb.n_points
-        index = (torch.tensor(chans)[None, :] * P + points[:, None]).reshape(-1)  # point-major, channel-minor
-        object.__setattr__(self, "points", points)
-        object.__setattr__(self, "channels", torch.tensor(chans))
-        object.__setattr__(self, "index", index)
-        object.__setattr__(self, "_full", bool(index.numel() == math.prod(pb.state_shape) and torch.equal(
-            index, torch.arange(index.numel(), dtype=index.dtype))))
-        if self.noise_type == "additive" and not self.field_std:
+        self.channels = torch.tensor(chans)
+        self.index = (self.channels[None, :] * P + self.points[:, None]).reshape(-1)  # point-major, channel-minor
+        self._full = bool(self.index.numel() == math.prod(pb.state_shape) and torch.equal(
+            self.index, torch.arange(self.index.numel(), dtype=self.index.dtype)))
+        if config.noise_type == "additive" and not self.field_std:
             std = None  # geometry only (validation without a dataset); noise_std() says what is missing
-        elif self.noise_type == "additive":
+        elif config.noise_type == "additive":
             std = torch.tensor([self.field_std[c] for c in chans], dtype=torch.float64)
-            std = (self.noise * std).repeat(len(points))
+            std = (config.noise * std).repeat(len(self.points))
         else:
-            std = torch.full((len(index),), float(self.noise), dtype=torch.float64)
-        object.__setattr__(self, "_std", std)
-        object.__setattr__(self, "_dev_cache", {})
+            std = torch.full((len(self.index),), float(config.noise), dtype=torch.float64)
+        self._std = std
+        self._dev_cache: dict = {}
+
+    def __repr__(self) -> str:
+        return f"Observer({self.label} on {self.problem.label}, {self.n_obs} observations)"
+
+    # ---- the configuration, read through --------------------------------------------------------------------
+    layout = property(lambda self: self.config.layout)
+    coverage = property(lambda self: self.config.coverage)
+    stride = property(lambda self: self.config.stride)
+    fields = property(lambda self: self.config.fields)
+    operator = property(lambda self: self.config.operator)
+    noise = property(lambda self: self.config.noise)
+    noise_type = property(lambda self: self.config.noise_type)
+    layout_seed = property(lambda self: self.config.layout_seed)
+    obs_every = property(lambda self: self.config.obs_every)
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    def params_dict(self) -> dict:
+        return self.config.params_dict()
+
+    def observes_at(self, t: int) -> bool:
+        """True when cycle ``t`` (1-based) has an observation (every ``obs_every``-th cycle)."""
+        return t % self.config.obs_every == 0
 
     # ---- layout ---------------------------------------------------------------------------------------------
     def _points(self) -> torch.Tensor:
-        pb = self.problem
+        pb, cfg = self.problem, self.config
         shape = pb.spatial_shape
         P = pb.n_points
-        if self.stride == 0 and self.coverage * P < 0.5:
+        if cfg.stride == 0 and cfg.coverage * P < 0.5:
             return torch.zeros(0, dtype=torch.long)
-        if self.layout == "random":
-            m = int(round(self.coverage * P))
-            g = torch.Generator().manual_seed(self.layout_seed)
+        if cfg.layout == "random":
+            m = int(round(cfg.coverage * P))
+            g = torch.Generator().manual_seed(cfg.layout_seed)
             return torch.randperm(P, generator=g)[:m].sort().values
-        stride = self.stride or lattice_stride(shape, self.coverage)
+        stride = cfg.stride or lattice_stride(shape, cfg.coverage)
         axes = [torch.arange(0, n, stride) for n in shape]
         mesh = torch.meshgrid(*axes, indexing="ij")
         flat = torch.zeros_like(mesh[0])
@@ -623,13 +680,6 @@ class Observer:
     @property
     def actual_coverage(self) -> float:
         return len(self.points) / self.problem.n_points
-
-    @property
-    def label(self) -> str:
-        return param_name(self)
-
-    def params_dict(self) -> dict:
-        return params_of(self)
 
     def _on(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (str(device), dtype)
@@ -653,8 +703,22 @@ class Observer:
 
     def observe(self, x: torch.Tensor) -> torch.Tensor:
         """Noise-free observation ``H(x)``: ``(n, *state_shape) -> (n, m)``; differentiable."""
-        z = self.select(x)
-        return torch.atan(z) if self.operator == "arctan" else z
+        return OPERATORS[self.operator][0](self.select(x))
+
+    def invert(self, y: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """The operator's inverse on observations ``y (..., m)``, clamped to ``[low, high]`` (each ``(m,)``,
+        physical units, e.g. the training range of each observed entry): the selected state values for
+        noise-free observations of states inside that range. (Noise passes through the inverse: arctan's
+        ``tan`` amplifies it by ``1 + x^2``; the clamp keeps a noisy ``|y|`` near ``pi / 2`` finite.)"""
+        op, inv = OPERATORS[self.operator]
+        lo, hi = low.to(y.device, y.dtype), high.to(y.device, y.dtype)
+        return inv(torch.minimum(torch.maximum(y, op(lo)), op(hi)))
+
+    def obs_range(self, dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, high)``, each ``(m,)`` float64: the training split's range of each observed entry's field."""
+        lo = dataset.field_min.double()[self.channels].repeat(len(self.points))
+        hi = dataset.field_max.double()[self.channels].repeat(len(self.points))
+        return lo, hi
 
     def noise_std(self, y: torch.Tensor | None = None, device=None, dtype=None) -> torch.Tensor:
         """``(m,)`` observation-error std; for relative noise it is built from ``y`` (the observation)."""
@@ -740,6 +804,7 @@ def lattice_stride(shape: tuple[int, ...], coverage: float) -> int:
 
 
 def bind_observer(problem: Problem, dataset: Dataset | None, **params) -> Observer:
-    """Build an :class:`Observer` for ``problem`` from user ``params`` (typed and checked)."""
+    """The :class:`Observer` of ``problem`` for user ``params`` (typed and checked as an :class:`ObserverConfig`);
+    ``dataset`` gives the per-field std of additive noise (None: geometry only)."""
     std = tuple(float(s) for s in dataset.field_std) if dataset is not None else ()
-    return build(Observer, params, "observer", problem=problem, field_std=std)
+    return build(ObserverConfig, params, "observer").bind(problem, std)

@@ -32,6 +32,17 @@ def test_method_on_problem(method_name, problem_name, cache_dir):
         pytest.skip(f"{method_name} on {problem_name}: {reason}")
 
 
+@pytest.mark.parametrize("observer", [{"operator": "arctan"}, {"obs_every": 2}], ids=["arctan", "obs_every=2"])
+@pytest.mark.parametrize("problem_name", ["shallow_water", "kolmogorov"])
+@pytest.mark.parametrize("method_name", ["FreeRun", "EnKF", "EnSF", "LD-EnSF", "Latent-EnSF"])
+def test_method_on_pde_with_a_nonlinear_operator_or_sparse_times(method_name, problem_name, observer, cache_dir):
+    """Every method runs the PDE problems with arctan observations and with observations every other cycle
+    (cycle 1 forecast-only, cycle 2 observed); the latent methods' networks are trained or chosen for that
+    layout."""
+    reason = conformance.check(method_name, problem_name, cache_dir=cache_dir, observer=observer)
+    assert reason is None, reason
+
+
 def test_registries_list_the_builtins():
     assert {"EnKF", "FreeRun"} <= set(METHODS)
     assert {"lorenz96", "linear_gauss"} <= set(PROBLEMS)

@@ -17,6 +17,14 @@ def test_smoke_and_default_cover_every_problem_family():
     assert {"lorenz96", "shallow_water", "kolmogorov"} <= default
 
 
+def test_default_runs_every_method_with_arctan_observations_on_both_pdes():
+    cells = expand(load_preset("default")).cells
+    arctan = {(c.problem, c.method) for c in cells if c.odict.get("operator") == "arctan"}
+    pdes = {c.problem for c in cells if c.problem != "lorenz96"}
+    assert pdes == {"shallow_water", "kolmogorov"}
+    assert arctan == {(p, m) for p in pdes for m in ("FreeRun", "EnKF", "EnSF", "LD-EnSF", "Latent-EnSF")}
+
+
 @pytest.mark.slow
 def test_l96_twin_reaches_the_expected_rmse(cache_dir):
     """Sakov & Oke (2008)-style twin: tuned square-root EnKF ~0.19 at N = 20, as the preset documents."""

@@ -106,3 +106,30 @@ def test_an_error_is_raised_on_request(cache_dir):
     with pytest.raises(ValueError, match="spinup=6 leaves no cycle"):
         run_cell(cell(spinup=6), cache_dir=cache_dir, raise_errors=True)
     assert run_cell(cell(spinup=6), cache_dir=cache_dir).status == "failed"
+
+
+def test_a_cycle_without_an_observation_keeps_the_forecast_and_the_observed_ones_see_the_same_data(cache_dir):
+    """obs_every: 2 -- the method's analysis runs at cycles 2, 4, 6 only, on the observations an every-cycle run
+    sees at those cycles; at cycles 1, 3, 5 the analysis ensemble is the forecast; every cycle has its metrics."""
+    every = prepare(cell(), cache_dir)
+    sparse = prepare(cell(observer=freeze({**dict(OBS), "obs_every": 2})), cache_dir)
+    seen = []
+    analysis = sparse.method.analysis
+
+    def spy(state, y):
+        seen.append(y)
+        return analysis(state, y)
+
+    sparse.method.analysis = spy
+    rows: list[dict] = []
+    out = sparse.assimilate(rows)
+    assert [r["observed"] for r in rows] == [False, True] * 3
+    assert len(seen) == 3 and all(torch.equal(y, every.observations[t - 1]) for y, t in zip(seen, (2, 4, 6)))
+    for r in rows:
+        assert math.isfinite(r["rrmse_a"]) and math.isfinite(r["rrmse_f"])
+        if not r["observed"]:
+            assert r["rmse_a"] == r["rmse_f"] and r["rrmse_a"] == r["rrmse_f"]
+    assert any(r["rmse_a"] != r["rmse_f"] for r in rows if r["observed"])
+    # the analysis timing is over the observed cycles but the first (4 and 6); the metric means pool every cycle
+    assert math.isfinite(out.timings["time_analysis_s"])
+    assert out.means["rrmse_a"] == pytest.approx(sum(r["rrmse_a"] for r in rows) / 6)

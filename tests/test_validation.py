@@ -75,7 +75,27 @@ BAD = {
     "seeds: []": (_with(GRID, seeds=[]), "seeds=[]"),
     "n_ens: []": (_with(GRID, n_ens=[]), "n_ens=[]"),
     "empty sweep": (_with(GRID, methods={"EnKF": {"inflation": []}}), "inflation: [] sweeps over no value"),
+    "obs_every: 0": (_with(GRID, problems__lorenz96__observer__obs_every=0), "obs_every=0 must be an integer >= 1"),
+    "obs_every past the end": (_with(GRID, problems__lorenz96__observer__obs_every=4),
+                               "obs_every=4 leaves no observed cycle"),
+    "unknown operator": (_with(GRID, problems__lorenz96__observer__operator="square"),
+                         "operator='square' is not allowed; valid: identity, arctan"),
+    "operator the method cannot use": (_with(GRID, methods={"TestLinearOnly": {}},
+                                             problems__lorenz96__observer__operator="arctan"),
+                                       "cannot assimilate observations with operator=arctan; valid for "
+                                       "TestLinearOnly: identity"),
 }
+
+
+@dataclass
+class LinearOnly(FreeRun):
+    """Test method that declares it assimilates linear observations only."""
+
+    name: ClassVar[str] = "TestLinearOnly"
+    operators: ClassVar[tuple[str, ...]] = ("identity",)
+
+
+methods.register(LinearOnly)
 
 
 @pytest.mark.parametrize("case", BAD, ids=list(BAD))
