@@ -21,12 +21,13 @@ METHOD_COLOURS: dict[str, str] = {
     "EnSF": "#D55E00",         # vermillion
     "Latent-EnSF": "#CC79A7",  # reddish purple
     "LD-EnSF": "#009E73",      # bluish green
+    "EnFF": "#E69F00",         # orange
     "FreeRun": "#6E6E6E",      # grey: a baseline
     "Climatology": "#A0A0A0",
     "Persistence": "#3C3C3C",
 }
 #: Colours for methods not listed above (plugins), chosen by a stable hash of the name.
-SPARE_COLOURS: tuple[str, ...] = ("#E69F00", "#56B4E9", "#000000", "#8C6D31", "#F0E442")
+SPARE_COLOURS: tuple[str, ...] = ("#56B4E9", "#000000", "#8C6D31", "#F0E442")
 #: Line styles and markers that tell apart the variants of one method on a page.
 LINE_STYLES: tuple = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")

@@ -33,6 +33,67 @@ def ensemble_metrics(E: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
             "spread": float(spread), "crps": float(crps)}
 
 
+#: At most this many state entries enter a rank histogram per cycle; larger states use a fixed, evenly spaced
+#: subset of entries (the same in every cycle and for every method), so the cost stays O(N x this).
+RANK_MAX_ENTRIES = 16384
+
+
+def rank_entries(d: int, max_entries: int = RANK_MAX_ENTRIES) -> torch.Tensor | None:
+    """The flat state entries a rank histogram uses: None (all of them) when ``d <= max_entries``, else
+    ``max_entries`` evenly spaced indices over ``0..d-1`` (deterministic, so every field is represented)."""
+    if d <= max_entries:
+        return None
+    return torch.linspace(0, d - 1, max_entries, dtype=torch.float64).round().long().unique()
+
+
+def rank_histogram(E: torch.Tensor, truth: torch.Tensor, max_entries: int = RANK_MAX_ENTRIES) -> list[int]:
+    """Rank histogram of ``truth (*shape)`` within the ensemble ``E (N, *shape)``: ``N + 1`` bin counts.
+
+    For every state entry (all fields and grid points, physical units; a fixed subset of
+    :func:`rank_entries` when there are more than ``max_entries``) the rank is the number of members below the
+    truth, 0..N; a truth tied with members takes the middle of the tied ranks (deterministic). A calibrated
+    ensemble, whose members and truth are exchangeable draws, gives a flat histogram (each bin 1 / (N + 1));
+    an under-dispersed one a U shape (the truth falls outside the ensemble too often); an over-dispersed one
+    a dome; a biased one a slope (Hamill 2001, "Interpretation of rank histograms for verifying ensemble
+    forecasts", Mon. Wea. Rev. 129).
+    """
+    E = E.reshape(E.shape[0], -1)
+    x = truth.reshape(-1).to(E.device, E.dtype)
+    idx = rank_entries(x.numel(), max_entries)
+    if idx is not None:
+        idx = idx.to(E.device)
+        E, x = E[:, idx], x[idx]
+    N = E.shape[0]
+    below = (E < x).sum(0)
+    ties = (E == x).sum(0)
+    ranks = below + ties.div(2, rounding_mode="floor")
+    return torch.bincount(ranks.cpu(), minlength=N + 1).tolist()
+
+
+def spread_error_ratio(spread, rmse, n_ens: int) -> float:
+    """Spread / error ratio ``sqrt((N + 1) / N) sqrt(mean spread^2 / mean rmse^2)`` of series (or scalars).
+
+    ``spread`` is the ensemble spread (sqrt of the mean member variance, ddof 1) and ``rmse`` the RMSE of the
+    ensemble mean, per cycle; the means run over the given cycles (a ratio of time-averaged mean squares, not
+    a mean of per-cycle ratios, so a cycle with a tiny error does not dominate). The factor ``(N + 1) / N``
+    makes a calibrated ensemble score 1 for every N: when the truth is one more draw from the ensemble's
+    distribution, the mean's squared error is ``(1 + 1/N)`` times the variance (Fortin et al. 2014, "Why should
+    ensemble spread match the RMSE of the ensemble mean?", J. Hydrometeorol. 15). Below 1: under-dispersed
+    (over-confident); above 1: over-dispersed. NaN when the error is zero or nothing is finite.
+    """
+    import numpy as np
+
+    s = np.atleast_1d(np.asarray(spread, dtype=np.float64))
+    e = np.atleast_1d(np.asarray(rmse, dtype=np.float64))
+    ok = np.isfinite(s) & np.isfinite(e)
+    if not ok.any() or n_ens < 1:
+        return float("nan")
+    mse = float(np.mean(e[ok] ** 2))
+    if mse <= 0.0:
+        return float("nan")
+    return float(np.sqrt((n_ens + 1) / n_ens * np.mean(s[ok] ** 2) / mse))
+
+
 def param_rmse(P: torch.Tensor | None, truth: torch.Tensor) -> float:
     """RMSE of the parameter-ensemble mean ``P (N, P)`` against ``truth (P,)``; NaN without parameters."""
     if P is None or P.numel() == 0 or truth.numel() == 0:

@@ -643,6 +643,110 @@ def latent_figure(latents: dict[str, dict[str, np.ndarray]], img_dir: Path, tag:
                          "(ensembles: mean ± std over members).", "latent trajectories")]
 
 
+# --------------------------------------------------------------------------------------------------------------
+# calibration: rank histograms and the spread / error ratio
+
+
+def _pooled_ranks(rows: pd.DataFrame) -> np.ndarray | None:
+    """The rank counts of ``rows`` summed (cells of one ensemble size), or None when none has a histogram."""
+    if "rank_hist_a" not in rows.columns:
+        return None
+    hists = [np.asarray(h, dtype=np.int64) for h in rows["rank_hist_a"] if h is not None and len(h) > 1]
+    if not hists or len({len(h) for h in hists}) != 1:
+        return None
+    return np.sum(hists, axis=0)
+
+
+def rank_histogram_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
+                          title: str = "") -> list[Figure]:
+    """Rank histograms of the truth within the analysis ensemble, one panel per method (the method's colour).
+
+    ``res``: the ok cells of one setting (one N); each method's histograms are pooled over its cells (seeds),
+    state entries and scored cycles, and drawn as relative frequency times ``N + 1``, so a calibrated
+    ensemble sits on the dashed line at 1: a U shape is under-dispersion, a dome over-dispersion, a slope
+    bias. The panel title carries the pooled spread / error ratio (1 = calibrated).
+    """
+    if res.empty or "rank_hist_a" not in res.columns:
+        return []
+    panels = {}
+    for m, g in res.groupby("p_method"):
+        counts = _pooled_ranks(g)
+        if counts is not None and counts.sum() > 0:
+            ratio = g["spread_error_a"].astype(float).mean() if "spread_error_a" in g.columns else float("nan")
+            panels[m] = (counts, ratio)
+    if not panels:
+        return []
+    n = len(panels)
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig, axes = _grid(nrows, ncols, w=3.2, h=2.4, sharey=True)
+    for k, m in enumerate(sorted(panels)):
+        counts, ratio = panels[m]
+        ax = axes[k // ncols, k % ncols]
+        freq = counts / counts.sum() * len(counts)
+        ax.bar(np.arange(len(counts)), freq, width=1.0, color=_style_of(palette, m)["color"], alpha=0.85,
+               edgecolor="white", lw=0.3)
+        ax.axhline(1.0, color="black", ls="--", lw=1.0)
+        label = _wrap_name(_style_of(palette, m)["label"], 32)
+        ax.set_title(f"{label}\nspread / error {ratio:.2f}" if np.isfinite(ratio) else label, fontsize=9)
+        ax.set_xlabel(f"rank of the truth (0..{len(counts) - 1})")
+        ax.set_ylabel("frequency x (N + 1)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=6))
+    for k in range(n, nrows * ncols):
+        axes[k // ncols, k % ncols].set_visible(False)
+    name = _save(fig, img_dir, f"{tag}_rank_hist.png")
+    return [Figure(name, "Rank histograms of the truth within the analysis ensemble"
+                         f"{' (' + title + ')' if title else ''}, pooled over seeds, state entries and the cycles "
+                         "after spin-up; dashed: a calibrated ensemble (flat). U shape: under-dispersed; dome: "
+                         "over-dispersed; slope: biased.", "rank histograms")]
+
+
+def spread_error_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: str) -> list[Figure]:
+    """Spread / error ratio (1 = calibrated) against the ensemble size, one line per method: mean over seeds,
+    bars the band over seeds of :func:`_band_quantiles`; facets over noise (rows) and coverage (columns) where
+    they vary."""
+    if res.empty or "spread_error_a" not in res.columns or "p_n_ens" not in res.columns \
+            or not res["spread_error_a"].notna().any():
+        return []
+    res = res.dropna(subset=["spread_error_a"])
+    row = "p_noise" if _varies(res, "p_noise") else None
+    col = "p_coverage" if _varies(res, "p_coverage") else None
+    rows, cols = _values(res, row), _values(res, col)
+    n_seeds = _n_seeds(res)
+    fig, axes = _grid(len(rows), len(cols), w=3.4, h=2.6, sharex=True, sharey=True)
+    methods = sorted(res["p_method"].unique())
+    ens = sorted(float(v) for v in res["p_n_ens"].unique())
+    pos = {v: i for i, v in enumerate(ens)}
+    width = 0.7 / max(len(methods), 1)
+    for i, rv in enumerate(rows):
+        for j, cv in enumerate(cols):
+            ax = axes[i, j]
+            sub = _select(res, **{row or "_": rv, col or "_": cv}) if (row or col) else res
+            for k, m in enumerate(methods):
+                g = sub[sub["p_method"] == m]
+                if g.empty:
+                    continue
+                xv, mean, lo, hi = _mean_band(g, "p_n_ens", "spread_error_a", n_seeds)
+                x = np.array([pos[v] for v in xv], dtype=float)
+                x = x - 0.35 + width * (k + 0.5)
+                st = _style_of(palette, m)
+                ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], color=st["color"], marker=st["marker"],
+                            ls=st["linestyle"] if len(x) > 1 else "none", lw=1.3, ms=5, capsize=2)
+            ax.axhline(1.0, color="black", ls="--", lw=1.0)
+            ax.set_xticks(range(len(ens)), [f"{v:g}" for v in ens])
+            ax.set_xlabel("ensemble size N")
+            ax.set_ylabel("spread / error")
+            ax.set_title(_facet_title(**{row or "_r": rv, col or "_c": cv}), fontsize=9)
+    _log_if_spread(axes[0, 0], res["spread_error_a"], ratio=20.0)
+    _method_legend(fig, palette, methods, [Line2D([], [], color="black", ls="--", label="calibrated")],
+                   marker=True)
+    name = _save(fig, img_dir, f"{tag}_spread_error.png")
+    band = _band_quantiles(n_seeds)[2]
+    return [Figure(name, "Spread / error ratio of the analysis ensemble (sqrt((N+1)/N) spread over the RMSE of the "
+                         f"mean, time-averaged mean squares after spin-up); point: mean over seeds, bar: {band}; "
+                         "dashed: calibrated (1). Below 1: over-confident.", "spread / error ratio")]
+
+
 def render(fn, *args, **kwargs) -> list[Figure]:
     """Call a figure function under the report's style, closing nothing global (no pyplot is used)."""
     with matplotlib.rc_context(_style()):

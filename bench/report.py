@@ -42,7 +42,8 @@ from bench.store import load_cycles, load_results, load_run_info, resolve_run_di
 SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise", "p_device", "p_method")
 #: Metrics summarised as mean and std over seeds (ok cells only).
 SUMMARY_METRICS: tuple[str, ...] = (
-    "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a", "rmse_a", "rmse_f",
+    "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "spread_error_a", "crps_a", "param_rmse_a", "rmse_a",
+    "rmse_f",
     "rrmse_between", "rmse_between", "time_online_s", "time_per_cycle_s", "time_forecast_s", "time_analysis_s",
     "time_reconstruct_s", "time_fit_s", "peak_mem_mb", "obs_coverage",
     # timing uncertainty (median and interquartile range over cycles) and what produced it
@@ -470,7 +471,7 @@ def _summary_columns(summ: pd.DataFrame, labels: dict[str, str] | None = None, c
     unit = _param_unit(summ)
     for m, h in (("rrmse_a", f"rRMSE analysis [{rel}]"), ("rrmse_f", f"rRMSE forecast [{rel}]"),
                  ("rrmse_between", f"rRMSE between obs. [{rel}]"), ("rrmse_member_a", f"member rRMSE [{rel}]"),
-                 ("spread_a", f"spread [{st}]"), ("crps_a", f"CRPS [{st}]"),
+                 ("spread_a", f"spread [{st}]"), ("spread_error_a", "spread / error"), ("crps_a", f"CRPS [{st}]"),
                  ("param_rmse_a", f"param RMSE [{unit}]" if unit else "param RMSE")):
         if has(f"{m}_mean"):
             cols.append((m, h, lambda r, m=m: _pm(r[f"{m}_mean"], r.get(f"{m}_std"))))
@@ -718,6 +719,14 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         ("Cost against accuracy", b.figures(plots.cost_accuracy_figure, res, b.img, palette, slug)),
         ("Time per cycle", b.figures(plots.timing_figures, res, b.img, slug, palette=palette)),
     ]
+    # calibration: rank histograms at the setting most methods share (pooled over its seeds), the ratio over N
+    with_rank = res_ok[res_ok["rank_hist_a"].notna()] if "rank_hist_a" in res_ok.columns else res_ok.iloc[:0]
+    if len(with_rank):
+        setting = {k: v for k, v in _pick_setting(with_rank).items() if k != "p_seed"}
+        figs = b.figures(plots.rank_histogram_figure, _match(with_rank, setting), b.img, palette, slug,
+                         _setting_text(setting))
+        figs += b.figures(plots.spread_error_figure, res_ok, b.img, palette, slug)
+        sections.append(("Calibration", figs))
     # one setting and seed for the fields, parameters and latent trajectories
     snap = lambda c: store.snapshot_path(b.run_dir, c)  # noqa: E731
     with_snap = res_ok[res_ok["cell_id"].map(lambda c: snap(c).is_file())] if len(res_ok) else res_ok.iloc[:0]

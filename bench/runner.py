@@ -43,12 +43,12 @@ import problems
 from assimbench.errors import Diverged
 from assimbench.naming import content_hash
 from bench.config import Cell, init_std
-from bench.metrics import ensemble_metrics, param_rmse
+from bench.metrics import ensemble_metrics, param_rmse, rank_histogram, spread_error_ratio
 from methods.base import Context
 from problems.base import Observer, ObserverConfig, count_substeps
 
 METRICS = ("rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
-           "rmse_between", "rrmse_between")
+           "rmse_between", "rrmse_between", "spread_error_a")
 #: the timed phases: per-cycle sample column -> results-table stem
 PHASES = {"t_forecast": "forecast", "t_analysis": "analysis", "t_reconstruct": "reconstruct", "t_online": "online",
           "t_cycle": "per_cycle"}
@@ -374,7 +374,9 @@ class PreparedCell:
         r = {"cycle": t, "time": float(self.dataset.times[t]), "observed": observed,
              "rmse_f": mf["rmse"], "rrmse_f": mf["rrmse"],
              "rmse_a": ma["rmse"], "rrmse_a": ma["rrmse"], "rrmse_member_a": ma["rrmse_member"],
-             "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params)}
+             "spread_a": ma["spread"], "crps_a": ma["crps"], "param_rmse_a": param_rmse(pe, truth_params),
+             "spread_error_a": spread_error_ratio(ma["spread"], ma["rmse"], xa.shape[0]),
+             "rank_hist_a": rank_histogram(xa, truth[t])}
         r.update(_phase_times(s0, s1, s2, s3, s4))
         end = timer.stamp()
         r["t_cycle"], r["t_cycle_cpu"] = end[0] - s0[0], end[1] - s0[1]
@@ -605,6 +607,9 @@ def _quartiles(v: np.ndarray) -> tuple[float, float]:
 def _summarise(rows: list[dict], time_fit: float) -> tuple[dict, dict]:
     """Metric means over the scored cycles; timing statistics over the timed cycles (all but the warm-up).
 
+    Calibration pools the scored cycles: ``rank_hist_a`` sums their rank counts and ``spread_error_a`` is the
+    ratio of their time-averaged mean squares (:func:`bench.metrics.spread_error_ratio`), not a mean of ratios.
+
     Per phase: the mean (``time_<phase>_s``, comparable with older runs), the median and the interquartile
     range over cycles (``time_<phase>_med_s``, ``time_<phase>_iqr_s``) and the median CPU time
     (``time_<phase>_cpu_s``); the analysis's statistics are over the observed cycles but the first (with
@@ -616,6 +621,11 @@ def _summarise(rows: list[dict], time_fit: float) -> tuple[dict, dict]:
     scored = [r for r in rows if not r["spinup"]]
     means = {m: float(np.nanmean([r[m] for r in scored])) if scored and not all(
         isinstance(r[m], float) and math.isnan(r[m]) for r in scored) else float("nan") for m in METRICS}
+    hists = [r["rank_hist_a"] for r in scored if r.get("rank_hist_a")]
+    if hists:  # calibration pools the scored cycles: summed rank counts, a ratio of time-averaged mean squares
+        means["rank_hist_a"] = np.sum(np.array(hists, dtype=np.int64), axis=0).tolist()
+        means["spread_error_a"] = spread_error_ratio([r["spread_a"] for r in scored], [r["rmse_a"] for r in scored],
+                                                     len(hists[0]) - 1)
     timed = rows[1:] if len(rows) > 1 else rows  # cycle 1 is the warm-up
     # analyses: the observed cycles but the first (the analysis's own warm-up; cycle 1 when every cycle is)
     observed = [r for r in rows if r.get("observed", True)]

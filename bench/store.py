@@ -251,7 +251,8 @@ def write_grid(run_dir: Path, config: dict) -> None:
 #: Columns that are always floating point (metrics, timings), even when every value is missing.
 FLOAT_COLUMNS: frozenset[str] = frozenset({
     "rmse_f", "rmse_a", "rrmse_f", "rrmse_a", "rrmse_member_a", "spread_a", "crps_a", "param_rmse_a",
-    "rmse_between", "rrmse_between", "obs_coverage", "peak_mem_mb", "p_coverage", "p_noise", "p_init_std", "time"})
+    "rmse_between", "rrmse_between", "spread_error_a", "obs_coverage", "peak_mem_mb", "p_coverage", "p_noise",
+    "p_init_std", "time"})
 #: Prefixes of floating-point column families (timings, per-parameter traces).
 FLOAT_PREFIXES: tuple[str, ...] = ("time_", "t_", "param_mean_", "param_true_", "param_std_")
 #: Columns that are always integers (nullable ``Int64`` where a cell lacks the value).
@@ -259,6 +260,9 @@ INT_COLUMNS: frozenset[str] = frozenset({"p_n_ens", "p_seed", "p_spinup", "p_sco
                                          "threads", "cycle"})
 #: Columns that are always booleans (nullable ``boolean`` where a cell lacks the value).
 BOOL_COLUMNS: frozenset[str] = frozenset({"git_dirty", "spinup"})
+#: Columns whose values are lists of integers (the rank histogram's N + 1 bin counts); in Parquet a
+#: ``list<int64>`` column, read back as one integer array per row (None where a cell has none).
+INT_LIST_COLUMNS: frozenset[str] = frozenset({"rank_hist_a"})
 #: How a non-finite float is written in a cell file (JSON has no NaN/inf) and read back.
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
@@ -266,7 +270,8 @@ _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 def column_type(name: str, values: pd.Series) -> str:
     """The pandas dtype of a results/cycles column: fixed for the known columns, else from its values.
 
-    Known metric and timing columns are ``float64``; counts, seeds and sizes ``int64``; flags ``bool``. Any
+    Known metric and timing columns are ``float64``; counts, seeds and sizes ``int64``; flags ``bool``; the
+    rank histogram (:data:`INT_LIST_COLUMNS`) ``object`` holding lists of integers (Parquet ``list<int64>``). Any
     other column (the ``p_*`` columns of problem, observer and method parameters) takes the type of its
     values: integers stay integers, booleans stay booleans, integers mixed with floats become ``float64``,
     text stays text. Integer and boolean columns with missing values (a parameter that only some problems
@@ -277,6 +282,8 @@ def column_type(name: str, values: pd.Series) -> str:
     missing = len(present) < len(values)
     if name in FLOAT_COLUMNS or name.startswith(FLOAT_PREFIXES):
         return "float64"
+    if name in INT_LIST_COLUMNS:
+        return "int_list"
     if name in INT_COLUMNS:
         return "Int64" if missing else "int64"
     if name in BOOL_COLUMNS:
@@ -303,6 +310,8 @@ def _typed(v, dtype: str):
         return int(v)
     if dtype in ("boolean", "bool"):
         return bool(v)
+    if dtype == "int_list":
+        return [int(c) for c in v]
     return v if isinstance(v, str) else str(v)
 
 
@@ -318,7 +327,7 @@ def typed_table(records: list[dict]) -> pd.DataFrame:
         raw = pd.Series([r.get(c) for r in records], dtype=object)
         dtype = column_type(c, raw)
         vals = [_typed(v, dtype) for v in raw]
-        out[c] = pd.Series(vals, dtype=dtype if dtype != "object" else object)
+        out[c] = pd.Series(vals, dtype=dtype if dtype not in ("object", "int_list") else object)
     return pd.DataFrame(out, index=pd.RangeIndex(len(records)))
 
 

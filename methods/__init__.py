@@ -13,6 +13,7 @@ _REGISTRY = Registry("method", "assimbench.methods", "methods", {
     "FreeRun": "methods.baseline:FreeRun",
     "EnKF": "methods.enkf:EnKF",
     "EnSF": "methods.ensf:EnSF",
+    "EnFF": "methods.enff:EnFF",
     "LD-EnSF": "methods.ldensf:LDEnSF",
     "Latent-EnSF": "methods.latent_ensf:LatentEnSF",
 })

@@ -158,17 +158,18 @@ def _auto_chunk(n: int, d: int, j: int) -> int:
     return max(1, min(n, (1 << 23) // max(d + j, 1)))
 
 
-def mixture_prior_score(z: torch.Tensor, members: torch.Tensor, alpha: float, beta2: float,
-                        chunk: int = 0, log_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Score of the diffused empirical distribution ``(1/J) sum_j N(alpha x_j, beta2 I)`` at ``z (N, d)``.
+def mixture_mean(z: torch.Tensor, members: torch.Tensor, alpha: float, beta2: float, chunk: int = 0,
+                 log_weight: torch.Tensor | None = None, values: torch.Tensor | None = None) -> torch.Tensor:
+    """Posterior-weighted member average ``sum_j w_ij v_j`` at ``z (N, d)`` -> ``(N, d)``.
 
-    ``members (J, d)``. The weights are ``w_ij = softmax_j(-|z_i - alpha x_j|^2 / (2 beta2))``; the term
-    ``|z_i|^2`` is the same for every ``j`` and cancels in the softmax, so the logits are
+    ``w_ij = softmax_j(log_weight_j - |z_i - alpha x_j|^2 / (2 beta2))`` are the responsibilities of the
+    components ``N(alpha x_j, beta2 I)`` of the diffused empirical distribution of ``members (J, d)`` for the
+    point ``z_i``; ``values (J, d)`` default to the members themselves (then the result is ``E[x | z]``, the
+    denoiser of the mixture, from which both the EnSF mixture score and the EnFF marginal velocity are built).
+    The term ``|z_i|^2`` is the same for every ``j`` and cancels in the softmax, so the logits are
     ``(alpha z'_i . x'_j - alpha^2 |x'_j|^2 / 2) / beta2`` with ``z' = z - alpha c``, ``x' = x - c`` centred on
     the members' mean ``c``, formed in float64 (no cancellation trouble in float32 at d ~ 1e6) by one
-    ``addmm``; softmax subtracts the row maximum (logsumexp-stable). The score is
-    ``-(z_i - alpha sum_j w_ij x_j) / beta2``. ``log_weight (J,)`` adds unnormalised log mixture weights (the
-    score of ``sum_j exp(log_weight_j) N(alpha x_j, beta2 I)``). Memory: the ``(N, d)`` output, ``(J, d)``
+    ``addmm``; softmax subtracts the row maximum (logsumexp-stable). Memory: the ``(N, d)`` output, ``(J, d)``
     float64 members and per-chunk ``(c, d)`` / ``(c, J)`` temporaries.
     """
     n, d = z.shape
@@ -180,15 +181,26 @@ def mixture_prior_score(z: torch.Tensor, members: torch.Tensor, alpha: float, be
     if log_weight is not None:
         bias = bias + log_weight.to(bias.device, wide)
     center_w = center.to(wide)
+    vals = members if values is None else values
     c = chunk or _auto_chunk(n, d, j)
     out = torch.empty_like(z)
     for s in range(0, n, c):
         zc = z[s:s + c].to(wide, copy=True).sub_(center_w, alpha=alpha)  # (c, d), never a view of z
         logits = torch.addmm(bias, zc, xc.T, alpha=alpha / beta2)  # (c, J)
         w = torch.softmax(logits, dim=1).to(z.dtype)
-        mean = w @ members                                # (c, d): sum_j w_ij x_j
-        out[s:s + c] = mean.mul_(alpha).sub_(z[s:s + c]).div_(beta2)
+        out[s:s + c] = w @ vals                           # (c, d): sum_j w_ij v_j
     return out
+
+
+def mixture_prior_score(z: torch.Tensor, members: torch.Tensor, alpha: float, beta2: float,
+                        chunk: int = 0, log_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Score of the diffused empirical distribution ``(1/J) sum_j N(alpha x_j, beta2 I)`` at ``z (N, d)``.
+
+    ``members (J, d)``; the score is ``-(z_i - alpha sum_j w_ij x_j) / beta2`` with the responsibilities
+    ``w_ij`` of :func:`mixture_mean`. ``log_weight (J,)`` adds unnormalised log mixture weights (the score of
+    ``sum_j exp(log_weight_j) N(alpha x_j, beta2 I)``).
+    """
+    return mixture_mean(z, members, alpha, beta2, chunk, log_weight).mul_(alpha).sub_(z).div_(beta2)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -43,8 +43,9 @@ def test_l96_twin_reaches_the_expected_rmse(cache_dir):
 
 # ----------------------------------------------------------------------------------------------------------------
 # literature presets: every `expected:` entry names a method label and an ensemble size
-def _expected_runs(name: str, cache_dir, overrides: dict | None = None, seeds=None):
-    """``(entry, [run_cell outputs over seeds])`` for every expected entry of preset ``name``."""
+def _expected_runs(name: str, cache_dir, overrides: dict | None = None, seeds=None, only=None):
+    """``(entry, [run_cell outputs over seeds])`` for every expected entry of preset ``name`` (those for which
+    ``only(entry)`` is true, when given)."""
     import copy
 
     import methods
@@ -61,6 +62,8 @@ def _expected_runs(name: str, cache_dir, overrides: dict | None = None, seeds=No
     cells = expand(cfg).cells
     out = []
     for exp in cfg["expected"]:
+        if only is not None and not only(exp):
+            continue
         match = [c for c in cells
                  if c.n_ens == exp["n_ens"] and methods.get(c.method, **c.mdict).label == exp["method"]]
         assert match, exp
@@ -73,7 +76,7 @@ def _scored_series(res: dict, metric: str = "rmse_a") -> list[float]:
     return [c[metric] for c in res.cycles if not c["spinup"]]
 
 
-@pytest.mark.parametrize("name", ["sakov2008", "ensf_l96"])
+@pytest.mark.parametrize("name", ["sakov2008", "ensf_l96", "enff_l96"])
 def test_literature_presets_state_their_sources(name):
     cfg = load_preset(name)
     assert cfg.get("source") and cfg.get("expected")
@@ -130,3 +133,22 @@ def _check_full(name: str, cache_dir, literature: bool) -> None:
         if literature:
             assert abs(means.mean() - exp["rmse_a"]) <= exp["rel_tol"] * exp["rmse_a"], (exp, means)
         assert abs(means.mean() - exp["measured"]) <= 3 * se + 0.0015, (exp, means, se)
+
+
+def test_enff_l96_short_run_matches_its_recorded_start(cache_dir):
+    """40 cycles of truth 0 (the first 40 of the full run), the K = 20 flows: the recorded short-run means
+    (cycles 31-40) within 10 % widened by the time average's CI. (The K = 100 entry runs in the slow full test.)"""
+    from bench.metrics import time_mean_ci
+    runs = _expected_runs("enff_l96", cache_dir, {"problem": {"n_cycles": 40}}, seeds=[0],
+                          only=lambda e: e["short"] is not None)
+    assert len(runs) == 2
+    for exp, (res,) in runs:
+        mean, half = time_mean_ci(_scored_series(res))
+        assert abs(mean - exp["short"]) <= 0.10 * exp["short"] + half, (exp["method"], mean, half)
+
+
+@pytest.mark.slow
+def test_enff_l96_reproduces_the_published_scores(cache_dir):
+    """The full preset (80 cycles, the last 50 scored, 3 truths): within 15 % of the authors' published RMSE and
+    at this suite's recorded value within 3 standard errors."""
+    _check_full("enff_l96", cache_dir, literature=True)

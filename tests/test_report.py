@@ -78,6 +78,9 @@ def make_run(root: Path, n_ens=(20, 40), coverages=(0.2, 0.5), noise=(0.05,), pr
                                 "rrmse_f": 1.5 * r if ok else nan, "rrmse_a": r if ok else nan,
                                 "rrmse_member_a": 1.2 * r if ok else nan, "spread_a": 0.9 * r if ok else nan,
                                 "crps_a": 0.5 * r if ok else nan, "param_rmse_a": 0.3 * r if ok else nan,
+                                "spread_error_a": 0.9 if ok else nan,
+                                "rank_hist_a": [int(50 + 40 * abs(k - N / 2) / N * (1 + seed)) for k in range(N + 1)]
+                                if ok else None,
                                 "obs_coverage": cov, "n_obs": 10.0,
                                 "time_fit_s": (3.0 if method == "LD-EnSF" else 0.0) if ok else nan,
                                 "time_forecast_s": 0.5 * on if ok else nan, "time_analysis_s": 0.4 * on if ok else nan,
@@ -197,7 +200,9 @@ def test_report_files_exist(report, run_dir):
     for expected in ("shallow-water_cycles_N20.png", "shallow-water_vs_n_ens.png", "shallow-water_vs_coverage.png",
                      "shallow-water_cost_accuracy.png", "shallow-water_time_split.png", "shallow-water_fit_time.png",
                      "shallow-water_snapshot_c8.png", "shallow-water_params.png", "shallow-water_latent.png",
-                     "lorenz96-dim-40_cycles_N40.png", "lorenz96-dim-40_params.png"):
+                     "lorenz96-dim-40_cycles_N40.png", "lorenz96-dim-40_params.png",
+                     "shallow-water_rank_hist.png", "shallow-water_spread_error.png",
+                     "lorenz96-dim-40_rank_hist.png"):
         assert expected in names, (expected, sorted(names))
     assert not any(n.startswith("lorenz96") and "snapshot" in n for n in names)  # 1-D: no fields
     assert "shallow-water_vs_noise.png" not in names  # noise does not vary

@@ -50,6 +50,10 @@ def test_a_run_has_every_column_and_one_row_per_cycle(cache_dir):
     assert [c["spinup"] for c in res.cycles] == [True, True, False, False, False, False]
     assert all(c["p_method"] == "EnKF" and c["cell_id"] == res.row["cell_id"] for c in res.cycles)
     assert res.snapshots == {} and res.latent == {}  # a 1-D problem has no field snapshots
+    # calibration: N + 1 rank counts per cycle (one per state entry), summed over the scored cycles
+    assert all(len(c["rank_hist_a"]) == 7 and sum(c["rank_hist_a"]) == 12 for c in res.cycles)
+    assert res.row["rank_hist_a"] == [sum(c["rank_hist_a"][k] for c in res.cycles[2:]) for k in range(7)]
+    assert 0 < res.row["spread_error_a"] < 10 and all(c["spread_error_a"] > 0 for c in res.cycles)
 
 
 def test_a_skipped_cell_is_a_row_with_its_reason(cache_dir):

@@ -95,3 +95,22 @@ def test_the_lock_keeps_a_second_writer_out(tmp_path):
                 pass
     with store.RunLock(tmp_path):  # released
         pass
+
+
+def test_rank_histograms_round_trip_through_the_tables(tmp_path):
+    """The rank histogram's N + 1 counts survive cell file -> Parquet -> reader as integers, per cell and per
+    cycle; a cell without one (failed) reads back as missing, and the spread / error ratio as a float."""
+    ok = _result("a")
+    ok.row.update(rank_hist_a=[3, 0, 5, 2], spread_error_a=0.8)
+    ok.cycles[0].update(rank_hist_a=[1, 0, 2, 1], spread_error_a=0.7)
+    store.write_result(tmp_path, ok)
+    store.write_result(tmp_path, _result("b", status="failed"))
+    store.consolidate(tmp_path)
+    df = store.load_results(tmp_path).set_index("cell_id")
+    assert list(df.loc["a", "rank_hist_a"]) == [3, 0, 5, 2]
+    assert np.asarray(df.loc["a", "rank_hist_a"]).dtype == np.int64
+    assert df.loc["b", "rank_hist_a"] is None
+    assert df["spread_error_a"].dtype == np.float64 and pd.isna(df.loc["b", "spread_error_a"])
+    cyc = store.load_cycles(tmp_path)
+    assert list(cyc.loc[cyc["cell_id"] == "a", "rank_hist_a"].iloc[0]) == [1, 0, 2, 1]
+    assert store.column_type("rank_hist_a", pd.Series([None, [1, 2]], dtype=object)) == "int_list"
