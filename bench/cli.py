@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import textwrap
@@ -177,7 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--metric", default="rrmse_a", help="score to minimise")
     tu.add_argument("--sampler", default="auto", help="auto (grid for one parameter, else TPE), tpe or grid")
     tu.add_argument("--out", metavar="DIR",
-                    help="tuning folder (rerunning into it resumes; default: tune/<timestamp>)")
+                    help="tuning folder (rerunning into it resumes; default: results/tune-<timestamp>)")
+    tu.add_argument("--force", action="store_true",
+                    help="tune into an --out folder that holds another search's (or grid's) cells, deleting them")
     tu.add_argument("--device", help="cpu, cuda or cuda:N (default: the config's, else cpu)")
     tu.add_argument("--cache", metavar="DIR",
                     help="dataset/model cache folder (default: $ASSIMBENCH_CACHE or ~/.cache/assimbench)")
@@ -423,20 +426,21 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from bench.tune import plan, run_tune
+    from bench.tune import plan, preflight, run_tune
     config, name = _load_config(args)
     params = [p.strip() for p in args.params.split(",")] if args.params is not None else None
     p = plan(config, name, methods_=args.method, problem=args.problem, params=params, ranges=args.range,
              budget=args.budget, tune_seeds=args.tune_seeds, metric=args.metric, sampler=args.sampler,
              device=args.device)
-    out = Path(args.out) if args.out else Path("tune") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("results") / datetime.now().strftime("tune-%Y%m%d-%H%M%S")
     cache = _cache_arg(args.cache)
     _writable_dir(out, "--out")
+    preflight(p, out, args.force)
     n = sum(len(s) for s in p.settings.values())
     _status(args, f"bench tune: {n} setting(s), up to {p.n_trials} trial(s) x {len(p.tune_seeds)} cell(s) each "
                   f"-> {out}")
     path = run_tune(p, out, cache_dir=cache, progress=_progress(args),
-                    command=" ".join(["bench", *sys.argv[1:]]))
+                    command=shlex.join(["bench", *args.argv]), force=args.force)
     print(f"tuned preset: {path}  (bench run {path})")
     return 0
 
@@ -486,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     failed, 2 bad input, 130 / 143 interrupted by Ctrl-C / SIGTERM)."""
     ap = _parser()
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as given (recorded by bench tune)
     if args.cmd is None:  # `bench` alone: the help, as a successful answer to "what can this do?"
         ap.print_help()
         return 0

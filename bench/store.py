@@ -225,13 +225,23 @@ def check_grid(run_dir: Path, cells: list, done: dict[str, dict], force: bool = 
     Returns the finished cells that the folder keeps. Call it holding the :class:`RunLock`.
     """
     keys = {_device_free(c.to_dict()) for c in cells}
-    foreign = sorted(cid for cid, payload in done.items() if _device_free(payload.get("cell", {})) not in keys)
+    return check_folder(run_dir, lambda cell: _device_free(cell) in keys, done, force,
+                        own=f"Rerun that folder's own grid ({grid_path(run_dir)}) to resume it")
+
+
+def check_folder(run_dir: Path, belongs, done: dict[str, dict], force: bool = False, *,
+                 own: str = "Rerun that folder's own command to resume it") -> dict[str, dict]:
+    """The folder policy of :func:`check_grid` for any command that writes cells: ``belongs(cell_dict)`` says
+    whether a finished cell is one of this command's (a `bench run` grid, a `bench tune` search); the others
+    stop the command with a ConfigError (``own`` says how to resume the folder's own work) or, with ``force``,
+    are deleted. Returns the finished cells that the folder keeps. Call it holding the :class:`RunLock`."""
+    foreign = sorted(cid for cid, payload in done.items() if not belongs(payload.get("cell", {})))
     if foreign and not force:
         names = sorted({str(done[c].get("row", {}).get("p_method", "?")) for c in foreign})[:3]
         raise ConfigError(f"{run_dir} already holds {len(foreign)} finished cell(s) of another grid (e.g. "
                           f"{', '.join(names)}) that this grid does not contain; running it there would mix the two "
-                          f"grids. Rerun that folder's own grid ({grid_path(run_dir)}) to resume it, choose a fresh "
-                          f"--out folder, or pass --force to replace the folder's grid (deletes those cells)")
+                          f"grids. {own}, choose a fresh --out folder, or pass --force to replace the folder's grid "
+                          f"(deletes those cells)")
     for cid in foreign:
         for path in (run_dir / "cells" / f"{cid}.json", run_dir / "snapshots" / f"{cid}.npz",
                      run_dir / "extras" / f"{cid}.json", run_dir / "extras" / f"{cid}.latent.npz"):

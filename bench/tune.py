@@ -16,9 +16,21 @@ not searched, e.g. the EnKF variant) except the seed. Each setting is tuned on i
    of what was searched, the budget and the scores; the grid's other methods are carried over untuned, so
    ``bench run OUT/tuned.yaml`` gives the whole comparison.
 
-Resumable like ``bench run``: every finished tuning cell is a file in ``OUT/cells/`` and the studies live in an
-Optuna journal, ``OUT/optuna.journal``; rerunning the same command continues where it stopped (a trial cut off
-mid-way is marked failed in the study and its finished cells are reused).
+A tuning folder ``OUT`` has a run folder's layout (:mod:`bench.store`) and follows its policy:
+
+    OUT/grid.yaml          the grid as given
+    OUT/cells/<id>.json    one finished tuning cell (a validation truth), written atomically
+    OUT/results.parquet    one row per tuning cell (so `bench show OUT` / `bench report OUT` read the search)
+    OUT/run.json           the command, its dates and the search's budget, tuning truths, metric and sampler
+    OUT/optuna.journal     the Optuna studies, one per setting and (metric, tuning truths, sampler)
+    OUT/tuned.yaml         the tuned preset
+    OUT/.lock              held by the running `bench tune`
+
+It holds the cells of one search: cells of another search (other methods, problems, searched parameters or
+tuning truths) or of a `bench run` stop the command with exit 2 before anything runs, unless ``--force`` deletes
+them and their studies. Rerunning the same command resumes where it stopped (a trial cut off mid-way is marked
+failed in its study and its finished cells are reused); a larger ``--budget`` continues the same studies; another
+``--metric`` starts studies of its own and reuses the cells they share.
 """
 from __future__ import annotations
 
@@ -45,6 +57,9 @@ from bench.sweep import _prepare_datasets
 FAILED_SCORE = 1e3
 METRICS = ("rrmse_a", "rmse_a", "crps_a", "rrmse_f", "rmse_f", "rrmse_between")
 SAMPLERS = ("auto", "tpe", "grid")
+#: the Optuna studies of a tuning folder (beside bench run's layout: grid.yaml, cells/, results.parquet, run.json)
+JOURNAL_FILE = "optuna.journal"
+TUNED_FILE = "tuned.yaml"
 
 
 @dataclass(frozen=True)
@@ -226,6 +241,50 @@ def plan(config: dict, name: str, *, methods_: list[str] | None, problem: str | 
 
 
 # ----------------------------------------------------------------------------------------------------------------
+def _search_key(cell: Cell, searched: set[str]) -> str:
+    """A tuning cell's identity apart from its seed, its searched values and its device: its setting."""
+    fixed = tuple((k, v) for k, v in cell.method_params if k not in searched)
+    return dataclasses.replace(cell, seed=0, method_params=fixed, truth_split="valid", tuned=False,
+                               device="*").cell_id
+
+
+def belongs(p: Plan):
+    """``belongs(cell_dict)``: whether a finished cell of a tuning folder is one this plan could run (a trial or
+    the given setting of one of its settings, on one of its tuning truths, on any device)."""
+    searched = {m: {r.name for r in ss[0].space} for m, ss in p.settings.items() if ss}
+    keys = {_search_key(s.template, searched[m]) for m, ss in p.settings.items() for s in ss}
+    seeds = set(p.tune_seeds)
+
+    def check(cell: dict) -> bool:
+        try:
+            c = Cell.from_dict(cell)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return (c.truth_split == "valid" and c.seed in seeds and c.method in searched
+                and _search_key(c, searched[c.method]) in keys)
+    return check
+
+
+def _own_command(out: Path) -> str:
+    try:
+        import json
+        cmd = json.loads(store.run_info_path(out).read_text()).get("command")
+    except (OSError, ValueError):
+        cmd = None
+    return f"Rerun that folder's own command ({cmd}) to resume it" if cmd else "Rerun that folder's own command"
+
+
+def preflight(p: Plan, out: Path, force: bool = False) -> None:
+    """The folder policy of `bench run`, for a tuning folder: it holds the cells of one tuning search. Cells of
+    another search (or of a `bench run`) stop the command with a ConfigError before anything runs, unless
+    ``force``; a rerun of the same command, or one that only raises the budget, resumes."""
+    out = Path(out)
+    with store.RunLock(out):
+        if not force:
+            store.check_folder(out, belongs(p), store.finished_cells(out, remove_corrupt=False),
+                               own=_own_command(out))
+
+
 def _trial_cells(setting: Setting, values: dict, seeds: list[int]) -> list[Cell]:
     mp = freeze({**setting.base, **values})
     return [dataclasses.replace(setting.template, method_params=mp, seed=s, truth_split="valid", tuned=False)
@@ -249,19 +308,32 @@ def _score(cells: list[Cell], out: Path, cache_dir: Path | None, metric: str) ->
     return float(np.mean(vals)), rows
 
 
+def _kind(setting: Setting, kind: str) -> str:
+    return ("grid" if len(setting.space) == 1 else "tpe") if kind == "auto" else kind
+
+
+def _grid(setting: Setting, n_trials: int) -> dict[str, list]:
+    k = max(2, int(math.floor(n_trials ** (1.0 / len(setting.space)) + 1e-9)))
+    return {r.name: r.grid(k) for r in setting.space}
+
+
 def _sampler(setting: Setting, kind: str, n_trials: int):
     import optuna
     seed = int(content_hash(setting.key, n=8), 16)
-    if kind == "auto":
-        kind = "grid" if len(setting.space) == 1 else "tpe"
     if kind == "grid":
-        k = max(2, int(math.floor(n_trials ** (1.0 / len(setting.space)) + 1e-9)))
-        space = {r.name: r.grid(k) for r in setting.space}
-        return optuna.samplers.GridSampler(space, seed=seed), "grid", math.prod(len(v) for v in space.values())
+        space = _grid(setting, n_trials)
+        return optuna.samplers.GridSampler(space, seed=seed), math.prod(len(v) for v in space.values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
-        s = optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(8, max(2, n_trials // 3)))
-    return s, "tpe", n_trials
+        s = optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                       n_startup_trials=min(8, max(2, n_trials // 3)))
+    return s, n_trials
+
+
+def study_name(setting: Setting, metric: str, tune_seeds: list[int], kind: str) -> str:
+    """The Optuna study of one setting: its key plus what the scores mean (metric, tuning truths, sampler), so
+    a rerun with another metric starts a study of its own (and reuses the cells it shares with the first)."""
+    return f"{setting.key}-{content_hash(metric, list(tune_seeds), kind, n=8)}"
 
 
 def _suggest(trial, r: Range):
@@ -277,17 +349,34 @@ def tune_setting(setting: Setting, out: Path, storage, *, budget: int, tune_seed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     n_trials = budget // len(tune_seeds)
-    samp, kind, n_max = _sampler(setting, sampler, n_trials)
+    kind = _kind(setting, sampler)
+    # The grid's own choice is scored too, so tuning never ends worse on the tuning truths: as the first trial when
+    # the sampler can propose it, else (a value outside the searched range, a parameter left at the method's
+    # default such as a calibrated sigma_lat = 0, or a point off the search grid) once beside the study, from the
+    # same budget.
+    given = {r.name: setting.base[r.name] for r in setting.space if r.name in setting.base}
+    start = {r.name: r.clip(v) for r in setting.space if (v := given.get(r.name)) is not None}
+    in_study = len(start) == len(setting.space) and start == given and (
+        kind == "tpe" or all(start[n] in vals for n, vals in _grid(setting, n_trials).items()))
+    if not in_study:
+        n_trials -= 1
+    samp, n_max = _sampler(setting, kind, max(n_trials, 1))
     n_trials = min(n_trials, n_max)
-    study = optuna.create_study(study_name=setting.key, storage=storage, sampler=samp, direction="minimize",
+    study = optuna.create_study(study_name=study_name(setting, metric, tune_seeds, kind), storage=storage,
+                                sampler=samp, direction="minimize",
                                 load_if_exists=True)
     for t in study.trials:  # a trial cut off by an interruption: closed as failed; its finished cells are reused
         if t.state == optuna.trial.TrialState.RUNNING:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     done = lambda: [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]  # noqa: E731
-    start = {r.name: r.clip(setting.base[r.name]) for r in setting.space if r.name in setting.base}
-    if kind == "tpe" and not study.trials and len(start) == len(setting.space):
-        study.enqueue_trial(start)  # the grid's own choice first: tuning never ends worse on the tuning truths
+    given_score = None
+    if not in_study:
+        given_score, _ = _score(_trial_cells(setting, {}, tune_seeds), out, cache_dir, metric)
+        if progress:
+            print(f"  given {given or '(the method defaults)'} -> {metric} {given_score:.4g}", file=sys.stderr)
+    elif kind == "tpe" and not study.trials:
+        study.enqueue_trial(start)  # the grid's own choice first
+
     def objective(trial) -> float:
         values = {r.name: _suggest(trial, r) for r in setting.space}
         score, rows = _score(_trial_cells(setting, values, tune_seeds), out, cache_dir, metric)
@@ -301,16 +390,21 @@ def tune_setting(setting: Setting, out: Path, storage, *, budget: int, tune_seed
     if remaining > 0:
         study.optimize(objective, n_trials=remaining)
     trials = done()
-    best = min(trials, key=lambda t: t.value)
-    ok = best.value < FAILED_SCORE
-    values = best.user_attrs["values"] if ok else {}
-    baseline = [t.value for t in trials if t.user_attrs.get("values") == start]
+    best = min(trials, key=lambda t: t.value) if trials else None
+    if in_study:
+        baseline = [t.value for t in trials if t.user_attrs.get("values") == start]
+        given_score = baseline[0] if baseline else None
+    kept = given_score is not None and given_score < FAILED_SCORE and (best is None or given_score <= best.value)
+    best_score = given_score if kept or best is None else best.value
+    ok = best_score is not None and best_score < FAILED_SCORE
+    values = dict(given) if kept else best.user_attrs["values"] if ok else {}
     return {"method": setting.template.method, "setting": setting.describe(), "sampler": kind,
-            "trials": len(trials), "cells": len(trials) * len(tune_seeds),
+            "trials": len(trials), "cells": (len(trials) + (not in_study)) * len(tune_seeds),
             "searched": {r.name: [r.low, r.high] + (["log"] if r.log else []) for r in setting.space},
-            "best": values, "tuning_score": round_sig(best.value) if ok else None,
-            "given": start, "given_score": round_sig(baseline[0]) if baseline and baseline[0] < FAILED_SCORE
-            else None, "all_failed": not ok}
+            "best": values, "tuning_score": round_sig(best_score) if ok else None,
+            "given": start if in_study else given,
+            "given_score": round_sig(given_score) if given_score is not None and given_score < FAILED_SCORE
+            else None, "kept_given": kept, "all_failed": not ok}
 
 
 def _block(cell: Cell, seeds: list[int]) -> dict:
@@ -332,8 +426,12 @@ def _plain(v: Any) -> Any:
 
 
 def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: bool = True,
-             command: str = "") -> Path:
-    """Tune every setting of the plan into ``out``; returns the path of the tuned preset."""
+             command: str = "", force: bool = False) -> Path:
+    """Tune every setting of the plan into ``out``; returns the path of the tuned preset.
+
+    ``out`` follows `bench run`'s folder policy (:func:`bench.store.check_folder`): it holds one search, the
+    cells of another stop the command unless ``force`` deletes them (with their studies)."""
+    import optuna
     import yaml
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -342,18 +440,38 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     tuned_blocks: list[tuple[Cell, dict, list[int], bool]] = []
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     with store.RunLock(out):
         store.remove_stale_tmp(out)
+        store.check_folder(out, belongs(p), store.finished_cells(out), force, own=_own_command(out))
+        storage = JournalStorage(JournalFileBackend(str(out / JOURNAL_FILE)))
+        if force:  # the studies of another search go with its cells
+            names = {study_name(s, p.metric, p.tune_seeds, _kind(s, p.sampler)) for ss in p.settings.values()
+                     for s in ss}
+            for st in storage.get_all_studies():
+                if st.study_name not in names:
+                    optuna.delete_study(study_name=st.study_name, storage=storage)
+        store.write_grid(out, p.config)
         _prepare_datasets([c for ss in p.settings.values() for s in ss for c in [s.template]], cache_dir, progress)
-        storage = JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
-        for method, settings in p.settings.items():
-            for i, s in enumerate(settings, 1):
-                if progress:
-                    print(f"bench tune: {method} setting {i}/{len(settings)}: {s.describe()}", file=sys.stderr)
-                rec = tune_setting(s, out, storage, budget=p.budget, tune_seeds=p.tune_seeds, metric=p.metric,
-                                   sampler=p.sampler, cache_dir=cache_dir, progress=progress)
-                records.append(rec)
-                tuned_blocks.append((s.template, {**s.base, **rec["best"]}, s.seeds, not rec["all_failed"]))
+        try:
+            for method, settings in p.settings.items():
+                for i, s in enumerate(settings, 1):
+                    if progress:
+                        print(f"bench tune: {method} setting {i}/{len(settings)}: {s.describe()}", file=sys.stderr)
+                    rec = tune_setting(s, out, storage, budget=p.budget, tune_seeds=p.tune_seeds, metric=p.metric,
+                                       sampler=p.sampler, cache_dir=cache_dir, progress=progress)
+                    records.append(rec)
+                    tuned_blocks.append((s.template, {**s.base, **rec["best"]}, s.seeds, not rec["all_failed"]))
+        finally:
+            # interrupted or not, the tables hold every tuning cell finished so far (`bench show OUT` reads them)
+            if store.finished_cells(out):
+                store.consolidate(out)
+            import json
+            store.atomic_write_bytes(store.run_info_path(out), json.dumps({
+                "config": p.config, "name": p.name, "command": command, "started": started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "tuning": {"budget_cells_per_setting": p.budget, "tune_seeds": p.tune_seeds, "metric": p.metric,
+                           "sampler": p.sampler, "settings": len(records)}}, indent=2, default=str).encode())
     # the tuned preset: tuned settings, then every other cell of the grid as it was
     tuned_methods = set(p.settings)
     experiments, index = [], {}
@@ -399,6 +517,6 @@ def run_tune(p: Plan, out: Path, *, cache_dir: Path | None = None, progress: boo
     }
     if p.config.get("plugins"):
         doc["plugins"] = p.config["plugins"]
-    path = out / "tuned.yaml"
+    path = out / TUNED_FILE
     store.atomic_write_bytes(path, yaml.safe_dump(doc, sort_keys=False, width=120).encode())
     return path

@@ -34,7 +34,7 @@ def test_method_on_problem(method_name, problem_name, cache_dir):
 
 @pytest.mark.parametrize("observer", [{"operator": "arctan"}, {"obs_every": 2}], ids=["arctan", "obs_every=2"])
 @pytest.mark.parametrize("problem_name", ["shallow_water", "kolmogorov"])
-@pytest.mark.parametrize("method_name", ["FreeRun", "EnKF", "EnSF", "LD-EnSF", "Latent-EnSF"])
+@pytest.mark.parametrize("method_name", ["FreeRun", "EnKF", "EnSF", "EnFF", "LD-EnSF", "Latent-EnSF"])
 def test_method_on_pde_with_a_nonlinear_operator_or_sparse_times(method_name, problem_name, observer, cache_dir):
     """Every method runs the PDE problems with arctan observations and with observations every other cycle
     (cycle 1 forecast-only, cycle 2 observed); the latent methods' networks are trained or chosen for that

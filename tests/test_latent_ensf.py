@@ -154,3 +154,26 @@ def test_bad_parameters_raise():
         LatentEnSF(scaling=0.0)
     with pytest.raises(ConfigError):
         LatentEnSF(obs_arch="transformer")
+
+
+def test_arctan_observations_reuse_the_identity_vae_through_tan_or_train_their_own(tiny, cache_dir):
+    """invert_operator (default): the observation branch gets tan(y) clamped to the training range and the VAE is
+    the identity layout's (same artifact; noise-free arctan observations encode exactly as identity ones);
+    invert_operator: false trains a VAE of its own on the arctan observations."""
+    pb, ds, _ = tiny
+    arctan = problems.bind_observer(pb, ds, coverage=0.05, operator="arctan")
+    identity = _fitted(tiny, cache_dir)
+    inverted = LatentEnSF(**TINY)
+    inverted.bind(Context(pb, arctan, ds, cache_dir=cache_dir))
+    inverted.fit()
+    own = LatentEnSF(**TINY, invert_operator=False)
+    own.bind(Context(pb, arctan, ds, cache_dir=cache_dir))
+    own.fit()
+    h = {k: m.training_summary["vae"]["hash"] for k, m in (("id", identity), ("inv", inverted), ("own", own))}
+    assert h["inv"] == h["id"] != h["own"]
+    x = ds.test[0, 1:3].to(torch.float32)  # (2, C, n, n): inside the training range
+    z_id = identity.encode_obs(identity.ctx.observer.observe(x))
+    err_inverted = (inverted.encode_obs(arctan.observe(x)) - z_id).abs().max()
+    err_raw = (identity.encode_obs(arctan.observe(x)) - z_id).abs().max()  # atan(y) fed as if it were y
+    assert err_inverted < 1e-4 and err_inverted < 1e-2 * err_raw, (err_inverted, err_raw)
+    assert torch.isfinite(own.encode_obs(arctan.observe(x))).all()

@@ -91,6 +91,66 @@ def test_one_parameter_is_a_grid_search(tiny, tmp_path, cache_dir):
     assert main(["tune", str(tiny), "--method", "EnKF", "--params", "inflation", "--range", "inflation=1.0:1.2",
                  "--budget", "6", "--tune-seeds", "1", "--cache", str(cache_dir), "--out", str(out), "--quiet"]) == 0
     (rec,) = yaml.safe_load((out / "tuned.yaml").read_text())["tuning"]["settings"]
-    assert rec["sampler"] == "grid" and rec["trials"] == 6
+    # the grid's own 1.3 lies outside the searched range: it is scored once beside the grid, from the same budget,
+    # and kept when the grid finds nothing better on the tuning truths
+    assert rec["sampler"] == "grid" and rec["trials"] == 5 and rec["cells"] == 6
     assert rec["searched"] == {"inflation": [1.0, 1.2]}
-    assert 1.0 <= rec["best"]["inflation"] <= 1.2 and set(rec["best"]) == {"inflation"}
+    assert rec["given"] == {"inflation": 1.3} and rec["tuning_score"] <= rec["given_score"]
+    assert set(rec["best"]) == {"inflation"}
+    if rec["kept_given"]:
+        assert rec["best"]["inflation"] == 1.3 and rec["tuning_score"] == rec["given_score"]
+    else:
+        assert 1.0 <= rec["best"]["inflation"] <= 1.2 and rec["tuning_score"] < rec["given_score"]
+
+
+def test_the_method_default_is_scored_beside_the_search(tmp_path, cache_dir):
+    # EnKF left at its defaults (global, inflation 1): loc_radius 0 cannot be proposed on the log range, so the
+    # grid's own setting is scored once beside the study, from the same budget, and kept when nothing beats it
+    grid = tmp_path / "plain.yaml"
+    grid.write_text(TINY.replace("EnKF: {variant: sqrt, inflation: 1.3, loc_radius: 3.0}", "EnKF: {variant: sqrt}"))
+    out = tmp_path / "d"
+    assert main(["tune", str(grid), "--method", "EnKF", "--budget", "4", "--tune-seeds", "1", "--cache",
+                 str(cache_dir), "--out", str(out), "--quiet"]) == 0
+    (rec,) = yaml.safe_load((out / "tuned.yaml").read_text())["tuning"]["settings"]
+    assert rec["given"] == {} and rec["trials"] == 3 and rec["cells"] == 4
+    assert len(list((out / "cells").glob("*.json"))) == 4
+    assert rec["given_score"] is not None and rec["tuning_score"] <= rec["given_score"]
+    assert rec["best"] == {} if rec["kept_given"] else set(rec["best"]) == {"inflation", "loc_radius"}
+
+
+def test_a_tuning_folder_holds_one_search(tiny, tmp_path, cache_dir, capsys):
+    out = tmp_path / "t"
+    first = ["tune", str(tiny), "--method", "EnKF", "--budget", "4", "--cache", str(cache_dir), "--out", str(out),
+             "--quiet"]
+    assert main(first) == 0
+    # a run folder's layout: the grid, the cells, their table (bench show reads it), the command
+    assert yaml.safe_load((out / "grid.yaml").read_text())["methods"]["EnKF"]["inflation"] == 1.3
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == 4 and set(df["p_truth_split"]) == {"valid"} and set(df["p_seed"]) == {0, 1}
+    assert "--budget 4" in __import__("json").loads((out / "run.json").read_text())["command"]
+    assert main(["show", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    cells = {p.name for p in (out / "cells").glob("*.json")}
+    # another search (fewer tuning truths, one parameter): refused before anything runs, naming the ways out
+    other = ["tune", str(tiny), "--method", "EnKF", "--params", "inflation", "--budget", "3", "--tune-seeds", "1",
+             "--cache", str(cache_dir), "--out", str(out), "--quiet"]
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"another grid.*--budget 4.*fresh --out folder.*--force", err, re.S), err
+    assert {p.name for p in (out / "cells").glob("*.json")} == cells
+    # a bench run into the tuning folder is refused the same way
+    assert main(["run", str(tiny), "--out", str(out), "--cache", str(cache_dir), "--quiet", "--no-report"]) == 2
+    # --force replaces the search: the old cells it cannot use and the old studies go; the grid's own setting on
+    # the first tuning truth is a cell of both searches, so it is kept and not rerun
+    assert main([*other, "--force"]) == 0
+    left = {p.name for p in (out / "cells").glob("*.json")}
+    assert len(left) == 3 and len(left & cells) == 1
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    studies = optuna.get_all_study_summaries(JournalStorage(JournalFileBackend(str(out / "optuna.journal"))))
+    assert len(studies) == 1 and studies[0].n_trials == 3
+    assert len(pd.read_parquet(out / "results.parquet")) == 3
+    # rerunning the same command resumes: nothing new runs
+    assert main([*other, "--force"]) == 0
+    assert {p.name for p in (out / "cells").glob("*.json")} == left
