@@ -71,10 +71,17 @@ def slow_grid(tmp_path, cache_dir):
     return path, pids, env
 
 
+def _interactive() -> None:
+    """In the child, before exec: Ctrl-C handled as at a terminal. A job started in the background of a
+    non-interactive shell (``nohup ... &``, some CI runners) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so the run would (rightly) not react to the signal this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(path, out, env, *flags):
     return subprocess.Popen([sys.executable, "-m", "bench", "run", str(path), "--out", str(out), "--no-report",
                              "--quiet", *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_interactive)
 
 
 def _finished(out: Path) -> int:
