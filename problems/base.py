@@ -727,8 +727,8 @@ class Observer:
                 raise ValueError("relative noise needs the observation to build its std")
             return (self.noise * y.abs()).clamp_min(1e-8 * max(self.noise, 1e-30))
         dev = device if device is not None else (y.device if y is not None else "cpu")
-        dt = dtype if dtype is not None else (y.dtype if y is not None else torch.float64)
-        std = self._on(dev, dt)[1]
+        kind = dtype if dtype is not None else (y.dtype if y is not None else torch.float64)
+        std = self._on(dev, kind)[1]
         if std is None:
             raise ConfigError("additive noise needs the training field std: bind the observer to a dataset "
                               "(problems.bind_observer(problem, dataset, ...))")
