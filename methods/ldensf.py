@@ -295,7 +295,7 @@ class LDEnSF(SamplerFields, Method):
         err = (phi - kappa).reshape(-1, kappa.shape[-1])
         rms_iso = float(err.pow(2).mean().sqrt())
         rms_diag = err.pow(2).mean(0).sqrt()
-        d_s = self.latent_dim
+        d_s = self.net.latent_dim
         calib = dict(rms=rms_iso, rms_s=float(err[:, :d_s].pow(2).mean().sqrt()),
                      rms_u=float(err[:, d_s:].pow(2).mean().sqrt()) if err.shape[1] > d_s else 0.0)
         if self.sigma_lat > 0:
@@ -331,7 +331,7 @@ class LDEnSF(SamplerFields, Method):
         prior = state.kappa * k
         grad = gaussian_identity_grad(phi * k, self._sigma * k)
         post = ensf_update(prior, grad, self._score, self.generator) / k
-        d_s = self.latent_dim
+        d_s = self.net.latent_dim
         if not torch.isfinite(post).all():
             raise Diverged("LD-EnSF analysis produced non-finite latents")
         return LatentState(post[:, :d_s].contiguous(), post[:, d_s:].contiguous(), state.t, hc)

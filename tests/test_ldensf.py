@@ -489,3 +489,19 @@ def test_pod_head_ldnet_trains_on_the_full_grid_and_round_trips(setup):
     from assimbench.errors import ConfigError
     with pytest.raises(ConfigError, match="zscore"):
         train_ldnet(pb, ds, dataclasses.replace(cfg, norm="minmax"), TrainLog(progress=False))
+
+
+def test_a_recipe_that_changes_the_latent_size_runs_the_filter(setup, tmp_path, monkeypatch):
+    """The filter sizes its latent state by the trained network, not by the class field a recipe overrode."""
+    from methods import ldensf
+    pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
+    monkeypatch.setitem(ldensf.RECIPES, "small", {"*": {}, pb.name: dict(latent_dim=3)})
+    kw = {k: v for k, v in TINY.items() if k != "latent_dim"}  # left at the class default: the recipe sets it
+    m = LDEnSF(**dict(kw, epochs=3, lstm_epochs=3, recipe="small"))
+    assert m.latent_dim != 3
+    train_method(m, pb, obs, ds, cache_dir=tmp_path, progress=False)
+    assert m.net.latent_dim == 3
+    g = torch.Generator().manual_seed(5)
+    st = m.init(None, pb.sample_params(5, g), g)
+    st = m.analysis(m.forecast(st), obs.sample(ds.test[0][1:2], g)[0])
+    assert st.s.shape == (5, 3) and st.u.shape == (5, 2) and torch.isfinite(m.estimate(st)).all()
