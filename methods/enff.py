@@ -36,7 +36,7 @@ import torch
 from assimbench.errors import ConfigError, Diverged
 from methods.base import EnsembleState, Method, Tunable
 from methods.ensf import autograd_loglik_grad
-from methods.score import LoglikGrad, mixture_mean, working_generator
+from methods.score import LoglikGrad, mixture_mean, param_box, working_generator
 
 
 @dataclass
@@ -192,10 +192,7 @@ class EnFF(Method):
         return flat
 
     def _param_box(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = self.ctx.problem.param_bounds
-        width = hi - lo
-        width = torch.where(width > 0, width, torch.ones_like(width))
-        return lo.to(like.device, like.dtype), width.to(like.device, like.dtype)
+        return param_box(self.ctx.problem, like)
 
     def analysis(self, state: EnsembleState, y: torch.Tensor) -> FlowState:
         """Integrate the guided flow given the observation ``y (m,)``."""

@@ -13,7 +13,7 @@ import torch
 
 from assimbench.errors import ConfigError, Diverged
 from methods.base import EnsembleState, Method, Tunable
-from methods.score import SamplerFields, ScoreConfig, ensf_update
+from methods.score import SamplerFields, ScoreConfig, ensf_update, param_box
 from problems.base import Observer
 
 
@@ -99,10 +99,7 @@ class EnSF(SamplerFields, Method):
 
     # ---- parameters <-> unit box ------------------------------------------------------------------------------
     def _param_box(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = self.ctx.problem.param_bounds
-        width = hi - lo
-        width = torch.where(width > 0, width, torch.ones_like(width))
-        return lo.to(like.device, like.dtype), width.to(like.device, like.dtype)
+        return param_box(self.ctx.problem, like)
 
     # ---- the cycle -------------------------------------------------------------------------------------------
     def analysis(self, state: EnsembleState, y: torch.Tensor) -> EnsembleState:

@@ -309,3 +309,12 @@ def ensf_update(prior: torch.Tensor, loglik_grad: LoglikGrad | None, config: Sco
         noise.normal_(generator=g)
         reverse_step(z, members, tau, dtau, loglik_grad, config, noise, work, lw)
     return z
+
+
+def param_box(problem, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lo, width)`` of a problem's parameter box on ``like``'s device and dtype (a zero width counts as 1), for
+    mapping parameters to the unit box the score filters update them in."""
+    lo, hi = problem.param_bounds
+    width = hi - lo
+    width = torch.where(width > 0, width, torch.ones_like(width))
+    return lo.to(like.device, like.dtype), width.to(like.device, like.dtype)
