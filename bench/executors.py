@@ -286,6 +286,7 @@ class DaskExecutor(Executor):
         self.cluster = None
         self.client = None
         self._worker_pids: set[int] = set()
+        self._log_level = logging.NOTSET  # the 'distributed' logger's level before __enter__, restored on exit
 
     def describe(self) -> str:
         if self.scheduler:
@@ -322,7 +323,7 @@ class DaskExecutor(Executor):
         try:
             self._close(exc_type)
         finally:
-            logging.getLogger("distributed").setLevel(getattr(self, "_log_level", logging.NOTSET))
+            logging.getLogger("distributed").setLevel(self._log_level)
 
     def _close(self, exc_type) -> None:
         if exc_type is not None:

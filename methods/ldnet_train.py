@@ -108,7 +108,7 @@ POD_SNAPSHOTS = 6000
 
 def pod_grid_shape(problem: Problem) -> list[int]:
     """The point layout ``(ny, nx)`` of a problem's grid for :class:`methods.ldnet.PODDecoder` (1-D: ``(1, n)``)."""
-    shape = list(problem.state_shape[1:]) if len(problem.state_shape) > 1 else [1, problem.state_shape[0]]
+    shape = list(problem.state_shape[1:]) or list(problem.state_shape)  # drop the field axis of (C, ...) states
     if len(shape) == 1:
         shape = [1, shape[0]]
     if len(shape) != 2:
