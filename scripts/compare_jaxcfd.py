@@ -47,8 +47,8 @@ if args.dtype == "both":  # one process per dtype (jax's x64 switch is global)
     import subprocess
     rc = 0
     for dt in ("float32", "float64"):
-        argv = [a for a in sys.argv[1:] if not a.startswith("--dtype")]
-        argv = [a for i, a in enumerate(argv) if not (i > 0 and argv[i - 1] == "--dtype")]
+        raw = sys.argv[1:]
+        argv = [a for i, a in enumerate(raw) if not a.startswith("--dtype") and not (i > 0 and raw[i - 1] == "--dtype")]
         rc |= subprocess.call([sys.executable, __file__, *argv, "--dtype", dt])
     sys.exit(rc)
 
