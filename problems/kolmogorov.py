@@ -58,8 +58,10 @@ class SpectralOps(NamedTuple):
     columns the 2/3 rule keeps; the rest of the ``n // 2 + 1`` rfft columns are always zero and never stored).
 
     ``kx``, ``ky``: integer wavenumbers (real dtype); ``k2``: ``|k|^2``; ``mask``: 2/3-rule dealiasing mask
-    (real 0/1); ``vel_mult``: ``(2, n, kc)`` complex multipliers taking ``w_hat`` to ``(u, v)`` (without the
-    mean); ``adv_mult``: ``(2, n, kc)`` real multipliers taking the coefficients of ``(v^2 - u^2, u v)`` to the
+    (real 0/1); ``vel_mult``: ``(2, n, kc)`` complex multipliers taking ``w_hat`` to ``(u, v)``; their ``[0, 0]``
+    entries ``(1, -i)`` take a mean velocity ``U + iV`` stored in the (otherwise zero) ``[0, 0]`` vorticity
+    coefficient to ``(U + iV, V - iU)``, whose real parts are the means (see :func:`integrate`); ``adv_mult``:
+    ``(2, n, kc)`` real multipliers taking the coefficients of ``(v^2 - u^2, u v)`` to the
     dealiased advection tendency (see :func:`_tendency`); ``forcing_hat``: the curl of the forcing, complex
     ``(n, kc)``.
     Coefficients use ``norm="forward"``: the ``[0, 0]`` entry is the spatial mean.
@@ -92,6 +94,7 @@ def spectral_ops(n: int, device: str, dtype: torch.dtype, forcing_amplitude: flo
     ikx, iky = 1j * kx, 1j * ky
     # w_hat -> (u, v); u = dpsi/dy, v = -dpsi/dx with psi_hat = w_hat / |k|^2; masked (dealiased)
     vel_mult = torch.stack([iky * inv_k2, -ikx * inv_k2]) * mask
+    vel_mult[0, 0, 0], vel_mult[1, 0, 0] = 1.0, -1j
     # curl of f = (A sin(kf y), 0):  -d f_x / dy = -A kf cos(kf y)  ->  -A kf / 2 at ky = +-kf, kx = 0
     forcing_hat = torch.zeros(n, kc, dtype=torch.complex128)
     if forcing_amplitude != 0.0:
@@ -152,26 +155,26 @@ class _Workspace:
         self.n, self.kc, self.vel_mult = n, kc, ops.vel_mult
         self.adv_a, self.adv_b = ops.adv_mult.unbind(0)
         self.spec = torch.empty(N, 2, kc, n, dtype=cdtype, device=device).mT
-        self.spec_mean = self.spec[:, :, 0, 0]
         self.ypass = torch.zeros(N, 2, n, n // 2 + 1, dtype=cdtype, device=device)
         self.ypass_kept = self.ypass[..., :kc]
         self.prod = torch.empty(N, 2, n, n, dtype=rdtype, device=device)
         self.vsq_minus_usq, self.uv = self.prod.unbind(1)
 
 
-def _tendency(w_hat: torch.Tensor, mean: torch.Tensor, ws: _Workspace, out: torch.Tensor) -> None:
-    """Advection part ``-P[(u . grad) w]`` of the vorticity tendency of ``w_hat (N, n, kc)`` with mean velocity
-    ``mean (N, 2)``, written into ``out``, the real view (``torch.view_as_real``) of an ``(N, n, kc)`` complex
-    array.
+def _tendency(w_hat: torch.Tensor, ws: _Workspace, out: torch.Tensor) -> None:
+    """Advection part ``-P[(u . grad) w]`` of the vorticity tendency of ``w_hat (N, n, kc)``, whose ``[0, 0]``
+    entry holds the mean velocity ``U + iV`` (see :func:`integrate`), written into ``out``, the real view
+    (``torch.view_as_real``) of an ``(N, n, kc)`` complex array.
 
     Written as ``(u . grad) w = d_xy (v^2 - u^2) + (d_xx - d_yy)(u v)``, an identity for divergence-free ``u``
     with ``w = dv/dx - du/dy`` (Basdevant et al., 1983). The 2/3 rule makes every retained mode of a grid
     product of two dealiased fields exact, so this equals the ``u w_x + v w_y`` form up to rounding, with two
     inverse and two forward transforms per evaluation instead of four and one.
     """
-    torch.mul(w_hat[:, None], ws.vel_mult, out=ws.spec)  # (u, v) coefficients without the mean
-    ws.spec_mean.copy_(mean)
+    torch.mul(w_hat[:, None], ws.vel_mult, out=ws.spec)  # (u, v) coefficients; [0, 0]: (U + iV, V - iU)
     ws.ypass_kept.copy_(torch.fft.ifft(ws.spec, dim=-2, norm="forward"))
+    # the x transform keeps the real part of the k_x = 0 coefficient only (documented for torch.fft.irfft): the
+    # mean velocity (U, V), with the imaginary parts that came along dropped
     u, v = torch.fft.irfft(ws.ypass, n=ws.n, dim=-1, norm="forward").unbind(1)
     torch.mul(u, v, out=ws.uv)
     torch.mul(v, v, out=ws.vsq_minus_usq).addcmul_(u, u, value=-1.0)
@@ -194,8 +197,11 @@ def integrate(w_hat: torch.Tensor, mean: torch.Tensor, nu: torch.Tensor, drag: f
         w <- E^2 (w + h/6 a) + h/3 E (b + c) + h/6 d
 
     which is 4th order in ``h``. The mean velocity enters ``A`` at each stage time,
-    ``mean(t) = mean(0) exp(-drag t)`` (exact). Every stage works in preallocated buffers, all coefficient
-    arrays y-innermost (:func:`_y_inner`); the real ``E`` multiplies the real view of complex coefficients.
+    ``mean(t) = mean(0) exp(-drag t)`` (exact): it is carried as ``U + iV`` in the ``[0, 0]`` coefficient of ``w``,
+    which the vorticity leaves zero and whose factor ``E`` is ``exp(-drag h / 2)``, so the scheme advances it by
+    exactly that law at every stage (the advection term is zero there). Every stage works in preallocated
+    buffers, all coefficient arrays y-innermost (:func:`_y_inner`); the real ``E`` multiplies the real view of
+    complex coefficients.
     """
     if n_sub < 1:
         raise ValueError(f"n_sub={n_sub} must be >= 1")
@@ -205,27 +211,27 @@ def integrate(w_hat: torch.Tensor, mean: torch.Tensor, nu: torch.Tensor, drag: f
     w_s = _y_inner(torch.where(F != 0, F / torch.where(L != 0, -L, torch.ones_like(L)), torch.zeros_like(F)))
     E = _real_pairs(torch.exp(0.5 * h * L))
     E2 = E * E
-    gm_half, gm_full = math.exp(-0.5 * drag * h), math.exp(-drag * h)
     ws = _Workspace(w_hat.shape[0], ops, w_hat.dtype, E.dtype, w_hat.device)
     w = _y_inner(w_hat - w_s)
+    w[:, 0, 0] = torch.complex(mean[:, 0], mean[:, 1]).to(w.dtype)
     x, Ews, E2ws, a, b, c, d = (torch.empty_like(w) for _ in range(7))
     rv = torch.view_as_real
     w_r, x_r, Ews_r, E2ws_r, ws_r, a_r, b_r, c_r, d_r = map(rv, (w, x, Ews, E2ws, w_s, a, b, c, d))
     for _ in range(n_sub):
-        m_half = mean * gm_half
-        _tendency(torch.add(w, w_s, out=x), mean, ws, a_r)
+        _tendency(torch.add(w, w_s, out=x), ws, a_r)
         torch.addcmul(ws_r, E, w_r, out=Ews_r)  # w_s + E w
         torch.addcmul(Ews_r, E, a_r, value=0.5 * h, out=x_r)  # w_s + E (w + h/2 a)
-        _tendency(x, m_half, ws, b_r)
-        _tendency(torch.add(Ews, b, alpha=0.5 * h, out=x), m_half, ws, c_r)
-        mean = mean * gm_full
+        _tendency(x, ws, b_r)
+        _tendency(torch.add(Ews, b, alpha=0.5 * h, out=x), ws, c_r)
         torch.addcmul(ws_r, E2, w_r, out=E2ws_r)
         torch.addcmul(E2ws_r, E, c_r, value=h, out=x_r)  # w_s + E^2 w + h E c
-        _tendency(x, mean, ws, d_r)
+        _tendency(x, ws, d_r)
         w.add_(a, alpha=h / 6.0)
         w_r.mul_(E2)
         w_r.addcmul_(b_r.add_(c_r), E, value=h / 3.0)
         w.add_(d, alpha=h / 6.0)
+    mean = torch.view_as_real(w[:, 0, 0]).clone()
+    w[:, 0, 0] = 0
     return w_s + w, mean
 
 
