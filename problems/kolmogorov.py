@@ -161,26 +161,26 @@ class _Workspace:
         self.vsq_minus_usq, self.uv = self.prod.unbind(1)
 
 
-def _tendency(w_hat: torch.Tensor, ws: _Workspace, out: torch.Tensor) -> None:
+def _tendency(w_hat: torch.Tensor, buf: _Workspace, out: torch.Tensor) -> None:
     """Advection part ``-P[(u . grad) w]`` of the vorticity tendency of ``w_hat (N, n, kc)``, whose ``[0, 0]``
     entry holds the mean velocity ``U + iV`` (see :func:`integrate`), written into ``out``, the real view
     (``torch.view_as_real``) of an ``(N, n, kc)`` complex array.
 
     Written as ``(u . grad) w = d_xy (v^2 - u^2) + (d_xx - d_yy)(u v)``, an identity for divergence-free ``u``
-    with ``w = dv/dx - du/dy`` (Basdevant et al., 1983). The 2/3 rule makes every retained mode of a grid
+    with ``w = dv/dx - du/dy`` (Basdevant's formulation). The 2/3 rule makes every retained mode of a grid
     product of two dealiased fields exact, so this equals the ``u w_x + v w_y`` form up to rounding, with two
     inverse and two forward transforms per evaluation instead of four and one.
     """
-    torch.mul(w_hat[:, None], ws.vel_mult, out=ws.spec)  # (u, v) coefficients; [0, 0]: (U + iV, V - iU)
-    ws.ypass_kept.copy_(torch.fft.ifft(ws.spec, dim=-2, norm="forward"))
+    torch.mul(w_hat[:, None], buf.vel_mult, out=buf.spec)  # (u, v) coefficients; [0, 0]: (U + iV, V - iU)
+    buf.ypass_kept.copy_(torch.fft.ifft(buf.spec, dim=-2, norm="forward"))
     # the x transform keeps the real part of the k_x = 0 coefficient only (documented for torch.fft.irfft): the
     # mean velocity (U, V), with the imaginary parts that came along dropped
-    u, v = torch.fft.irfft(ws.ypass, n=ws.n, dim=-1, norm="forward").unbind(1)
-    torch.mul(u, v, out=ws.uv)
-    torch.mul(v, v, out=ws.vsq_minus_usq).addcmul_(u, u, value=-1.0)
-    ph = torch.fft.fft(torch.fft.rfft(ws.prod, dim=-1, norm="forward")[..., :ws.kc], dim=-2, norm="forward")
+    u, v = torch.fft.irfft(buf.ypass, n=buf.n, dim=-1, norm="forward").unbind(1)
+    torch.mul(u, v, out=buf.uv)
+    torch.mul(v, v, out=buf.vsq_minus_usq).addcmul_(u, u, value=-1.0)
+    ph = torch.fft.fft(torch.fft.rfft(buf.prod, dim=-1, norm="forward")[..., :buf.kc], dim=-2, norm="forward")
     p_a, p_b = torch.view_as_real(ph).unbind(1)
-    torch.mul(p_a, ws.adv_a, out=out).addcmul_(p_b, ws.adv_b)
+    torch.mul(p_a, buf.adv_a, out=out).addcmul_(p_b, buf.adv_b)
 
 
 def integrate(w_hat: torch.Tensor, mean: torch.Tensor, nu: torch.Tensor, drag: float, T: float, n_sub: int,
@@ -211,21 +211,21 @@ def integrate(w_hat: torch.Tensor, mean: torch.Tensor, nu: torch.Tensor, drag: f
     w_s = _y_inner(torch.where(F != 0, F / torch.where(L != 0, -L, torch.ones_like(L)), torch.zeros_like(F)))
     E = _real_pairs(torch.exp(0.5 * h * L))
     E2 = E * E
-    ws = _Workspace(w_hat.shape[0], ops, w_hat.dtype, E.dtype, w_hat.device)
+    buf = _Workspace(w_hat.shape[0], ops, w_hat.dtype, E.dtype, w_hat.device)
     w = _y_inner(w_hat - w_s)
     w[:, 0, 0] = torch.complex(mean[:, 0], mean[:, 1]).to(w.dtype)
     x, Ews, E2ws, a, b, c, d = (torch.empty_like(w) for _ in range(7))
     rv = torch.view_as_real
-    w_r, x_r, Ews_r, E2ws_r, ws_r, a_r, b_r, c_r, d_r = map(rv, (w, x, Ews, E2ws, w_s, a, b, c, d))
+    w_r, x_r, Ews_r, E2ws_r, w_s_r, a_r, b_r, c_r, d_r = map(rv, (w, x, Ews, E2ws, w_s, a, b, c, d))
     for _ in range(n_sub):
-        _tendency(torch.add(w, w_s, out=x), ws, a_r)
-        torch.addcmul(ws_r, E, w_r, out=Ews_r)  # w_s + E w
+        _tendency(torch.add(w, w_s, out=x), buf, a_r)
+        torch.addcmul(w_s_r, E, w_r, out=Ews_r)  # w_s + E w
         torch.addcmul(Ews_r, E, a_r, value=0.5 * h, out=x_r)  # w_s + E (w + h/2 a)
-        _tendency(x, ws, b_r)
-        _tendency(torch.add(Ews, b, alpha=0.5 * h, out=x), ws, c_r)
-        torch.addcmul(ws_r, E2, w_r, out=E2ws_r)
+        _tendency(x, buf, b_r)
+        _tendency(torch.add(Ews, b, alpha=0.5 * h, out=x), buf, c_r)
+        torch.addcmul(w_s_r, E2, w_r, out=E2ws_r)
         torch.addcmul(E2ws_r, E, c_r, value=h, out=x_r)  # w_s + E^2 w + h E c
-        _tendency(x, ws, d_r)
+        _tendency(x, buf, d_r)
         w.add_(a, alpha=h / 6.0)
         w_r.mul_(E2)
         w_r.addcmul_(b_r.add_(c_r), E, value=h / 3.0)

@@ -198,11 +198,11 @@ def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: i
 
 def crosscheck(n: int, re_: float = RE, T: float = DT_OBS, same_mask: bool = False) -> float:
     """Relative L2 vorticity difference after ``T`` from the smooth pre-spin-up field (well resolved at t = 0,
-    so the two dealiasing conventions hardly matter), float32, one member."""
+    so the two dealiasing conventions hardly matter), in the run's dtype, one member."""
     pb = problems.get("kolmogorov", n=n)
     x0 = pb.initial_field(torch.float32)
     n_obs = int(round(T / DT_OBS))
-    r = run_case(n, 1, n_obs, x0, pb, repeats=0, re_=re_, same_mask=same_mask)
+    r = run_case(n, 1, n_obs, x0, pb, repeats=0, re_=re_, same_mask=same_mask, dtype=args.dtype)
     return r["rel_diff"]
 
 
