@@ -38,8 +38,10 @@ from assimbench.errors import ConfigError
 from bench import store
 from bench.store import load_cycles, load_results, load_run_info, resolve_run_dir
 
-#: Columns that define one setting of the summary (seeds are averaged over).
-SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise", "p_device", "p_method")
+#: Columns that define one setting of the summary (seeds are averaged over); the observation operator and the
+#: observation interval keep an arctan or time-sparse block apart from the identity, every-cycle one.
+SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise", "p_obs_operator", "p_obs_obs_every",
+                                 "p_device", "p_method")
 #: Metrics summarised as mean and std over seeds (ok cells only).
 SUMMARY_METRICS: tuple[str, ...] = (
     "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "spread_error_a", "crps_a", "param_rmse_a", "rmse_a",
@@ -52,7 +54,7 @@ SUMMARY_METRICS: tuple[str, ...] = (
 PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "git_dirty", "torch_version", "device_name", "cpu_model", "dtype",
                                        "threads", "host", "date")
 _FRIENDLY = {"p_problem": "problem", "p_method": "method", "p_n_ens": "n_ens", "p_coverage": "coverage",
-             "p_noise": "noise", "p_device": "device"}
+             "p_noise": "noise", "p_obs_operator": "operator", "p_obs_obs_every": "obs_every", "p_device": "device"}
 
 
 # ==============================================================================================================
@@ -217,14 +219,22 @@ def _method_text(r: pd.Series) -> str:
 UNITS = {"rrmse": "rel.", "spread_a": "state", "crps_a": "state"}
 
 
+#: Setting values too ordinary to state in a table's title.
+_PLAIN = {"operator": ("identity", "nan", "None", "<NA>"), "obs_every": ("1", "nan", "None", "<NA>")}
+
+
 def _setting_axes(summary: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(varying, constant) setting columns of some summary rows, as (column, short header)."""
-    axes = [("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise"), ("device", "device")]
+    axes = [("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise"), ("operator", "operator"),
+            ("obs_every", "obs every"), ("device", "device")]
     varying, constant = [], []
     for c, h in axes:
         if c not in summary.columns:
             continue
-        (varying if summary[c].nunique(dropna=False) > 1 else constant).append((c, h))
+        if summary[c].nunique(dropna=False) > 1:
+            varying.append((c, h))
+        elif str(summary[c].iloc[0]) not in _PLAIN.get(c, ()):  # identity operator, every cycle: not worth a word
+            constant.append((c, h))
     return varying, constant
 
 
@@ -461,8 +471,9 @@ def _summary_columns(summ: pd.DataFrame, labels: dict[str, str] | None = None, c
     for c, h in (("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise")):
         if c in summ.columns and c not in constant:
             cols.append((c, h, lambda r, c=c: _val(r[c])))
-    if "device" in summ.columns and summ["device"].nunique() > 1:
-        cols.append(("device", "device", lambda r: _val(r["device"])))
+    for c, h in (("operator", "operator"), ("obs_every", "obs every"), ("device", "device")):
+        if c in summ.columns and c not in constant and summ[c].nunique(dropna=False) > 1:
+            cols.append((c, h, lambda r, c=c: _val(r[c])))
     cols.append(("method", "method", lambda r: labels.get(str(r["method"]), str(r["method"]))
                  + _method_text(r)[len(str(r["method"])):]))
     cols.append(("cells", "cells ok / failed / skipped",
