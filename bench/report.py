@@ -783,6 +783,41 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
     return "\n".join(parts)
 
 
+def _scaling_section(b: _Builder, res: pd.DataFrame, cyc: pd.DataFrame, palette: dict, labels: dict[str, str],
+                     taken: set[str]) -> tuple[str, list[str]]:
+    """The index page's section (HTML) and summary.md's lines on time per cycle against the state dimension: per
+    problem family and setting whose cells span several dimensions, a log-log figure and the slope table."""
+    from bench import plots
+    from bench.scaling import SLOPE_NOTE, scaling_points, scaling_table, select_curve, slope_rows
+
+    table = scaling_table(res, cyc)
+    if table.empty:
+        return "", []
+    points = {basis: scaling_points(res, cyc, basis) for basis in ("wall", "cpu")}
+    keys = [k for k in table.columns if k.startswith("p_")]
+    html_parts = ["<h2>Scaling with the state dimension</h2>",
+                  f'<p class="muted">{_e(SLOPE_NOTE)}. The learned methods\' offline training is not in these '
+                  "times (see their fit time in the summary).</p>"]
+    md = ["", "## Scaling with the state dimension", ""]
+    for k, tab in table.groupby(["problem", *keys], dropna=False, sort=True):
+        setting = dict(zip(keys, k[1:]))
+        varying = {c: v for c, v in setting.items() if table[c].nunique(dropna=False) > 1}
+        title = " · ".join(f"{c.removeprefix('p_').removeprefix('obs_')}={_val(v)}" for c, v in varying.items())
+        pts = {basis: select_curve(p, k[0], setting) for basis, p in points.items()}
+        slug = _slug(f"scaling-{k[0]}", taken)
+        figs = b.figures(plots.scaling_figure, pts, tab, b.img, palette, slug, str(k[0]))
+        header, rows = slope_rows(tab.drop(columns=[c for c in keys]), labels)
+        html_parts.append(f"<h3>{_e(k[0])}{(' · ' + _e(title)) if title else ''}</h3>")
+        html_parts.append(_figure_html(figs))
+        html_parts.append(_table(rows, header, left=2))
+        md += [f"### {k[0]}{(' (' + title + ')') if title else ''}", "",
+               "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        md.append("")
+    md.append(SLOPE_NOTE + ".")
+    return "\n".join(html_parts), md
+
+
 def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     """Write the static HTML report of a run directory and return the path of ``report/index.html``.
 
@@ -846,6 +881,9 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     for p in problems:
         parts.append(f'<h3><a href="{slugs[p]}.html">{_e(p)}</a></h3>')
         parts.append(_summary_html(summ[summ["problem"].astype(str) == p], labels))
+    scaling_html, scaling_md = _scaling_section(b, res, cyc, palette, labels, taken)
+    if scaling_html:
+        parts.append(scaling_html)
     parts.append("<h2>Grid</h2>" + _table(_grid_rows(res), ["parameter", "n", "values"], left=3))
     cfg = _config_text(info)
     if cfg:
@@ -866,6 +904,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
         md += ["", f"Provenance: {prov_line}."]
     for p in problems:
         md += ["", f"## {p}", "", _summary_markdown(summ[summ["problem"].astype(str) == p], labels)]
+    md += scaling_md
     legend = sorted((lab, full) for full, lab in labels.items() if lab != full)
     if legend:
         md += ["", "## Method labels", "", "| label | full parametrized name |", "|---|---|"]
