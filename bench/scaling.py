@@ -162,8 +162,11 @@ def _dims_text(dims: Sequence[int]) -> str:
 
 
 def _sci(d: float) -> str:
-    """40, 1e3, 1e5, 6.6e4: short, exact enough for a table."""
-    return f"{d:g}" if d < 1e4 else f"{d:.2g}"
+    """40, 3072, 1e5, 4.9e4: short, exact enough for a table."""
+    if d < 1e4:
+        return f"{d:g}"
+    e = int(math.floor(math.log10(d)))
+    return f"{float(f'{d / 10 ** e:.2g}'):g}e{e}"
 
 
 def scaling_table(res: pd.DataFrame, cyc: pd.DataFrame) -> pd.DataFrame:
