@@ -872,6 +872,19 @@ def _scaling_section(b: _Builder, res: pd.DataFrame, cyc: pd.DataFrame, palette:
     return "\n".join(html_parts), md
 
 
+def _page_names(df: pd.DataFrame, problem: str, operator: str, every: str) -> pd.Series:
+    """The report page of each row: the problem's label, plus the observation operator and interval where they
+    are not the plain ones (identity, every cycle), e.g. ``kolmogorov · arctan``."""
+    name = df[problem].astype(str)
+    if operator in df.columns:
+        op = df[operator].astype(str)
+        name = name.where(op.isin(_PLAIN["operator"]), name + " · " + op)
+    if every in df.columns:
+        ev = df[every].astype(str).str.removesuffix(".0")
+        name = name.where(ev.isin(_PLAIN["obs_every"]), name + " · obs every " + ev)
+    return name
+
+
 def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     """Write the static HTML report of a run directory and return the path of ``report/index.html``.
 
@@ -904,13 +917,18 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     from bench import plots
     palette = plots.method_palette(res["p_method"].astype(str).unique().tolist())  # the index page's labels
     labels = {m: st["label"] for m, st in palette.items()}
-    problems = list(dict.fromkeys(sorted(res["p_problem"].astype(str))))
+    # one page per problem and observation layout: a figure that averages over seeds must never mix cells of
+    # another observation operator or interval (the summary tables keep them apart as settings of their own)
+    res_page = _page_names(res, "p_problem", "p_obs_operator", "p_obs_obs_every")
+    summ_page = _page_names(summ, "problem", "operator", "obs_every")
+    problems = list(dict.fromkeys(sorted(res_page)))
     taken: set[str] = {"index", "summary", "results"}
     slugs = {p: _slug(p, taken) for p in problems}
     for p in problems:
-        body = _problem_page(b, p, slugs[p], res[res["p_problem"].astype(str) == p],
-                             cyc[cyc["p_problem"].astype(str) == p] if "p_problem" in cyc.columns else cyc,
-                             summ[summ["problem"].astype(str) == p])
+        cells = res[res_page == p]
+        body = _problem_page(b, p, slugs[p], cells,
+                             cyc[cyc["cell_id"].isin(set(cells["cell_id"]))] if "cell_id" in cyc.columns else cyc,
+                             summ[summ_page == p])
         nav = '<nav><a href="index.html">← index</a>' + "".join(
             f'<a href="{slugs[q]}.html">{_e(q)}</a>' for q in problems if q != p) + "</nav>"
         (b.out / f"{slugs[p]}.html").write_text(_page(f"{p} · {run_dir.name}", body, nav), encoding="utf-8")
@@ -924,7 +942,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
              "Downloads: <a href=\"summary.md\">summary.md</a>, <a href=\"summary.csv\">summary.csv</a>, "
              "<a href=\"results.csv\">results.csv</a>.</p>",
              "<h2>Problems</h2><ul>" + "".join(
-                 f'<li><a href="{slugs[p]}.html">{_e(p)}</a> ({int((res["p_problem"].astype(str) == p).sum())} '
+                 f'<li><a href="{slugs[p]}.html">{_e(p)}</a> ({int((res_page == p).sum())} '
                  "cells)</li>" for p in problems) + "</ul>"]
     if b.notes:
         parts.append("".join(f'<p class="note">{_e(n)}</p>' for n in b.notes))
@@ -934,7 +952,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
                  "ensemble mean, all fields pooled, physical units, averaged over cycles after spin-up.</p>")
     for p in problems:
         parts.append(f'<h3><a href="{slugs[p]}.html">{_e(p)}</a></h3>')
-        parts.append(_summary_html(summ[summ["problem"].astype(str) == p], labels))
+        parts.append(_summary_html(summ[summ_page == p], labels))
     scaling_html, scaling_md = _scaling_section(b, res, cyc, palette, labels, taken)
     if scaling_html:
         parts.append(scaling_html)
@@ -957,7 +975,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     if prov_line:
         md += ["", f"Provenance: {prov_line}."]
     for p in problems:
-        md += ["", f"## {p}", "", _summary_markdown(summ[summ["problem"].astype(str) == p], labels)]
+        md += ["", f"## {p}", "", _summary_markdown(summ[summ_page == p], labels)]
     md += scaling_md
     legend = sorted((lab, full) for full, lab in labels.items() if lab != full)
     if legend:

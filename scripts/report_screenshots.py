@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from bench.report import build_report
     index = build_report(args.run_dir)
-    pages = sorted(p for p in index.parent.glob(f"{args.page}*.html"))
+    # the page of that exact name first (``shallow-water`` before ``shallow-water-arctan``)
+    pages = sorted(index.parent.glob(f"{args.page}*.html"), key=lambda p: (p.stem != args.page, p.name))
     if not pages:
         print(f"no problem page starting with {args.page!r} in {index.parent}", file=sys.stderr)
         return 2

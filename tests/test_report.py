@@ -441,3 +441,28 @@ def test_summary_keeps_observation_operators_and_intervals_apart(run_dir):
     assert np.allclose(two.dropna(), 10 * one.dropna())
     text = format_summary(summ, width=200)
     assert "obs every" in text and "operator" not in text  # the varying key is a column; identity is not stated
+
+
+def test_each_observation_layout_gets_its_own_page(tmp_path):
+    """A problem run with two observation operators gets one page per operator: figures that average over seeds
+    (rRMSE over cycles, cost against accuracy) never mix the two, and the index links both pages."""
+    d = make_run(tmp_path / "run", n_ens=(20,), coverages=(0.2,), problems=("shallow_water",))
+    res, cyc = pd.read_parquet(d / "results.parquet"), pd.read_parquet(d / "cycles.parquet")
+    arctan = {"p_obs_operator": "arctan", "rrmse_a": 10 * res["rrmse_a"]}
+    res2 = res.assign(**arctan, cell_id=res["cell_id"] + "a")
+    cyc2 = cyc.assign(p_obs_operator="arctan", rrmse_a=10 * cyc["rrmse_a"], cell_id=cyc["cell_id"] + "a")
+    pd.concat([res.assign(p_obs_operator="identity"), res2], ignore_index=True).to_parquet(d / "results.parquet")
+    pd.concat([cyc.assign(p_obs_operator="identity"), cyc2], ignore_index=True).to_parquet(d / "cycles.parquet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index = build_report(d, strict=True)
+    pages = sorted(p.name for p in index.parent.glob("*.html"))
+    assert pages == ["index.html", "shallow-water-arctan.html", "shallow-water.html"]
+    text = index.read_text()
+    assert 'href="shallow-water-arctan.html"' in text and 'href="shallow-water.html"' in text
+    plain = (index.parent / "shallow-water.html").read_text()
+    other = (index.parent / "shallow-water-arctan.html").read_text()
+    assert "operator = arctan" in other and "arctan" not in plain.split("<h2>Summary</h2>")[1].split("</table>")[0]
+    # each page counts only its own cells
+    n = len(res)
+    assert f"{n} cells" in plain and f"{n} cells" in other
