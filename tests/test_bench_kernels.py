@@ -19,16 +19,7 @@ from bench.runner import run_cell
 from methods.base import Context, EnsembleState
 from problems.lorenz96 import l96_tendency, rk4_step
 
-pytestmark = pytest.mark.benchmark
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the numbers compare across runs on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.benchmark, pytest.mark.usefixtures("one_thread")]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -10,16 +10,9 @@ import problems
 from assimbench.errors import ConfigError
 from problems.kolmogorov import Kolmogorov, spectral_ops, velocity_to_vorticity
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N_GRID = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small FFTs are fastest (and timing-stable on a shared machine) with one intra-op thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def grid(n: int) -> tuple[torch.Tensor, torch.Tensor]:

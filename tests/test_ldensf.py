@@ -24,6 +24,8 @@ from methods.ldnet_train import LDNetTrainConfig, train_ldnet
 from methods.train_loop import TrainLog
 from problems.base import Problem, bind_observer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @dataclass(frozen=True)
 class OrbitBump(Problem):
@@ -84,15 +86,6 @@ class OrbitBump(Problem):
 TINY = dict(latent_dim=4, dt_lat=0.5, dyn_width=32, dyn_depth=2, rec_width=48, rec_depth=3, n_fourier=8,
             fourier_scale=0.5, epochs=100, batch_traj=6, points=0, lr=5e-3, lstm_hidden=32, lstm_epochs=150,
             lstm_lr=1e-2, eps_alpha=0.05)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run fastest (and least disturbed by other jobs) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

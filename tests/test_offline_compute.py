@@ -24,13 +24,7 @@ from methods.ldnet_train import LDNetTrainConfig, train_ldnet
 from methods.train_loop import SnapshotRun, TrainLog
 from test_ldensf import OrbitBump
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("problem", ["shallow_water", "kolmogorov"])
