@@ -34,7 +34,7 @@ import torch
 
 from assimbench.errors import ConfigError, Diverged
 from assimbench.naming import content_hash
-from methods.artifact_cache import load_or_train, observer_layout
+from methods.artifact_cache import checkpoint_dir, load_or_train, observer_layout
 from methods.base import Method, Tunable
 from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
 from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, observed_cycles,
@@ -240,11 +240,14 @@ class LDEnSF(SamplerFields, Method):
         train_dev = ctx.device
         ld_cfg = self.ldnet_config(pb.name)
 
+        ld_data = {"dataset": pb.data_key()}
+
         def train_ld(tlog):
-            net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev)
+            ckpt = checkpoint_dir("ldnet", self.name, ld_data, ld_cfg.identity(), ctx.cache_dir)
+            net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev, checkpoint_dir=ckpt)
             return {"ldnet": net}, {"ldnet": net.config()}, summary
 
-        art_ld = load_or_train("ldnet", self.name, pb.label, {"dataset": pb.data_key()}, ld_cfg.identity(),
+        art_ld = load_or_train("ldnet", self.name, pb.label, ld_data, ld_cfg.identity(),
                                train_ld, ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_ldnet(pb, ds))
         net = LDNet.from_config(art_ld.config["networks"]["ldnet"])
         net.load_state_dict(art_ld.weights["ldnet"])
