@@ -747,6 +747,79 @@ def spread_error_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: st
                          "dashed: calibrated (1). Below 1: over-confident.", "spread / error ratio")]
 
 
+# --------------------------------------------------------------------------------------------------------------
+# accuracy against offline compute
+
+
+def offline_compute_figure(cells: pd.DataFrame, refs: pd.DataFrame, img_dir: Path, tag: str,
+                           setting: str = "") -> list[Figure]:
+    """Analysis rRMSE of learned methods whose networks were taken at several training budgets, against the
+    surrogate's test rRMSE (left) and the networks' optimisation CPU-minutes (right), both log-log.
+
+    ``cells``: one row per cell: ``curve`` (the method's name without its budget), ``train_fraction``,
+    ``rrmse_a``, ``surrogate_rrmse``, ``train_min``, ``p_seed``; each (curve, budget) is one point, the mean over
+    seeds with the band of :func:`_band_quantiles`. ``refs``: ``method``, ``rrmse_a``: methods without training
+    at the same setting, drawn as horizontal dashed lines. Each curve joins its budgets in order; each point is
+    labelled by its budget.
+    """
+    cells = cells[np.isfinite(cells["rrmse_a"]) & (cells["rrmse_a"] > 0)]
+    if cells.empty or cells.groupby("curve")["train_fraction"].nunique().max() < 2:
+        return []
+    n = _n_seeds(cells)
+    lo_q, hi_q, band = _band_quantiles(n)
+    g = cells.groupby(["curve", "train_fraction"])
+    pts = g[["rrmse_a", "surrogate_rrmse", "train_min"]].mean()
+    pts["rrmse_lo"], pts["rrmse_hi"] = g["rrmse_a"].quantile(lo_q), g["rrmse_a"].quantile(hi_q)
+    pts = pts.reset_index()
+    curves = sorted(pts["curve"].unique())
+    ref_names = list(refs["method"]) if len(refs) else []
+    pal = method_palette(curves + ref_names)
+    fig = MplFigure(figsize=(10.4, 3.9), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = (("surrogate_rrmse", "surrogate test rRMSE (physical units)"),
+              ("train_min", "optimisation CPU-minutes of the networks"))
+    for ax, (xcol, xlabel) in zip(axes, panels):
+        for c in curves:
+            g = pts[pts["curve"] == c].sort_values("train_fraction")
+            g = g[np.isfinite(g[xcol]) & (g[xcol] > 0)]
+            if g.empty:
+                continue
+            st = pal[c]
+            y = g["rrmse_a"].to_numpy(float)
+            err = np.vstack([y - g["rrmse_lo"].to_numpy(float), g["rrmse_hi"].to_numpy(float) - y]).clip(min=0)
+            ax.errorbar(g[xcol], y, yerr=err, color=st["color"], ls=st["linestyle"], marker=st["marker"], lw=1.4,
+                        ms=5, capsize=2, elinewidth=0.8)
+            for x_, y_, f in zip(g[xcol], y, g["train_fraction"]):
+                ax.annotate(f"{f:g}", (x_, y_), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=st["color"])
+        for _, r in refs.iterrows():
+            st = pal[r["method"]]
+            ax.axhline(r["rrmse_a"], color=st["color"], ls="--", lw=1.1, zorder=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.margins(x=0.12, y=0.08)
+    axes[0].set_ylabel("analysis rRMSE")
+    for ax in axes:
+        _tidy_log_axis(ax, "x")
+        _tidy_log_axis(ax, "y")
+    if setting:
+        fig.suptitle(setting, fontsize=9)
+    handles = [Line2D([], [], color=pal[c]["color"], ls=pal[c]["linestyle"], marker=pal[c]["marker"], lw=1.4,
+                      label=_wrap_name(pal[c]["label"], 26)) for c in curves]
+    handles += [Line2D([], [], color=pal[m]["color"], ls="--", lw=1.1, label=_wrap_name(pal[m]["label"], 26))
+                for m in ref_names]
+    fig.legend(handles=handles, loc="outside right upper", frameon=False)
+    name = _save(fig, img_dir, f"{tag}_offline_compute.png")
+    return [Figure(name, "Accuracy against offline compute: analysis rRMSE of each learned method with its networks "
+                         "taken at fractions of one training run (labels; the learning-rate schedule of the whole "
+                         "run), against the surrogate's test rRMSE (left) and the optimisation CPU-minutes of every "
+                         "network the cell used (right; LD-EnSF: the LDNet up to the snapshot and the LSTM encoder "
+                         "trained on it). " + (f"Mean over seeds; bars: {band}. " if n > 1 else "One seed. ")
+                         + "Dashed: methods without training at the same setting.",
+                   "analysis rRMSE against surrogate error and training minutes")]
+
+
 def render(fn, *args, **kwargs) -> list[Figure]:
     """Call a figure function under the report's style, closing nothing global (no pyplot is used)."""
     with matplotlib.rc_context(_style()):

@@ -654,6 +654,56 @@ def _surrogate_html(res_ok: pd.DataFrame, run_dir: Path) -> str:
             + _table(body, header, left=1))
 
 
+def _surrogate_numbers(run_dir: Path, cell_id: str) -> tuple[float, float]:
+    """``(surrogate test rRMSE, optimisation CPU-minutes of every network)`` of a learned cell from its extras:
+    the first network reporting ``test_rrmse_phys`` is the surrogate; each network counts its ``train_cpu_s``
+    (its ``train_opt_s`` where an older artifact has no CPU time). NaN where a number is missing."""
+    try:
+        sur = json.loads(store.surrogate_path(run_dir, cell_id).read_text()).get("surrogate") or {}
+    except (OSError, ValueError, AttributeError):
+        return math.nan, math.nan
+    nets = {k.split(".")[0] for k in sur if k.count(".") == 1}
+    err = next((sur[f"{n}.test_rrmse_phys"] for n in nets if f"{n}.test_rrmse_phys" in sur), math.nan)
+    secs = [sur.get(f"{n}.train_cpu_s", sur.get(f"{n}.train_opt_s")) for n in sorted(nets)]
+    secs = [v for v in secs if v is not None]
+    return float(err), (sum(secs) / 60 if secs else math.nan)
+
+
+def offline_compute_data(res_ok: pd.DataFrame, run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, str] | None:
+    """The points of :func:`bench.plots.offline_compute_figure` from the ok rows of one problem: the learned
+    methods run at several training budgets (``train_fraction``), at the setting most of them share (seeds
+    pooled), and the methods without training at that setting. None when no method varies its budget."""
+    col = "p_method_train_fraction"
+    if col not in res_ok.columns:
+        return None
+    learned = res_ok[res_ok[col].notna()].copy()
+    if learned.empty:
+        return None
+    learned["curve"] = [_without_param(m, "train_fraction") for m in learned["p_method"]]
+    if learned.groupby("curve")[col].nunique().max() < 2:
+        return None
+    setting = {k: v for k, v in _pick_setting(learned).items() if k != "p_seed"}
+    learned = _match(learned, setting)
+    nums = [_surrogate_numbers(run_dir, c) for c in learned["cell_id"]]
+    learned["surrogate_rrmse"] = [a for a, _ in nums]
+    learned["train_min"] = [b for _, b in nums]
+    learned["train_fraction"] = learned[col].astype(float)
+    keep = ["curve", "train_fraction", "rrmse_a", "surrogate_rrmse", "train_min"] + \
+        [k for k in ("p_seed",) if k in learned.columns]
+    others = _match(res_ok[res_ok[col].isna()], setting)
+    refs = others.groupby("p_method")["rrmse_a"].mean().reset_index().rename(columns={"p_method": "method"})
+    return learned[keep].reset_index(drop=True), refs, _setting_text(setting)
+
+
+def _without_param(name: str, key: str) -> str:
+    """A parametrized name without one of its parameters (``LD-EnSF[epochs=8,train_fraction=0.5]`` ->
+    ``LD-EnSF[epochs=8]``)."""
+    from bench.labels import split_name
+    base, params = split_name(name)
+    params.pop(key, None)
+    return f"{base}[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else base
+
+
 # ==============================================================================================================
 # build
 
@@ -747,6 +797,10 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
         sections.append((f"Parameter estimates ({_setting_text(setting)})",
                           b.figures(plots.parameter_figure, rows, b.img, palette, slug, _setting_text(setting),
                                     unit=_param_unit(res))))
+    offline = offline_compute_data(res_ok, b.run_dir) if len(res_ok) else None
+    if offline is not None:
+        sections.append(("Accuracy against offline compute",
+                         b.figures(plots.offline_compute_figure, offline[0], offline[1], b.img, slug, offline[2])))
     latent_html = ""
     if len(res_ok):
         latent_html = _surrogate_html(res_ok, b.run_dir)

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from assimbench.naming import content_hash
-from methods.train_loop import TrainLog
+from methods.train_loop import SnapshotRun, TrainLog
 from problems.base import Dataset, Observer, default_cache_dir
 
 log = logging.getLogger("assimbench.training")
@@ -393,6 +393,16 @@ def load_or_train(kind: str, method: str, problem_label: str, data: dict, train:
     return art
 
 
+
+
+def snapshot_run(kind: str, method: str, data: dict, cfg: Any, cache_dir: Path | str | None) -> SnapshotRun | None:
+    """Where the snapshots of the training run of ``cfg`` (a :class:`HashedConfig` with a ``train_fraction``) keep
+    the run's state: ``<cache_dir>/models/runs/<hash of the whole run's artifact>``. None for the whole run
+    (``train_fraction`` 1) when no snapshot of it was taken (nothing to continue from)."""
+    full = dataclasses.replace(cfg, train_fraction=1.0)
+    root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models" / "runs"
+    run = SnapshotRun(root / artifact_hash(kind, method, data, full.identity()))
+    return run if cfg.train_fraction < 1 or run.folder.is_dir() else None
 
 
 class HashedConfig:

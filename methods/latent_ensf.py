@@ -35,10 +35,10 @@ import torch
 
 from assimbench.errors import ConfigError, Diverged
 from assimbench.naming import content_hash
-from methods.artifact_cache import load_or_train, observer_layout
+from methods.artifact_cache import load_or_train, observer_layout, snapshot_run
 from methods.base import EnsembleState, Method, Tunable
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
-from methods.train_loop import recipe_values, resolve_recipe, train_field
+from methods.train_loop import check_fraction, recipe_values, resolve_recipe, train_field
 from methods.vae import CoupledVAE
 from methods.vae_train import VAETrainConfig, observer_lattice, rescore_vae, snapshots, train_vae
 from problems.base import Dataset, Observer, Problem
@@ -76,6 +76,9 @@ class LatentEnSF(SamplerFields, Method):
     train_seed : seed of every random draw of the training.
     recipe : named training recipe (:data:`RECIPES`: ``cpu``, ``paper``); fields left at their class default
         take the recipe's value, fields set explicitly win.
+    train_fraction : the training budget: the VAE is taken after this fraction of its ``epochs`` (a snapshot
+        along the run's training curve, its schedule unchanged; 1 = the whole run). The snapshots of one run
+        continue each other, so a sweep over budgets costs one run.
 
     Filter fields
     -------------
@@ -115,6 +118,7 @@ class LatentEnSF(SamplerFields, Method):
     obs_train_noise: float = train_field(default=0.0)
     train_seed: int = train_field(default=0)
     recipe: str = train_field(default="cpu")
+    train_fraction: float = train_field(default=1.0)
 
     scaling: float = 1.0
     sigma_lat: float = 0.0
@@ -135,6 +139,7 @@ class LatentEnSF(SamplerFields, Method):
         if self.obs_arch not in ("auto", "conv", "mlp"):
             raise ConfigError(f"Latent-EnSF obs_arch={self.obs_arch!r}; valid: auto, conv, mlp")
         recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
+        check_fraction(self.train_fraction, "Latent-EnSF")
         self._score = self.score_config()
 
     # ---- configuration ---------------------------------------------------------------------------------------
@@ -178,11 +183,13 @@ class LatentEnSF(SamplerFields, Method):
             else obs
         self._obs_range = obs.obs_range(ds)
 
+        data = {"dataset": pb.data_key(), "observer": observer_layout(vae_obs)}
+        snaps = snapshot_run("vae", self.name, data, cfg, ctx.cache_dir)
+
         def trainer(tlog):
-            vae, summary = train_vae(pb, vae_obs, ds, cfg, tlog, device=train_dev)
+            vae, summary = train_vae(pb, vae_obs, ds, cfg, tlog, device=train_dev, snapshot_run=snaps)
             return {"vae": vae}, {"vae": vae.config()}, summary
 
-        data = {"dataset": pb.data_key(), "observer": observer_layout(vae_obs)}
         art = load_or_train("vae", self.name, pb.label, data, cfg.identity(), trainer,
                             ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_vae(pb, vae_obs, ds))
         vae = CoupledVAE.from_config(art.config["networks"]["vae"])

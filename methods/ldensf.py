@@ -34,13 +34,13 @@ import torch
 
 from assimbench.errors import ConfigError, Diverged
 from assimbench.naming import content_hash
-from methods.artifact_cache import checkpoint_dir, load_or_train, observer_layout
+from methods.artifact_cache import checkpoint_dir, load_or_train, observer_layout, snapshot_run
 from methods.base import Method, Tunable
 from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
 from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, observed_cycles,
                                  rescore_encoder, rescore_ldnet, train_encoder, train_ldnet)
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
-from methods.train_loop import recipe_values, resolve_recipe, train_field
+from methods.train_loop import check_fraction, recipe_values, resolve_recipe, train_field
 from problems.base import Observer, Problem
 
 
@@ -118,6 +118,10 @@ class LDEnSF(SamplerFields, Method):
     amp : bfloat16 autocast in the LDNet training steps (2-3x faster on CPUs with AMX / AVX512-BF16).
     lstm_hidden, lstm_epochs, lstm_lr : the observation encoder.
     train_seed : seed of every random draw of the training (initialisation, batches, points).
+    train_fraction : the training budget: the LDNet is taken after this fraction of its ``epochs`` (a snapshot
+        along the run's training curve, its learning-rate schedule unchanged; 1 = the whole run); the encoder is
+        trained in full on each snapshot. The snapshots of one run continue each other, so a sweep over budgets
+        costs one run (see ``docs/training.md``, accuracy against offline compute).
 
     Filter fields
     -------------
@@ -171,6 +175,7 @@ class LDEnSF(SamplerFields, Method):
     rec_params: bool = train_field(default=False)
     extra_traj: int = train_field(default=0)
     recipe: str = train_field(default="cpu")
+    train_fraction: float = train_field(default=1.0)
 
     scaling: float = 100.0
     sigma_lat: float = 1e-3
@@ -197,6 +202,10 @@ class LDEnSF(SamplerFields, Method):
         if self.rec_arch == "registered" and self.n_shifts < 1:
             raise ConfigError("LD-EnSF rec_arch='registered' needs n_shifts >= 1 (moving frames)")
         recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
+        check_fraction(self.train_fraction, "LD-EnSF")
+        if self.train_fraction < 1 and (self.rec_epochs > 0 or self.lbfgs_iters > 0):
+            raise ConfigError("LD-EnSF train_fraction < 1 takes a snapshot of the Adam stage; it cannot be combined "
+                              "with rec_epochs or lbfgs_iters (stages after it)")
         self._score = self.score_config()
 
     # ---- configuration ---------------------------------------------------------------------------------------
@@ -241,10 +250,14 @@ class LDEnSF(SamplerFields, Method):
         ld_cfg = self.ldnet_config(pb.name)
 
         ld_data = {"dataset": pb.data_key()}
+        snaps = snapshot_run("ldnet", self.name, ld_data, ld_cfg, ctx.cache_dir)
+        # a whole run outside the snapshot runs checkpoints in the cache (an interrupted training resumes there)
+        ckpt = checkpoint_dir("ldnet", self.name, ld_data, ld_cfg.identity(), ctx.cache_dir) if snaps is None \
+            else None
 
         def train_ld(tlog):
-            ckpt = checkpoint_dir("ldnet", self.name, ld_data, ld_cfg.identity(), ctx.cache_dir)
-            net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev, checkpoint_dir=ckpt)
+            net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev, snapshot_run=snaps,
+                                       checkpoint_dir=ckpt)
             return {"ldnet": net}, {"ldnet": net.config()}, summary
 
         art_ld = load_or_train("ldnet", self.name, pb.label, ld_data, ld_cfg.identity(),

@@ -4,6 +4,7 @@ errors on the data at hand (the ``rescore`` of :func:`methods.artifact_cache.loa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -18,7 +19,7 @@ from assimbench.errors import ConfigError
 from methods.artifact_cache import Artifact, HashedConfig
 from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, normalize_params,
                           param_normalizer, to_points)
-from methods.train_loop import TrainLog, rel_l2, run_stage
+from methods.train_loop import SnapshotRun, TrainLog, rel_l2, run_stage, snapshot_files, stop_epoch
 from problems.base import Dataset, Observer, Problem
 
 
@@ -44,7 +45,9 @@ class LDNetTrainConfig(HashedConfig):
     schedule; ``n_shifts``: frames of the ``registered`` decoder; ``rec_params``: the reconstruction network decodes
     ``(s, u)`` instead of ``s`` (LD-EnSF's analysis state holds both); ``extra_traj``: training trajectories added to
     the dataset's training split (simulated with another data seed); ``recipe``: the name of the recipe these
-    values came from (see ``methods.ldensf.RECIPES``), recorded in the identity.
+    values came from (see ``methods.ldensf.RECIPES``), recorded in the identity; ``train_fraction``: the network
+    is taken after this fraction of the ``epochs``-epoch run (its learning-rate schedule unchanged), a snapshot
+    along the training curve (1 = the whole run).
     """
 
     latent_dim: int = 10
@@ -80,10 +83,11 @@ class LDNetTrainConfig(HashedConfig):
     norm: str = "zscore"
     step_gamma: float = 0.6
     recipe: str = "cpu"
+    train_fraction: float = 1.0
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
-                                               "norm", "step_gamma", "recipe")
+                                               "norm", "step_gamma", "recipe", "train_fraction")
 
 
 
@@ -118,8 +122,8 @@ def pod_grid_shape(problem: Problem) -> list[int]:
 
 
 def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog: TrainLog,
-                device: torch.device | str = "cpu", checkpoint_dir: Path | str | None = None
-                ) -> tuple[LDNet, dict]:
+                device: torch.device | str = "cpu", checkpoint_dir: Path | str | None = None,
+                snapshot_run: SnapshotRun | None = None) -> tuple[LDNet, dict]:
     """Train an LDNet on the training split, select by validation, report test errors.
 
     Returns the network (best validation weights) and a summary with ``test_rrmse_norm`` and
@@ -127,7 +131,13 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     normalised and physical units). ``checkpoint_dir``: the Adam stage checkpoints there (``ldnet.pt``) and
     resumes from it (see :func:`run_stage`). ``cfg.extra_traj > 0`` adds that many training trajectories,
     simulated from the same prior with another data seed (the validation and test splits are unchanged).
+    ``cfg.train_fraction < 1`` stops the run at that fraction of its epochs; ``snapshot_run`` keeps the run's state
+    at every such stop and continues from the nearest earlier one (:class:`methods.train_loop.SnapshotRun`).
     """
+    stop = stop_epoch(cfg.epochs, cfg.train_fraction)
+    if stop < cfg.epochs and (cfg.rec_epochs > 0 or cfg.lbfgs_iters > 0):
+        raise ConfigError("train_fraction < 1 takes a snapshot of the Adam stage; it cannot be combined with "
+                          "rec_epochs or lbfgs_iters (stages after it)")
     g = torch.Generator().manual_seed(cfg.seed)
     coords = problem.coords().to(torch.float64)
     lo_c, hi_c = coords.min(0).values, coords.max(0).values
@@ -242,12 +252,15 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
             yield ((pred.float() - true) / out_scale).pow(2).mean()
 
     steps = math.ceil(n_tr / cfg.batch_traj)
-    best = run_stage("ldnet", {"ldnet": net}, list(p for p in net.parameters() if p.requires_grad), batches,
-                     epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, schedule=cfg.schedule,
-                     evaluate=evaluate, select="valid_rrmse", eval_every=cfg.eval_every, tlog=tlog,
-                     weight_decay=cfg.weight_decay,
-                     checkpoint=Path(checkpoint_dir) / "ldnet.pt" if checkpoint_dir is not None else None, rng=g,
-                     step_gamma=cfg.step_gamma)
+    ckpt, resume = snapshot_files(snapshot_run, stop, cfg.epochs)
+    if checkpoint_dir is not None:
+        ckpt = Path(checkpoint_dir) / "ldnet.pt"
+    with snapshot_run.lock() if snapshot_run is not None else contextlib.nullcontext():
+        best = run_stage("ldnet", {"ldnet": net}, list(p for p in net.parameters() if p.requires_grad), batches,
+                         epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, schedule=cfg.schedule,
+                         evaluate=evaluate, select="valid_rrmse", eval_every=cfg.eval_every, tlog=tlog,
+                         weight_decay=cfg.weight_decay, checkpoint=ckpt, rng=g, step_gamma=cfg.step_gamma,
+                         stop_at=stop, resume_from=resume)
     if cfg.rec_epochs > 0:  # stage 2: freeze F (and with it the latent trajectories), retrain R
         for p in net.dyn.parameters():
             p.requires_grad_(False)
@@ -268,7 +281,8 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
         test_phys = float(rel_l2(pred, Z, mean, std).mean())
     tlog.info(f"LDNet test rRMSE (full grid): {test_norm:.4f} normalised, {test_phys:.4f} physical")
     summary = dict(test_rrmse_norm=test_norm, test_rrmse_phys=test_phys, best_epoch=best.get("epoch"),
-                   valid_rrmse=best.get("valid_rrmse"), n_weights=sum(p.numel() for p in net.parameters()))
+                   valid_rrmse=best.get("valid_rrmse"), n_weights=sum(p.numel() for p in net.parameters()),
+                   epochs_trained=stop, train_fraction=cfg.train_fraction)
     return net, summary
 
 

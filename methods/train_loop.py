@@ -5,7 +5,9 @@ the artifact cache that stores what they train is :mod:`methods.artifact_cache`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import math
 import os
@@ -125,7 +127,8 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
               schedule: Schedule, evaluate: Callable[[], dict[str, float]], select: str, eval_every: int,
               tlog: TrainLog, weight_decay: float = 0.0, grad_clip: float = 0.0,
               checkpoint: Path | str | None = None, rng: torch.Generator | None = None,
-              step_gamma: float = 0.6) -> dict[str, float]:
+              step_gamma: float = 0.6, stop_at: int | None = None,
+              resume_from: Path | str | None = None) -> dict[str, float]:
     """Adam over ``epochs`` epochs of ``batches(epoch)`` (each yields scalar losses), keeping the best weights.
 
     Every ``eval_every`` epochs (and after the last) ``evaluate()`` is called outside the training clock; its
@@ -136,6 +139,12 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
     state, the learning curve and the optimisation time so far); when it exists at the start, training resumes
     from it, so an interrupted run continues and reaches the same weights as an uninterrupted one. Calling again
     with a larger ``epochs`` continues a finished run (the schedule is re-laid over the new total).
+
+    ``stop_at``: stop after that epoch of the ``epochs``-epoch run (its schedule unchanged): a snapshot along the
+    training curve. The run's state at the stop is written to ``checkpoint`` (so a later call continues the same
+    run), the current weights are evaluated once more (a curve row; not part of the run's own selection, which
+    stays that of the uninterrupted run), and the best weights up to the stop are restored and returned.
+    ``resume_from``: a checkpoint of the same run to start from instead of ``checkpoint`` (read only).
     """
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0 \
         else torch.optim.Adam(params, lr=lr)
@@ -145,8 +154,10 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
     best_state: dict[str, dict] = {}
     start = 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and ckpt.exists():
-        st = torch.load(ckpt, map_location="cpu", weights_only=False)
+    src = Path(resume_from) if resume_from is not None and Path(resume_from).exists() else ckpt
+    stop = epochs if stop_at is None else min(int(stop_at), epochs)
+    if src is not None and src.exists():
+        st = torch.load(src, map_location="cpu", weights_only=False)
         for k, m in modules.items():
             m.load_state_dict(st["modules"][k])
         opt.load_state_dict(st["opt"])
@@ -156,13 +167,23 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
             rng.set_state(st["rng"])
         tlog.rows, tlog.lines, tlog.train_s = st["rows"], st["lines"], st["train_s"]
         tlog.train_cpu_s = st.get("train_cpu_s", 0.0)
-        tlog.info(f"{name}: resumed from {ckpt} at epoch {start} ({tlog.train_s:.0f} s of optimisation)")
+        tlog.info(f"{name}: resumed from {src} at epoch {start} ({tlog.train_s:.0f} s of optimisation)")
+        if start > stop:
+            raise ValueError(f"{name}: checkpoint {src} is at epoch {start}, past the stop at epoch {stop}")
     bar = None
     if tlog.progress:
         bar = tqdm(total=epochs, initial=min(start, epochs), desc=name, unit="ep", leave=False,
                    dynamic_ncols=True)
     ev: dict[str, float] = {}
-    for ep in range(start, epochs):
+
+    def save(epoch: int) -> None:
+        _save_checkpoint(ckpt, dict(
+            modules={k: m.state_dict() for k, m in modules.items()}, opt=opt.state_dict(),
+            sched=sched.state_dict(), best=best, best_state=best_state, epoch=epoch,
+            rng=rng.get_state() if rng is not None else None, rows=tlog.rows, lines=tlog.lines,
+            train_s=tlog.train_s, train_cpu_s=tlog.train_cpu_s))
+
+    for ep in range(start, stop):
         t0, c0 = time.perf_counter(), time.process_time()
         tot, n = 0.0, 0
         for loss in batches(ep):
@@ -190,16 +211,21 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
             tlog.lines.append(f"{name} ep {ep + 1}: loss {train_loss:.3e} "
                               + " ".join(f"{k} {v:.4g}" for k, v in ev.items()))
             if ckpt is not None:
-                _save_checkpoint(ckpt, dict(
-                    modules={k: m.state_dict() for k, m in modules.items()}, opt=opt.state_dict(),
-                    sched=sched.state_dict(), best=best, best_state=best_state, epoch=ep + 1,
-                    rng=rng.get_state() if rng is not None else None, rows=tlog.rows, lines=tlog.lines,
-                    train_s=tlog.train_s, train_cpu_s=tlog.train_cpu_s))
+                save(ep + 1)
         if bar is not None:
             bar.set_postfix_str(f"loss {train_loss:.2e} {select} {ev.get(select, float('nan')):.4f}")
             bar.update(1)
     if bar is not None:
         bar.close()
+    if stop < epochs:  # a snapshot: keep the run's state, then select among the evaluations up to here
+        if ckpt is not None and start < stop:
+            save(stop)
+        with torch.no_grad():
+            ev = evaluate()
+        tlog.record(stage=name, epoch=stop, lr=opt.param_groups[0]["lr"], snapshot=True, **ev)
+        if ev[select] < best[select]:
+            best = dict(ev, epoch=stop)
+            best_state = {}  # the current weights are the best: nothing to restore
     for k, m in modules.items():
         if k in best_state:
             m.load_state_dict(best_state[k])
@@ -208,6 +234,59 @@ def run_stage(name: str, modules: dict[str, nn.Module], params: list[nn.Paramete
     return best
 
 
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training budgets: snapshots along one run's training curve
+# --------------------------------------------------------------------------------------------------------------
+def check_fraction(value: Any, who: str) -> None:
+    """A training budget must be a number in (0, 1] (a fraction of the recipe's epochs); else ConfigError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value <= 1
+    if not ok:
+        raise ConfigError(f"{who} train_fraction={value!r} must be a number in (0, 1]: the fraction of the recipe's "
+                          "epochs after which the network is taken (1 = the whole run)")
+
+
+def stop_epoch(epochs: int, fraction: float) -> int:
+    """The epoch at which a run of ``epochs`` epochs is taken for the training budget ``fraction`` (at least 1)."""
+    return max(1, min(epochs, round(fraction * epochs)))
+
+
+class SnapshotRun:
+    """The checkpoints of one training run kept at the epochs where snapshots were taken (``ep<epoch>.pt`` in
+    ``folder``): a snapshot at a later epoch continues the run from the nearest earlier one instead of starting
+    over, so the snapshots of a budget sweep cost one run. :meth:`lock` serialises the processes that train the
+    same run (the cells of a parallel sweep)."""
+
+    def __init__(self, folder: Path | str):
+        self.folder = Path(folder)
+
+    def path(self, epoch: int) -> Path:
+        return self.folder / f"ep{epoch:07d}.pt"
+
+    def latest(self, upto: int) -> Path | None:
+        """The checkpoint of the largest epoch <= ``upto`` (None: none yet)."""
+        found = sorted(p for p in self.folder.glob("ep*.pt") if p.stem[2:].isdigit() and int(p.stem[2:]) <= upto)
+        return found[-1] if found else None
+
+    @contextlib.contextmanager
+    def lock(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield self
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def snapshot_files(snapshots: SnapshotRun | None, stop: int, epochs: int) -> tuple[Path | None, Path | None]:
+    """``(checkpoint, resume_from)`` for :func:`run_stage` of a run taken at epoch ``stop`` of ``epochs``: a
+    snapshot keeps the run's state at its stop; every run (the whole one too) starts from the nearest earlier
+    kept state."""
+    if snapshots is None:
+        return None, None
+    return (snapshots.path(stop) if stop < epochs else None), snapshots.latest(stop)
 
 
 def rel_l2(pred: torch.Tensor, true: torch.Tensor, mean: torch.Tensor | None = None,

@@ -5,6 +5,7 @@ re-measures a stored VAE's test errors on the data at hand (the ``rescore`` of
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 
 from assimbench.errors import ConfigError
 from methods.artifact_cache import Artifact, HashedConfig
-from methods.train_loop import TrainLog, rel_l2, run_stage
+from methods.train_loop import SnapshotRun, TrainLog, rel_l2, run_stage, snapshot_files, stop_epoch
 from methods.vae import CoupledVAE, VAEConfig, vae_loss
 from problems.base import Dataset, Observer, Problem, lattice_stride
 
@@ -26,7 +27,9 @@ class VAETrainConfig(HashedConfig):
     ``beta``: weight of the two KL terms relative to the reconstruction terms (element means);
     ``lam``: weight of the latent matching term; ``obs_train_noise``: std of Gaussian noise added to the
     normalised training observations (0 = clean observations); ``eval_max``: validation/test snapshots used by the
-    per-epoch evaluation (a fixed random subset; the final test uses the whole split).
+    per-epoch evaluation (a fixed random subset; the final test uses the whole split); ``train_fraction``: the
+    network is taken after this fraction of the ``epochs``-epoch run (its schedule unchanged), a snapshot along
+    the training curve (1 = the whole run).
     """
 
     c_lat: int = 4
@@ -44,9 +47,10 @@ class VAETrainConfig(HashedConfig):
     eval_max: int = 512
     seed: int = 0
     recipe: str = "cpu"
+    train_fraction: float = 1.0
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("recipe",)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("recipe", "train_fraction")
 
 
 
@@ -76,14 +80,16 @@ def _rrmse(pred: torch.Tensor, true: torch.Tensor, mean: torch.Tensor | None = N
 
 
 def train_vae(problem: Problem, observer: Observer, dataset: Dataset, cfg: VAETrainConfig, tlog: TrainLog,
-              device: torch.device | str = "cpu"):
+              device: torch.device | str = "cpu", snapshot_run: SnapshotRun | None = None):
     """Train the coupled VAE on all training snapshots, select by validation, report test errors.
 
     Returns the network (best validation weights, eval mode) and a summary with ``test_rrmse_norm`` /
     ``test_rrmse_phys`` (state path ``D(mu_x(x))``) and ``test_rrmse_obs_norm`` / ``test_rrmse_obs_phys``
     (observation path ``D(mu_y(y))``, clean observations), per-snapshot relative L2 averaged over the whole test
-    split.
+    split. ``cfg.train_fraction < 1`` stops the run at that fraction of its epochs; ``snapshot_run`` keeps the run's
+    state at every such stop and continues from the nearest earlier one (:class:`methods.train_loop.SnapshotRun`).
     """
+    stop = stop_epoch(cfg.epochs, cfg.train_fraction)
     g = torch.Generator().manual_seed(cfg.seed)
     nsd = len(problem.state_shape)
     data = {}
@@ -151,9 +157,12 @@ def train_vae(problem: Problem, observer: Observer, dataset: Dataset, cfg: VAETr
             yield loss
 
     vae.train()
-    best = run_stage("vae", {"vae": vae}, list(vae.parameters()), batches, epochs=cfg.epochs,
-                     steps_per_epoch=math.ceil(n_tr / cfg.batch), lr=cfg.lr, schedule=cfg.schedule,
-                     evaluate=evaluate, select="valid_sel", eval_every=cfg.eval_every, tlog=tlog)
+    ckpt, resume = snapshot_files(snapshot_run, stop, cfg.epochs)
+    with snapshot_run.lock() if snapshot_run is not None else contextlib.nullcontext():
+        best = run_stage("vae", {"vae": vae}, list(vae.parameters()), batches, epochs=cfg.epochs,
+                         steps_per_epoch=math.ceil(n_tr / cfg.batch), lr=cfg.lr, schedule=cfg.schedule,
+                         evaluate=evaluate, select="valid_sel", eval_every=cfg.eval_every, tlog=tlog,
+                         checkpoint=ckpt, rng=g, stop_at=stop, resume_from=resume)
     vae.eval()
     with torch.no_grad():
         X, Y = data["test"][0].to(device), norm_y["test"]
@@ -164,7 +173,8 @@ def train_vae(problem: Problem, observer: Observer, dataset: Dataset, cfg: VAETr
                        test_rrmse_obs_phys=float(_rrmse(ry, X, mean, std).mean()),
                        best_epoch=best.get("epoch"), valid_rrmse=best.get("valid_rrmse"),
                        valid_rrmse_obs=best.get("valid_rrmse_obs"), obs_arch=arch,
-                       n_weights=sum(p.numel() for p in vae.parameters()))
+                       n_weights=sum(p.numel() for p in vae.parameters()), epochs_trained=stop,
+                       train_fraction=cfg.train_fraction)
     tlog.info(f"VAE test rRMSE (whole split): state path {summary['test_rrmse_norm']:.4f} normalised, "
               f"{summary['test_rrmse_phys']:.4f} physical; observation path {summary['test_rrmse_obs_norm']:.4f} "
               f"normalised, {summary['test_rrmse_obs_phys']:.4f} physical")
