@@ -10,15 +10,19 @@ rule: dt_obs = 0.2 split into ``n_substeps`` equal steps) and the same number of
   evaluations per sub-step), ``jax.vmap`` over the members (viscosity vmapped too), ``funcutils.repeated``
   (``lax.scan``) over the sub-steps, jit-compiled (compile time excluded), vorticity in Fourier space in/out.
 
-Reported: the median (and the min) over ``--repeats`` timed runs of the wall time per member-step (a step = one
-observation interval of 0.2), the ratio of medians jax / torch (> 1: torch faster) in wall time and in process CPU
-time (the one to read on a shared machine), and the relative L2 difference of the two vorticity fields after the
-run. It is not small for the spun-up Re = 1000 flow because jax-cfd's brick-wall filter differs from our symmetric
-2/3 mask on the cutoff line, where an under-resolved flow carries energy. The final cross-check starts from the
-smooth unspun field and also runs jax-cfd with our mask, which isolates that difference.
+The solvers are timed interleaved (torch, jax-cfd, torch, jax-cfd, ...; with ``--baseline REV`` also the
+torch solver of git revision ``REV`` in the same rounds), so a slow spell of a shared machine hits all alike.
+Reported: the median (and the min) over ``--repeats`` rounds of the wall time per member-step (a step = one
+observation interval of 0.2), the per-round ratio jax-cfd / torch (> 1: torch faster) as median and
+interquartile range in process CPU time (the one to read on a shared machine) and the median in wall time, and
+the relative L2 difference of the two vorticity fields after the run. It is not small for the spun-up Re = 1000
+flow because jax-cfd's brick-wall filter differs from our symmetric 2/3 mask on the cutoff line, where an
+under-resolved flow carries energy. The final cross-check starts from the smooth unspun field and also runs
+jax-cfd with our mask, which isolates that difference.
 
 Usage: ``pip install jax jax-cfd`` (CPU), then
-``python scripts/compare_jaxcfd.py [--threads 1] [--big] [--dtype float32|float64|both] [--repeats 5]``.
+``python scripts/compare_jaxcfd.py [--threads 1] [--big] [--dtype float32|float64|both] [--repeats 5]
+[--baseline REV]``.
 jax and jax-cfd are deliberately not project dependencies.
 """
 from __future__ import annotations
@@ -36,13 +40,15 @@ ap.add_argument("--repeats", type=int, default=5, help="timed repeats (median an
 ap.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
 ap.add_argument("--skip-crosscheck", action="store_true", help="timings only")
 ap.add_argument("--crosscheck-only", action="store_true", help="skip the timings, run only the cross-check")
+ap.add_argument("--baseline", metavar="REV", help="also time the torch solver of this git revision (e.g. HEAD~1) "
+                "in the same rounds and print the speed-up over it")
 args = ap.parse_args()
 if args.dtype == "both":  # one process per dtype (jax's x64 switch is global)
     import subprocess
     rc = 0
     for dt in ("float32", "float64"):
-        argv = [a for a in sys.argv[1:] if not a.startswith("--dtype")]
-        argv = [a for i, a in enumerate(argv) if not (i > 0 and argv[i - 1] == "--dtype")]
+        raw = sys.argv[1:]
+        argv = [a for i, a in enumerate(raw) if not a.startswith("--dtype") and not (i > 0 and raw[i - 1] == "--dtype")]
         rc |= subprocess.call([sys.executable, __file__, *argv, "--dtype", dt])
     sys.exit(rc)
 
@@ -62,7 +68,7 @@ torch.set_num_threads(args.threads)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import problems  # noqa: E402
 from problems.kolmogorov import spectral_ops, velocity_to_vorticity  # noqa: E402
-from _timing import samples  # noqa: E402  (scripts/_timing.py)
+from _timing import interleaved, ratio_stats  # noqa: E402  (scripts/_timing.py)
 
 try:
     import jax
@@ -81,12 +87,29 @@ RE = 1000.0
 DT_OBS = 0.2
 
 
-def timings(fn, repeats: int) -> tuple[float, float, float]:
-    """(median wall, min wall, median process CPU time) of :func:`samples`."""
-    wall, cpu = samples(fn, repeats)
-    if not wall:
-        return math.nan, math.nan, math.nan
-    return statistics.median(wall), min(wall), statistics.median(cpu)
+def load_baseline(rev: str):
+    """The ``Kolmogorov`` class of ``problems/kolmogorov.py`` at git revision ``rev`` (a module of its own)."""
+    import importlib.util
+    import subprocess
+    import tempfile
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    try:
+        src = subprocess.run(["git", "-C", root, "show", f"{rev}:problems/kolmogorov.py"], check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"--baseline {rev}: cannot read problems/kolmogorov.py at that revision ({exc})")
+        sys.exit(2)
+    path = os.path.join(tempfile.mkdtemp(), "kolmogorov_baseline.py")
+    with open(path, "w") as f:
+        f.write(src)
+    spec = importlib.util.spec_from_file_location("kolmogorov_baseline", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["kolmogorov_baseline"] = mod
+    spec.loader.exec_module(mod)
+    return mod.Kolmogorov
+
+
+BASELINE = load_baseline(args.baseline) if args.baseline else None
 
 
 def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: int | None = None,
@@ -106,7 +129,18 @@ def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: i
             x = pb.step(x, th)
         return x
 
-    t_torch, t_torch_min, c_torch = timings(torch_run, repeats)
+    fns = {"torch": torch_run}
+    if BASELINE is not None and repeats > 0:
+        import dataclasses
+        pb_base = BASELINE(**{f.name: getattr(pb, f.name) for f in dataclasses.fields(pb)})
+
+        def base_run():
+            x = x0
+            for _ in range(n_obs):
+                x = pb_base.step(x, th)
+            return x
+
+        fns["baseline"] = base_run
     x_torch = torch_run()
 
     # ---- jax-cfd ----
@@ -135,7 +169,9 @@ def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: i
     def jax_run():
         return jax_run_c(w_hat0, nus).block_until_ready()
 
-    t_jax, t_jax_min, c_jax = timings(jax_run, repeats)
+    fns["jax"] = jax_run
+    t = interleaved(fns, repeats)
+    (w_torch, c_torch), (w_jax, c_jax) = t["torch"], t["jax"]
     w_jax_end = jnp.fft.irfftn(jax_run(), axes=(1, 2))[0]
 
     # ---- cross-check: vorticity after the run ----
@@ -145,27 +181,43 @@ def run_case(n: int, N: int, n_obs: int, x0_single: torch.Tensor, pb, repeats: i
     w_j = np.asarray(w_jax_end, dtype=np.float64)
     diff = float(np.linalg.norm(w_t - w_j) / np.linalg.norm(w_j))
     ms = N * n_obs
-    return dict(n=n, N=N, T=n_obs * DT_OBS, n_sub=n_sub, dtype=dtype, torch_s=t_torch, jax_s=t_jax,
-                torch_ms_per_member_step=1e3 * t_torch / ms, jax_ms_per_member_step=1e3 * t_jax / ms,
-                torch_min_ms=1e3 * t_torch_min / ms, jax_min_ms=1e3 * t_jax_min / ms,
-                torch_cpu_ms=1e3 * c_torch / ms, jax_cpu_ms=1e3 * c_jax / ms,
-                ratio=t_jax / t_torch, cpu_ratio=c_jax / c_torch, rel_diff=diff)
+
+    def med(v):
+        return statistics.median(v) if v else math.nan
+
+    out = dict(n=n, N=N, T=n_obs * DT_OBS, n_sub=n_sub, dtype=dtype,
+               torch_ms_per_member_step=1e3 * med(w_torch) / ms, jax_ms_per_member_step=1e3 * med(w_jax) / ms,
+               torch_min_ms=1e3 * min(w_torch, default=math.nan) / ms,
+               jax_min_ms=1e3 * min(w_jax, default=math.nan) / ms,
+               torch_cpu_ms=1e3 * med(c_torch) / ms, jax_cpu_ms=1e3 * med(c_jax) / ms,
+               ratio=ratio_stats(w_jax, w_torch)[0], cpu_ratio=ratio_stats(c_jax, c_torch), rel_diff=diff)
+    if "baseline" in t:
+        out["base_cpu_ratio"] = ratio_stats(t["baseline"][1], c_torch)
+    return out
 
 
 def crosscheck(n: int, re_: float = RE, T: float = DT_OBS, same_mask: bool = False) -> float:
     """Relative L2 vorticity difference after ``T`` from the smooth pre-spin-up field (well resolved at t = 0,
-    so the two dealiasing conventions hardly matter), float32, one member."""
+    so the two dealiasing conventions hardly matter), in the run's dtype, one member."""
     pb = problems.get("kolmogorov", n=n)
     x0 = pb.initial_field(torch.float32)
     n_obs = int(round(T / DT_OBS))
-    r = run_case(n, 1, n_obs, x0, pb, repeats=0, re_=re_, same_mask=same_mask)
+    r = run_case(n, 1, n_obs, x0, pb, repeats=0, re_=re_, same_mask=same_mask, dtype=args.dtype)
     return r["rel_diff"]
 
 
+def fmt(stats: tuple[float, float, float]) -> str:
+    """``median [q1, q3]`` of a :func:`ratio_stats` triple."""
+    return f"{stats[0]:.2f} [{stats[1]:.2f}, {stats[2]:.2f}]"
+
+
 def main():
+    import subprocess
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip() if os.name == "posix" else ""
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} "
           f"({jax.devices()[0].platform}), jax-cfd {getattr(__import__('jax_cfd'), '__version__', '?')}, "
-          f"Re = {RE}, {args.repeats} repeats (median [min] per member-step)")
+          f"Re = {RE}, {args.repeats} interleaved rounds (median [min] per member-step; ratios: median "
+          f"[25th, 75th percentile] over rounds)" + (f"; load: {load}" if load else ""))
     cases = [(64, 1, 1), (64, 20, 1), (64, 1, 10), (64, 20, 10)]
     if args.big:
         cases += [(150, 1, 1), (150, 20, 1)]
@@ -182,9 +234,10 @@ def main():
             print(f"{dtype} n={r['n']:4d} N={r['N']:3d} T={r['T']:.1f} (sub-steps/0.2: {r['n_sub']}): "
                   f"torch {r['torch_ms_per_member_step']:9.2f} [{r['torch_min_ms']:.2f}] ms/member-step, "
                   f"jax-cfd {r['jax_ms_per_member_step']:9.2f} [{r['jax_min_ms']:.2f}] ms/member-step, "
-                  f"ratio jax/torch {r['ratio']:.2f}; CPU time torch {r['torch_cpu_ms']:.2f}, jax-cfd "
-                  f"{r['jax_cpu_ms']:.2f} ms/member-step, ratio {r['cpu_ratio']:.2f}; "
-                  f"rel. vorticity difference {r['rel_diff']:.1e}", flush=True)
+                  f"wall ratio jax/torch {r['ratio']:.2f}; CPU time torch {r['torch_cpu_ms']:.2f}, jax-cfd "
+                  f"{r['jax_cpu_ms']:.2f} ms/member-step, CPU ratio jax/torch {fmt(r['cpu_ratio'])}"
+                  + (f", CPU ratio baseline/torch {fmt(r['base_cpu_ratio'])}" if "base_cpu_ratio" in r else "")
+                  + f"; rel. vorticity difference {r['rel_diff']:.1e}", flush=True)
     if args.skip_crosscheck:
         return rows
     for n in (64, 150) if args.big else (64,):
