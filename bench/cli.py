@@ -302,6 +302,8 @@ def _print_summary(run_dir: Path) -> None:
     from rich.console import Console
 
     from bench.report import format_summary, summary_renderables, summary_table
+    from bench.scaling import format_slopes, scaling_table
+    from bench.store import load_cycles, load_results
     summary = summary_table(run_dir)
     console = Console(highlight=False, emoji=False)
     if console.is_terminal and not summary.empty:
@@ -309,6 +311,19 @@ def _print_summary(run_dir: Path) -> None:
             console.print(r)
     else:
         print(format_summary(summary))
+    # a grid that sweeps the state dimension: each method's log-log slope of time per cycle against it
+    res = load_results(run_dir)
+    if "state_dim" in res.columns and res["state_dim"].nunique() > 1:
+        slopes = format_slopes(scaling_table(res, load_cycles(run_dir)),
+                               width=console.width if console.is_terminal else _text_width())
+        if slopes:
+            print("\n" + slopes)
+
+
+def _text_width() -> int:
+    """Width of plain-text output: ``$COLUMNS`` where set, else 120."""
+    import shutil
+    return shutil.get_terminal_size((120, 24)).columns
 
 
 def _print_compare(df, only_regressions: bool) -> None:

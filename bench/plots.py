@@ -747,6 +747,59 @@ def spread_error_figure(res: pd.DataFrame, img_dir: Path, palette: dict, tag: st
                          "dashed: calibrated (1). Below 1: over-confident.", "spread / error ratio")]
 
 
+def scaling_figure(points: dict[str, pd.DataFrame], table: pd.DataFrame, img_dir: Path, palette: dict, tag: str,
+                   title: str = "") -> list[Figure]:
+    """Online time per cycle against the state dimension on log-log axes, one panel per clock (``points``: basis
+    -> :func:`bench.scaling.scaling_points` rows of one problem family and setting; ``table``: the matching
+    :func:`bench.scaling.scaling_table` rows). Per method: the medians over the timed cycles, bars the
+    interquartile range, and the fitted line dashed, with its slope in the legend."""
+    from bench.scaling import BASES
+    bases = [b for b in BASES if b in points and not points[b].empty]
+    if not bases:
+        return []
+    fig, axes = _grid(1, len(bases), w=4.2, h=3.2, sharex=True, sharey=True)
+    methods = sorted(set().union(*(points[b]["method"].astype(str) for b in bases)))
+    fits = {str(r["method"]): r for _, r in table.iterrows()} if not table.empty else {}
+    for ax, basis in zip(axes[0], bases):
+        pts = points[basis]
+        prefix = "" if basis == "wall" else "cpu_"
+        for m in methods:
+            g = pts[pts["method"].astype(str) == m].sort_values("state_dim")
+            g = g[g["median"] > 0]
+            if g.empty:
+                continue
+            st = _style_of(palette, m)
+            d, med = g["state_dim"].to_numpy(float), g["median"].to_numpy(float)
+            err = [np.clip(med - g["q25"].to_numpy(float), 0, None), np.clip(g["q75"].to_numpy(float) - med, 0, None)]
+            ax.errorbar(d, med, yerr=err, color=st["color"], marker=st["marker"], ls="none", ms=5, capsize=2)
+            r = fits.get(m)
+            if r is not None and np.isfinite(r.get(f"{prefix}slope", np.nan)):
+                xs = np.array([d.min(), d.max()])
+                ax.plot(xs, 10 ** (r[f"{prefix}intercept"] + r[f"{prefix}slope"] * np.log10(xs)), color=st["color"],
+                        ls="--", lw=1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _tidy_log_axis(ax, "x")
+        _tidy_log_axis(ax, "y")
+        ax.set_xlabel("state dimension d")
+        ax.set_ylabel("online time per cycle [s]")
+        ax.set_title(("wall-clock" if basis == "wall" else "CPU time") + (f" · {title}" if title else ""), fontsize=9)
+    handles = []
+    for m in methods:
+        st = _style_of(palette, m)
+        r = fits.get(m)
+        slopes = [f"{r.get(p + 'slope', np.nan):.2f} {w}" for p, w in (("", "wall"), ("cpu_", "CPU"))
+                  if r is not None and np.isfinite(r.get(p + "slope", np.nan))]
+        label = _wrap_name(st["label"], 26) + (f" (slope {', '.join(slopes)})" if slopes else "")
+        handles.append(Line2D([], [], color=st["color"], ls="--", lw=1.2, marker=st["marker"], label=label))
+    fig.legend(handles=handles, loc="outside right upper", frameon=False)
+    name = _save(fig, img_dir, f"{tag}_scaling.png")
+    return [Figure(name, "Online time per cycle (forecast + analysis + reconstruction) against the state "
+                         "dimension, log-log: median over the timed cycles (bar: interquartile range), dashed: "
+                         "least-squares line, its slope (wall-clock, CPU time) in the legend. Offline training is not "
+                         "in these times.", "time per cycle against the state dimension")]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # accuracy against offline compute
 

@@ -38,8 +38,10 @@ from assimbench.errors import ConfigError
 from bench import store
 from bench.store import load_cycles, load_results, load_run_info, resolve_run_dir
 
-#: Columns that define one setting of the summary (seeds are averaged over).
-SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise", "p_device", "p_method")
+#: Columns that define one setting of the summary (seeds are averaged over); the observation operator and the
+#: observation interval keep an arctan or time-sparse block apart from the identity, every-cycle one.
+SETTING_KEYS: tuple[str, ...] = ("p_problem", "p_n_ens", "p_coverage", "p_noise", "p_obs_operator", "p_obs_obs_every",
+                                 "p_device", "p_method")
 #: Metrics summarised as mean and std over seeds (ok cells only).
 SUMMARY_METRICS: tuple[str, ...] = (
     "rrmse_a", "rrmse_f", "rrmse_member_a", "spread_a", "spread_error_a", "crps_a", "param_rmse_a", "rmse_a",
@@ -52,7 +54,7 @@ SUMMARY_METRICS: tuple[str, ...] = (
 PROVENANCE_COLUMNS: tuple[str, ...] = ("git_sha", "git_dirty", "torch_version", "device_name", "cpu_model", "dtype",
                                        "threads", "host", "date")
 _FRIENDLY = {"p_problem": "problem", "p_method": "method", "p_n_ens": "n_ens", "p_coverage": "coverage",
-             "p_noise": "noise", "p_device": "device"}
+             "p_noise": "noise", "p_obs_operator": "operator", "p_obs_obs_every": "obs_every", "p_device": "device"}
 
 
 # ==============================================================================================================
@@ -217,14 +219,22 @@ def _method_text(r: pd.Series) -> str:
 UNITS = {"rrmse": "rel.", "spread_a": "state", "crps_a": "state"}
 
 
+#: Setting values too ordinary to state in a table's title.
+_PLAIN = {"operator": ("identity", "nan", "None", "<NA>"), "obs_every": ("1", "nan", "None", "<NA>")}
+
+
 def _setting_axes(summary: pd.DataFrame) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(varying, constant) setting columns of some summary rows, as (column, short header)."""
-    axes = [("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise"), ("device", "device")]
+    axes = [("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise"), ("operator", "operator"),
+            ("obs_every", "obs every"), ("device", "device")]
     varying, constant = [], []
     for c, h in axes:
         if c not in summary.columns:
             continue
-        (varying if summary[c].nunique(dropna=False) > 1 else constant).append((c, h))
+        if summary[c].nunique(dropna=False) > 1:
+            varying.append((c, h))
+        elif str(summary[c].iloc[0]) not in _PLAIN.get(c, ()):  # identity operator, every cycle: not worth a word
+            constant.append((c, h))
     return varying, constant
 
 
@@ -461,8 +471,9 @@ def _summary_columns(summ: pd.DataFrame, labels: dict[str, str] | None = None, c
     for c, h in (("n_ens", "N"), ("coverage", "coverage"), ("noise", "noise")):
         if c in summ.columns and c not in constant:
             cols.append((c, h, lambda r, c=c: _val(r[c])))
-    if "device" in summ.columns and summ["device"].nunique() > 1:
-        cols.append(("device", "device", lambda r: _val(r["device"])))
+    for c, h in (("operator", "operator"), ("obs_every", "obs every"), ("device", "device")):
+        if c in summ.columns and c not in constant and summ[c].nunique(dropna=False) > 1:
+            cols.append((c, h, lambda r, c=c: _val(r[c])))
     cols.append(("method", "method", lambda r: labels.get(str(r["method"]), str(r["method"]))
                  + _method_text(r)[len(str(r["method"])):]))
     cols.append(("cells", "cells ok / failed / skipped",
@@ -826,6 +837,41 @@ def _problem_page(b: _Builder, problem: str, slug: str, res: pd.DataFrame, cyc: 
     return "\n".join(parts)
 
 
+def _scaling_section(b: _Builder, res: pd.DataFrame, cyc: pd.DataFrame, palette: dict, labels: dict[str, str],
+                     taken: set[str]) -> tuple[str, list[str]]:
+    """The index page's section (HTML) and summary.md's lines on time per cycle against the state dimension: per
+    problem family and setting whose cells span several dimensions, a log-log figure and the slope table."""
+    from bench import plots
+    from bench.scaling import SLOPE_NOTE, scaling_points, scaling_table, select_curve, slope_rows
+
+    table = scaling_table(res, cyc)
+    if table.empty:
+        return "", []
+    points = {basis: scaling_points(res, cyc, basis) for basis in ("wall", "cpu")}
+    keys = [k for k in table.columns if k.startswith("p_")]
+    html_parts = ["<h2>Scaling with the state dimension</h2>",
+                  f'<p class="muted">{_e(SLOPE_NOTE)}. The learned methods\' offline training is not in these '
+                  "times (see their fit time in the summary).</p>"]
+    md = ["", "## Scaling with the state dimension", ""]
+    for k, tab in table.groupby(["problem", *keys], dropna=False, sort=True):
+        setting = dict(zip(keys, k[1:]))
+        varying = {c: v for c, v in setting.items() if table[c].nunique(dropna=False) > 1}
+        title = " · ".join(f"{c.removeprefix('p_').removeprefix('obs_')}={_val(v)}" for c, v in varying.items())
+        pts = {basis: select_curve(p, k[0], setting) for basis, p in points.items()}
+        slug = _slug(f"scaling-{k[0]}", taken)
+        figs = b.figures(plots.scaling_figure, pts, tab, b.img, palette, slug, str(k[0]))
+        header, rows = slope_rows(tab.drop(columns=[c for c in keys]), labels)
+        html_parts.append(f"<h3>{_e(k[0])}{(' · ' + _e(title)) if title else ''}</h3>")
+        html_parts.append(_figure_html(figs))
+        html_parts.append(_table(rows, header, left=2))
+        md += [f"### {k[0]}{(' (' + title + ')') if title else ''}", "",
+               "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        md.append("")
+    md.append(SLOPE_NOTE + ".")
+    return "\n".join(html_parts), md
+
+
 def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     """Write the static HTML report of a run directory and return the path of ``report/index.html``.
 
@@ -889,6 +935,9 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
     for p in problems:
         parts.append(f'<h3><a href="{slugs[p]}.html">{_e(p)}</a></h3>')
         parts.append(_summary_html(summ[summ["problem"].astype(str) == p], labels))
+    scaling_html, scaling_md = _scaling_section(b, res, cyc, palette, labels, taken)
+    if scaling_html:
+        parts.append(scaling_html)
     parts.append("<h2>Grid</h2>" + _table(_grid_rows(res), ["parameter", "n", "values"], left=3))
     cfg = _config_text(info)
     if cfg:
@@ -909,6 +958,7 @@ def build_report(run_dir: str | Path, *, strict: bool = False) -> Path:
         md += ["", f"Provenance: {prov_line}."]
     for p in problems:
         md += ["", f"## {p}", "", _summary_markdown(summ[summ["problem"].astype(str) == p], labels)]
+    md += scaling_md
     legend = sorted((lab, full) for full, lab in labels.items() if lab != full)
     if legend:
         md += ["", "## Method labels", "", "| label | full parametrized name |", "|---|---|"]

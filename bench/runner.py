@@ -543,7 +543,8 @@ def _run_cell(cell: Cell, cache_dir: Path | None, raise_errors: bool, progress: 
     try:
         observer = prep.observer
         row.update(param_columns(cell, problem, observer, method))
-        row.update({"obs_coverage": observer.actual_coverage, "n_obs": observer.n_obs})
+        row.update({"obs_coverage": observer.actual_coverage, "n_obs": observer.n_obs,
+                    "state_dim": math.prod(problem.state_shape)})
         if prep.skip_reason:
             status, error = "skipped", prep.skip_reason
         else:

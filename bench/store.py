@@ -267,7 +267,7 @@ FLOAT_COLUMNS: frozenset[str] = frozenset({
 FLOAT_PREFIXES: tuple[str, ...] = ("time_", "t_", "param_mean_", "param_true_", "param_std_")
 #: Columns that are always integers (nullable ``Int64`` where a cell lacks the value).
 INT_COLUMNS: frozenset[str] = frozenset({"p_n_ens", "p_seed", "p_spinup", "p_score_between", "n_cycles", "n_obs",
-                                         "threads", "cycle"})
+                                         "state_dim", "threads", "cycle"})
 #: Columns that are always booleans (nullable ``boolean`` where a cell lacks the value).
 BOOL_COLUMNS: frozenset[str] = frozenset({"git_dirty", "spinup"})
 #: Columns whose values are lists of integers (the rank histogram's N + 1 bin counts); in Parquet a

@@ -17,6 +17,15 @@ def test_smoke_and_default_cover_every_problem_family():
     assert {"lorenz96", "shallow_water", "kolmogorov"} <= default
 
 
+def test_smoke_runs_every_method_and_time_sparse_observations():
+    """What CI runs exercises every built-in method and observations every k-th cycle on a PDE and Lorenz-96."""
+    cells = expand(load_preset("smoke")).cells
+    assert {"FreeRun", "EnKF", "EnSF", "EnFF", "LD-EnSF", "Latent-EnSF"} <= {c.method for c in cells}
+    sparse = {(c.problem, c.method) for c in cells if c.odict.get("obs_every", 1) > 1}
+    assert {"lorenz96", "shallow_water"} <= {p for p, _ in sparse}
+    assert ("shallow_water", "LD-EnSF") in sparse
+
+
 def test_default_runs_every_method_with_arctan_observations_on_both_pdes():
     cells = expand(load_preset("default")).cells
     arctan = {(c.problem, c.method) for c in cells if c.odict.get("operator") == "arctan"}

@@ -427,3 +427,17 @@ def test_pages_name_methods_by_label_with_a_legend(report):
     summary = summary[:summary.index("</table>")]
     assert "EnKF[inflation" not in summary and ">EnKF<" in summary  # the short label in the table
     assert 'class="tbl"' in page  # tables scroll inside their own box when wider than the page
+
+
+def test_summary_keeps_observation_operators_and_intervals_apart(run_dir):
+    """Cells that differ only in the observation operator or interval are separate settings, never averaged."""
+    res = pd.read_parquet(run_dir / "results.parquet")
+    sparse = res.assign(p_obs_operator="identity", p_obs_obs_every=2, rrmse_a=res["rrmse_a"] * 10)
+    both = pd.concat([res.assign(p_obs_operator="identity", p_obs_obs_every=1), sparse], ignore_index=True)
+    summ = summary_table(both)
+    assert len(summ) == 2 * len(summary_table(res))
+    one = summ[(summ.obs_every == 1)].set_index(["problem", "n_ens", "coverage", "noise", "method"]).rrmse_a_mean
+    two = summ[(summ.obs_every == 2)].set_index(["problem", "n_ens", "coverage", "noise", "method"]).rrmse_a_mean
+    assert np.allclose(two.dropna(), 10 * one.dropna())
+    text = format_summary(summ, width=200)
+    assert "obs every" in text and "operator" not in text  # the varying key is a column; identity is not stated
