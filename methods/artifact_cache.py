@@ -91,6 +91,14 @@ def artifact_hash(kind: str, method: str, data: dict, train: dict) -> str:
     return content_hash(kind, method, data, train, ARTIFACT_FORMAT, n=16)
 
 
+def checkpoint_dir(kind: str, method: str, data: dict, train: dict, cache_dir: Path | str | None) -> Path:
+    """Where the training of the artifact ``(kind, method, data, train)`` checkpoints and resumes from
+    (``<cache>/checkpoints/<hash>``): an interrupted ``bench train`` continues where it stopped, and a run of
+    ``scripts/ldnet_ablation.py --for-recipe`` hands its finished training to the recipe's artifact."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / "checkpoints" / artifact_hash(kind, method, data, train)
+
+
 def observer_layout(observer: Observer, times: bool = False) -> dict:
     """The parts of an observer that determine *where and what* it observes (not its noise); with ``times`` (a
     network that reads the observation sequence) also *when*: ``obs_every``, recorded only when it is not 1 (so

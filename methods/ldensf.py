@@ -34,7 +34,7 @@ import torch
 
 from assimbench.errors import ConfigError, Diverged
 from assimbench.naming import content_hash
-from methods.artifact_cache import load_or_train, observer_layout, snapshot_run
+from methods.artifact_cache import checkpoint_dir, load_or_train, observer_layout, snapshot_run
 from methods.base import Method, Tunable
 from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
 from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, observed_cycles,
@@ -251,9 +251,13 @@ class LDEnSF(SamplerFields, Method):
 
         ld_data = {"dataset": pb.data_key()}
         snaps = snapshot_run("ldnet", self.name, ld_data, ld_cfg, ctx.cache_dir)
+        # a whole run outside the snapshot runs checkpoints in the cache (an interrupted training resumes there)
+        ckpt = checkpoint_dir("ldnet", self.name, ld_data, ld_cfg.identity(), ctx.cache_dir) if snaps is None \
+            else None
 
         def train_ld(tlog):
-            net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev, snapshot_run=snaps)
+            net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev, snapshot_run=snaps,
+                                       checkpoint_dir=ckpt)
             return {"ldnet": net}, {"ldnet": net.config()}, summary
 
         art_ld = load_or_train("ldnet", self.name, pb.label, ld_data, ld_cfg.identity(),

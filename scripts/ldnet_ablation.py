@@ -6,7 +6,9 @@ Usage::
 
 The run checkpoints to ``<out>/<problem>_<TAG>.ckpt`` after every evaluation and resumes from it when started
 again with the same arguments (a larger ``epochs=`` continues a finished run); ``--curve-only`` writes the
-curve of a run in progress (or interrupted) from its checkpoint.
+curve of a run in progress (or interrupted) from its checkpoint. ``--for-recipe`` (for a run whose settings are
+the recipe's, evaluation interval aside) also copies the finished checkpoint to where ``bench train`` resumes the
+recipe's training from, so shipping the network does not train it twice.
 
 Trains :func:`methods.ldnet_train.train_ldnet` with the LD-EnSF default recipe overridden by ``key=value``
 (fields of :class:`methods.ldnet_train.LDNetTrainConfig`), and writes ``<out>/<problem>_<TAG>.csv`` (training
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,7 +34,7 @@ from train_curve import _value  # noqa: E402  (scripts/ is on sys.path when a sc
 def main(argv=None) -> int:
     import problems
     import methods
-    from methods.artifact_cache import write_curve
+    from methods.artifact_cache import checkpoint_dir, write_curve
     from methods.ldnet_train import train_ldnet
     from methods.train_loop import TrainLog
 
@@ -44,6 +47,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default="cpu", help="the LD-EnSF training recipe the overrides start from")
     ap.add_argument("--curve-only", action="store_true",
                     help="write the curve of the run's checkpoint so far (no training, no full-grid test)")
+    ap.add_argument("--for-recipe", action="store_true",
+                    help="copy the finished checkpoint to where `bench train` resumes the recipe's LDNet from "
+                         "(the run's settings must be the recipe's, evaluation interval aside)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.curve_only:
@@ -57,10 +63,17 @@ def main(argv=None) -> int:
         print(f"{args.problem}_{args.tag}: {st['epoch']} epochs, curve written (checkpoint, no full-grid test)")
         return 0
     pb = problems.get(args.problem)
-    ds = pb.dataset()
-    cfg = methods.get("LD-EnSF", recipe=args.recipe).ldnet_config(args.problem)
+    method = methods.get("LD-EnSF", recipe=args.recipe)
+    recipe_cfg = method.ldnet_config(args.problem)
     kw = {k: _value(v) for k, v in (o.split("=", 1) for o in args.overrides)}
-    cfg = dataclasses.replace(cfg, **kw)
+    cfg = dataclasses.replace(recipe_cfg, **kw)
+    if args.for_recipe and dataclasses.replace(cfg, eval_every=recipe_cfg.eval_every) != recipe_cfg:
+        diff = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k != "eval_every" and v != getattr(recipe_cfg, k)}
+        print(f"--for-recipe: the run differs from the {args.recipe!r} recipe for {args.problem} in {diff}",
+              file=sys.stderr)
+        return 2
+    ds = pb.dataset()
     tlog = TrainLog(progress=False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,6 +83,11 @@ def main(argv=None) -> int:
                    recipe=dataclasses.asdict(cfg))
     (out / f"{args.problem}_{args.tag}.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps({k: v for k, v in summary.items() if k != "recipe"}, default=str))
+    if args.for_recipe:
+        dst = checkpoint_dir("ldnet", method.name, {"dataset": pb.data_key()}, recipe_cfg.identity(), None)
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out / f"{args.problem}_{args.tag}.ckpt" / "ldnet.pt", dst / "ldnet.pt")
+        print(f"checkpoint copied to {dst}: `bench train` resumes the {args.recipe!r} recipe's LDNet from it")
     return 0
 
 

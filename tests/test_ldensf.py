@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,6 +20,7 @@ from methods.base import Context
 from methods.ldensf import LDEnSF, LatentState
 from bench.train import train_method
 from methods import artifact_cache
+from methods.artifact_cache import checkpoint_dir
 from methods.ldnet import LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, to_points
 from methods.ldnet_train import LDNetTrainConfig, train_ldnet
 from methods.train_loop import TrainLog
@@ -358,6 +360,25 @@ def test_training_resumes_from_its_checkpoint(setup, tmp_path):
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     assert s1["test_rrmse_norm"] == s2["test_rrmse_norm"]
+
+
+def test_method_training_checkpoints_and_a_retraining_resumes_there(setup, tmp_path):
+    """LD-EnSF's LDNet training checkpoints in the cache (``checkpoints/<artifact hash>``): with the artifact gone,
+    training again resumes from the finished checkpoint and gives the same network without optimising anew."""
+    pb, ds, obs = setup["problem"], setup["dataset"], setup["observer"]
+    key = setup["summary"]["ldnet"]["hash"]
+    m = setup["method"]
+    ld_cfg = m.ldnet_config(pb.name)
+    ck = checkpoint_dir("ldnet", m.name, {"dataset": pb.data_key()}, ld_cfg.identity(), setup["cache"])
+    assert ck == setup["cache"] / "checkpoints" / key and (ck / "ldnet.pt").exists()
+    cache = tmp_path / "c"
+    shutil.copytree(setup["cache"] / "checkpoints", cache / "checkpoints")
+    again = LDEnSF(**TINY)
+    s2 = train_method(again, pb, obs, ds, cache_dir=cache, progress=False)
+    assert s2["ldnet"]["hash"] == key and s2["ldnet"]["source"] == "trained"
+    assert "resumed" in (cache / "models" / key / "log.txt").read_text()
+    for (k, a), b in zip(m.net.state_dict().items(), again.net.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 def test_minmax_normalisation_and_fixed_points_train_and_round_trip(setup):
