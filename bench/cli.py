@@ -315,15 +315,9 @@ def _print_summary(run_dir: Path) -> None:
     res = load_results(run_dir)
     if "state_dim" in res.columns and res["state_dim"].nunique() > 1:
         slopes = format_slopes(scaling_table(res, load_cycles(run_dir)),
-                               width=console.width if console.is_terminal else _text_width())
+                               width=console.width if console.is_terminal else None)
         if slopes:
             print("\n" + slopes)
-
-
-def _text_width() -> int:
-    """Width of plain-text output: ``$COLUMNS`` where set, else 120."""
-    import shutil
-    return shutil.get_terminal_size((120, 24)).columns
 
 
 def _print_compare(df, only_regressions: bool) -> None:

@@ -358,18 +358,24 @@ def format_summary(summary: pd.DataFrame, width: int | None = None) -> str:
     ``width`` defaults to the terminal's (``$COLUMNS`` where set, else 120 when the output is not a terminal).
     One table per problem; ``*`` marks the best method of each setting.
     """
-    import io
     import shutil
-
-    from rich.console import Console
 
     if summary.empty:
         return "(no cells)"
     width = width or shutil.get_terminal_size((120, 24)).columns
+    return plain_text(summary_renderables(summary, width), width)
+
+
+def plain_text(renderables, width: int) -> str:
+    """rich renderables as plain text at most ``width`` columns wide (no colour; trailing blanks stripped)."""
+    import io
+
+    from rich.console import Console
+
     buf = io.StringIO()
     console = Console(file=buf, width=width, color_system=None, force_terminal=False, soft_wrap=False,
                       highlight=False, emoji=False)
-    for r in summary_renderables(summary, width):
+    for r in renderables:
         console.print(r)
     return "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines())
 

@@ -260,18 +260,20 @@ def slope_rows(table: pd.DataFrame, labels: dict[str, str] | None = None) -> tup
     return header, rows
 
 
-def format_slopes(table: pd.DataFrame, width: int = 120) -> str:
-    """The slope table as plain text for the terminal (``bench show``); ``""`` when the table is empty."""
-    import io
+def format_slopes(table: pd.DataFrame, width: int | None = None) -> str:
+    """The slope table as plain text for the terminal (``bench show``), at most ``width`` columns wide (default:
+    the terminal's, ``$COLUMNS`` where set, else 120); ``""`` when the table is empty."""
+    import shutil
 
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from bench.labels import short_labels
+    from bench.report import plain_text
+
     if table.empty:
         return ""
-    from bench.labels import short_labels
     labels = short_labels(table["method"].astype(str))
     header, rows = slope_rows(table, labels)
     t = Table(box=box.SIMPLE_HEAD, title=Text("time per cycle against the state dimension", style="bold"),
@@ -280,12 +282,6 @@ def format_slopes(table: pd.DataFrame, width: int = 120) -> str:
         t.add_column(Text(h), justify="left" if h in ("problem", "method") else "right", overflow="fold")
     for r in rows:
         t.add_row(*(Text(c) for c in r))
-    buf = io.StringIO()
-    console = Console(file=buf, width=width, color_system=None, force_terminal=False, soft_wrap=False,
-                      highlight=False, emoji=False)
-    console.print(t)
     legend = {lab: full for full, lab in labels.items() if lab != full}
-    for lab, full in sorted(legend.items()):
-        console.print(Text(f"  {lab} = {full}"))
-    console.print(Text(SLOPE_NOTE))
-    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines())
+    notes = [Text(f"  {lab} = {full}") for lab, full in sorted(legend.items())] + [Text(SLOPE_NOTE)]
+    return plain_text([t, *notes], width or shutil.get_terminal_size((120, 24)).columns)

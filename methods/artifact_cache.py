@@ -91,12 +91,16 @@ def artifact_hash(kind: str, method: str, data: dict, train: dict) -> str:
     return content_hash(kind, method, data, train, ARTIFACT_FORMAT, n=16)
 
 
+def cache_folder(cache_dir: Path | str | None) -> Path:
+    """The cache folder: ``cache_dir`` where given, else the default (``$ASSIMBENCH_CACHE`` or ~/.cache)."""
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+
 def checkpoint_dir(kind: str, method: str, data: dict, train: dict, cache_dir: Path | str | None) -> Path:
     """Where the training of the artifact ``(kind, method, data, train)`` checkpoints and resumes from
     (``<cache>/checkpoints/<hash>``): an interrupted ``bench train`` continues where it stopped, and a run of
     ``scripts/ldnet_ablation.py --for-recipe`` hands its finished training to the recipe's artifact."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / "checkpoints" / artifact_hash(kind, method, data, train)
+    return cache_folder(cache_dir) / "checkpoints" / artifact_hash(kind, method, data, train)
 
 
 def observer_layout(observer: Observer, times: bool = False) -> dict:
@@ -358,7 +362,7 @@ def load_or_train(kind: str, method: str, problem_label: str, data: dict, train:
     recorded checksum differs is re-scored with ``rescore(artifact) -> test errors`` (see :func:`check_data`).
     """
     key = artifact_hash(kind, method, data, train)
-    root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models"
+    root = cache_folder(cache_dir) / "models"
     shipped = SHIPPED_DIR / key
     if (shipped / "config.json").exists():
         return check_data(read_artifact(shipped, "shipped"), dataset, rescore, root)
@@ -400,7 +404,7 @@ def snapshot_run(kind: str, method: str, data: dict, cfg: Any, cache_dir: Path |
     the run's state: ``<cache_dir>/models/runs/<hash of the whole run's artifact>``. None for the whole run
     (``train_fraction`` 1) when no snapshot of it was taken (nothing to continue from)."""
     full = dataclasses.replace(cfg, train_fraction=1.0)
-    root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models" / "runs"
+    root = cache_folder(cache_dir) / "models" / "runs"
     run = SnapshotRun(root / artifact_hash(kind, method, data, full.identity()))
     return run if cfg.train_fraction < 1 or run.folder.is_dir() else None
 
