@@ -244,14 +244,20 @@ class PODDecoder(nn.Module):
     """
 
     def __init__(self, latent_dim: int, coord_dim: int, out_dim: int, width: int, depth: int, act: Act,
-                 n_modes: int, grid_shape: list[int], generator: torch.Generator):
+                 n_modes: int, grid_shape: list[int], generator: torch.Generator, n_fourier: int = 0,
+                 fourier_scale: float = 1.0):
         super().__init__()
         if coord_dim not in (1, 2) or len(grid_shape) != 2:
             raise ValueError(f"the POD decoder needs a 1-D or 2-D regular grid, got coord_dim={coord_dim}, "
                              f"grid_shape={grid_shape}")
         self.out_dim, self.n_modes, self.coord_dim = out_dim, n_modes, coord_dim
         self.grid_shape = (int(grid_shape[0]), int(grid_shape[1]))
-        self.coef = MLP(latent_dim, n_modes, width, depth, act, generator)
+        #: trainable Fourier features of the latent state beside the state itself (None = the state alone): an
+        #: MLP of a few smooth inputs fits slowly varying maps first (spectral bias); the features let it follow
+        #: coefficients that change quickly along the latent trajectories
+        self.fourier = FourierFeatures(latent_dim, n_fourier, fourier_scale, True, generator) \
+            if n_fourier > 0 else None
+        self.coef = MLP(latent_dim + 2 * n_fourier, n_modes, width, depth, act, generator)
         ny, nx = self.grid_shape
         self.register_buffer("modes", torch.zeros(n_modes, out_dim, ny, nx))
         self.register_buffer("mean", torch.zeros(out_dim, ny, nx))
@@ -301,6 +307,8 @@ class PODDecoder(nn.Module):
 
     def predict(self, s: torch.Tensor) -> torch.Tensor:
         """The modes' coefficients of latent states ``s (..., d_s)``: ``(..., n_modes)``."""
+        if self.fourier is not None:
+            s = torch.cat([s, self.fourier(s)], dim=-1)
         return self.coef(s) * self.scale.to(s.dtype)
 
     def coefficients(self, Z: torch.Tensor) -> torch.Tensor:
@@ -362,6 +370,8 @@ class LDNetConfig:
     out_scale, out_shift : output map per field (z-score units = raw * scale + shift), None = identity.
     rec_params : ``R`` decodes ``(s, u)`` instead of ``s``.
     grid_shape : the point layout of a ``pod`` ``R`` (:class:`PODDecoder`), required there.
+    rec_fourier, rec_fourier_scale : trainable Fourier features of the latent input of a ``pod`` ``R`` (0 = the
+        latent state alone).
 
     :meth:`as_dict` is the artifact's ``networks`` entry (plain JSON values; the later-added keys ``film``,
     ``n_shifts``, ``rec_params``, ``out_scale``/``out_shift`` only where they matter, so the entries of networks
@@ -392,6 +402,8 @@ class LDNetConfig:
     out_shift: list[float] | None = None
     rec_params: bool = False
     grid_shape: list[int] | None = None
+    rec_fourier: int = 0
+    rec_fourier_scale: float = 1.0
 
     def as_dict(self) -> dict:
         """The plain-dict form stored in an artifact's ``networks``."""
@@ -409,6 +421,9 @@ class LDNetConfig:
             d["rec_params"] = True
         if self.rec_arch == "pod":
             d["grid_shape"] = [int(v) for v in self.grid_shape]
+            if self.rec_fourier > 0:
+                d["rec_fourier"] = self.rec_fourier
+                d["rec_fourier_scale"] = float(self.rec_fourier_scale)
         if self.out_scale is not None or self.out_shift is not None:
             d["out_scale"] = [float(v) for v in (self.out_scale if self.out_scale is not None
                                                  else [1.0] * self.n_fields)]
@@ -438,7 +453,8 @@ class LDNet(nn.Module):
             if cfg.grid_shape is None:
                 raise ValueError("rec_arch='pod' needs the grid_shape of the problem's points")
             self.rec = PODDecoder(rec_in, coord_dim, n_fields, cfg.rec_width, cfg.rec_depth, cfg.act, cfg.n_basis,
-                                  list(cfg.grid_shape), g)
+                                  list(cfg.grid_shape), g, n_fourier=cfg.rec_fourier,
+                                  fourier_scale=cfg.rec_fourier_scale)
         elif cfg.rec_arch == "registered":
             self.rec = RegisteredDecoder(rec_in, coord_dim, n_fields, cfg.rec_width, cfg.rec_depth, cfg.act,
                                          **features, n_shifts=max(1, cfg.n_shifts), generator=g)

@@ -47,7 +47,8 @@ class LDNetTrainConfig(HashedConfig):
     the dataset's training split (simulated with another data seed); ``recipe``: the name of the recipe these
     values came from (see ``methods.ldensf.RECIPES``), recorded in the identity; ``train_fraction``: the network
     is taken after this fraction of the ``epochs``-epoch run (its learning-rate schedule unchanged), a snapshot
-    along the training curve (1 = the whole run).
+    along the training curve (1 = the whole run); ``rec_fourier``, ``rec_fourier_scale``: trainable Fourier
+    features of the latent input of a ``pod`` head (see :class:`methods.ldnet.PODDecoder`).
     """
 
     latent_dim: int = 10
@@ -84,10 +85,13 @@ class LDNetTrainConfig(HashedConfig):
     step_gamma: float = 0.6
     recipe: str = "cpu"
     train_fraction: float = 1.0
+    rec_fourier: int = 0
+    rec_fourier_scale: float = 1.0
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
-                                               "norm", "step_gamma", "recipe", "train_fraction")
+                                               "norm", "step_gamma", "recipe", "train_fraction", "rec_fourier",
+                                               "rec_fourier_scale")
 
 
 
@@ -148,7 +152,8 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
         n_fourier=cfg.n_fourier, fourier_scale=cfg.fourier_scale, train_fourier=cfg.train_fourier,
         n_basis=cfg.n_basis, act=cfg.act, seed=cfg.seed, film=cfg.film, n_shifts=cfg.n_shifts,
         rec_params=cfg.rec_params,
-        grid_shape=pod_grid_shape(problem) if cfg.rec_arch == "pod" else None)).to(device)
+        grid_shape=pod_grid_shape(problem) if cfg.rec_arch == "pod" else None,
+        rec_fourier=cfg.rec_fourier, rec_fourier_scale=cfg.rec_fourier_scale)).to(device)
     xi = net.normalize_coords(coords.to(device, torch.float32))                     # (P, k)
     p_lo, p_hi = param_normalizer(problem)
     splits = {}
@@ -272,7 +277,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
         for p in net.dyn.parameters():
             p.requires_grad_(True)
     if cfg.lbfgs_iters > 0:
-        best = _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best)
+        best = _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best, pod_targets)
     net.eval()
     with torch.no_grad():
         Z, U = splits["test"]
@@ -286,29 +291,52 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     return net, summary
 
 
-def _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best):
-    """Full-batch L-BFGS on a fixed point subset (LDNets' Adam-then-BFGS recipe)."""
-    n_tr, T1, P, _ = Ztr.shape
-    idx = torch.randint(P, (n_tr, T1, n_pts), generator=g).to(Ztr.device)
-    true = _gather_points(Ztr, idx)
+def _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best, pod_targets=None):
+    """Full-batch L-BFGS after Adam (LDNets' Adam-then-BFGS recipe): on one fixed point subset, or for a POD
+    head in coefficient space (the full grid, as its Adam stage). Runs in chunks of ``cfg.eval_every``
+    iterations (at most 50), evaluating after each; the network ends with the best validation weights seen
+    (those of the Adam stage when no L-BFGS chunk beats them)."""
+    n_tr, T1, P, C = Ztr.shape
+    if pod_targets is None:
+        idx = torch.randint(P, (n_tr, T1, n_pts), generator=g).to(Ztr.device)
+        true = _gather_points(Ztr, idx)
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=cfg.lbfgs_iters, history_size=50,
-                            line_search_fn="strong_wolfe")
+    chunk = max(1, min(cfg.eval_every, 50, cfg.lbfgs_iters))
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=chunk, history_size=50, line_search_fn="strong_wolfe")
+
+    last = [float("nan")]
 
     def closure():
         opt.zero_grad(set_to_none=True)
-        loss = ((net.reconstruct(net.rollout(Utr, T1 - 1), xi[idx], u=Utr) - true) / net.out_scale).pow(2).mean()
+        s = net.rollout(Utr, T1 - 1)
+        if pod_targets is not None:
+            loss = (net.rec.predict(net.rec_input(s, Utr)) - pod_targets).pow(2).sum(-1).mean() / (P * C)
+        else:
+            loss = ((net.reconstruct(s, xi[idx], u=Utr) - true) / net.out_scale).pow(2).mean()
         loss.backward()
+        last[0] = float(loss.detach())
         return loss
-    t0, c0 = time.perf_counter(), time.process_time()
-    loss = float(opt.step(closure))
-    tlog.train_s += time.perf_counter() - t0
-    tlog.train_cpu_s += time.process_time() - c0
-    with torch.no_grad():
-        ev = evaluate()
-    tlog.record(stage="lbfgs", epoch=cfg.lbfgs_iters, lr=1.0, train_loss=loss, **ev)
-    tlog.info(f"L-BFGS {cfg.lbfgs_iters} iterations: loss {loss:.3e}, valid {ev['valid_rrmse']:.4f}")
-    return dict(ev, epoch="lbfgs") if ev["valid_rrmse"] < best["valid_rrmse"] else best
+    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    done = 0
+    while done < cfg.lbfgs_iters:
+        opt.param_groups[0]["max_iter"] = min(chunk, cfg.lbfgs_iters - done)
+        t0, c0 = time.perf_counter(), time.process_time()
+        opt.step(closure)
+        loss = last[0]                                                    # at the chunk's last evaluation
+        tlog.train_s += time.perf_counter() - t0
+        tlog.train_cpu_s += time.process_time() - c0
+        done += opt.param_groups[0]["max_iter"]
+        with torch.no_grad():
+            ev = evaluate()
+        tlog.record(stage="lbfgs", epoch=done, lr=1.0, train_loss=loss, **ev)
+        tlog.info(f"L-BFGS {done} iterations: loss {loss:.3e}, valid {ev['valid_rrmse']:.4f}")
+        if ev["valid_rrmse"] < best["valid_rrmse"]:
+            best = dict(ev, epoch=f"lbfgs{done}")
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if not math.isfinite(loss):
+            break
+    net.load_state_dict(best_state)
+    return best
 
 
 @torch.no_grad()

@@ -505,6 +505,60 @@ def test_pod_head_ldnet_trains_on_the_full_grid_and_round_trips(setup):
         train_ldnet(pb, ds, dataclasses.replace(cfg, norm="minmax"), TrainLog(progress=False))
 
 
+def test_pod_head_with_latent_fourier_features_round_trips_and_fits_a_fast_varying_map():
+    g = torch.Generator().manual_seed(0)
+    from methods.ldnet import PODDecoder
+    plain = PODDecoder(1, 1, 1, 32, 2, "silu", 4, [1, 16], g)
+    feat = PODDecoder(1, 1, 1, 32, 2, "silu", 4, [1, 16], g, n_fourier=16, fourier_scale=2.0)
+    # coefficients that oscillate along the latent coordinate (as a chaotic flow's do along late-time states)
+    s = torch.linspace(-1, 1, 200).unsqueeze(-1)
+    target = torch.stack([torch.sin(6 * math.pi * s[:, 0] * (k + 1) / 2) for k in range(4)], -1)
+    errs = {}
+    for name, dec in (("plain", plain), ("feat", feat)):
+        opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+        for _ in range(600):
+            opt.zero_grad()
+            loss = (dec.predict(s) - target).pow(2).mean()
+            loss.backward()
+            opt.step()
+        errs[name] = float(loss.detach())
+    assert errs["feat"] < 0.2 * errs["plain"]
+    cfg = LDNetConfig(latent_dim=3, n_params=1, n_fields=1, coord_dim=2, dt_lat=0.1, coord_lo=[0, 0],
+                      coord_hi=[1, 1], rec_arch="pod", n_basis=4, grid_shape=[4, 4], rec_fourier=8,
+                      rec_fourier_scale=0.5)
+    net = LDNet(cfg)
+    d = net.config()
+    assert d["rec_fourier"] == 8 and d["rec_fourier_scale"] == 0.5
+    again = LDNet.from_config(d)
+    again.load_state_dict(net.state_dict())
+    z = torch.randn(5, 3)
+    assert torch.equal(again.rec.predict(z), net.rec.predict(z))
+    assert "rec_fourier" not in LDNet(dataclasses.replace(cfg, rec_fourier=0)).config()
+
+
+def test_lbfgs_after_adam_fits_a_pod_head_further_and_keeps_the_best_validation_weights(setup):
+    pb, ds = setup["problem"], setup["dataset"]
+    cfg = LDNetTrainConfig(latent_dim=4, dyn_width=16, dyn_depth=2, rec_arch="pod", n_basis=12, rec_width=32,
+                           rec_depth=2, epochs=15, batch_traj=8, lr=5e-3, eval_every=10, lbfgs_iters=80)
+    tlog = TrainLog(progress=False)
+    net, summary = train_ldnet(pb, ds, cfg, tlog)
+    adam = [r for r in tlog.rows if r["stage"] == "ldnet"]
+    lbfgs = [r for r in tlog.rows if r["stage"] == "lbfgs"]
+    assert [r["epoch"] for r in lbfgs] == [10, 20, 30, 40, 50, 60, 70, 80]          # one evaluation per chunk
+    # full-batch L-BFGS on the same coefficient loss fits the training data far better than the short Adam run
+    assert lbfgs[-1]["train_rrmse"] < 0.7 * adam[-1]["train_rrmse"]
+    # the network that comes back is the one with the best validation error of both stages
+    best = min(r["valid_rrmse"] for r in tlog.rows)
+    assert summary["valid_rrmse"] == pytest.approx(best)
+    from methods.ldnet import normalize_params, param_normalizer
+    from methods.train_loop import rel_l2
+    x, p = ds.split("valid")
+    U = normalize_params(p, *param_normalizer(pb)).float()
+    with torch.no_grad():
+        pred = net.reconstruct(net.rollout(U, x.shape[1] - 1), net.normalize_coords(pb.coords().float()), u=U)
+    assert float(rel_l2(pred, to_points(pb, ds, x)).mean()) == pytest.approx(best, rel=1e-4)
+
+
 def test_a_recipe_that_changes_the_latent_size_runs_the_filter(setup, tmp_path, monkeypatch):
     """The filter sizes its latent state by the trained network, not by the class field a recipe overrode."""
     from methods import ldensf
