@@ -107,8 +107,8 @@ class LDEnSF(SamplerFields, Method):
         seed; validation and test are unchanged).
     recipe : named training recipe (:data:`RECIPES`: ``cpu``, ``paper``): fields left at their class default take
         the recipe's value for the problem at hand; fields set explicitly win.
-    rec_fourier, rec_fourier_scale : trainable Fourier features of the latent input of a ``pod`` head, beside the
-        latent state (0 = the state alone).
+    rec_fourier, rec_fourier_scale : trainable Fourier features of the latent input of a ``pod`` or ``resmlp``
+        head, beside the latent state (0 = the state alone).
     rec_width, rec_depth, n_basis : reconstruction network sizes (``n_basis``: the basis functions of
         ``separable``, the POD modes of ``pod``).
     n_fourier, fourier_scale, train_fourier : Fourier features of the coordinates (0 = raw coordinates).

@@ -89,11 +89,16 @@ class ResMLP(nn.Module):
 
     def __init__(self, latent_dim: int, coord_dim: int, out_dim: int, width: int, depth: int, act: Act,
                  n_fourier: int, fourier_scale: float, train_fourier: bool, generator: torch.Generator,
-                 film: bool = False):
+                 film: bool = False, latent_fourier: int = 0, latent_fourier_scale: float = 1.0):
         super().__init__()
         self.fourier = FourierFeatures(coord_dim, n_fourier, fourier_scale, train_fourier, generator) \
             if n_fourier > 0 else None
         feat_dim = 2 * n_fourier if n_fourier > 0 else coord_dim
+        # trainable Fourier features of the latent state beside it, feeding the input layer and the FiLM maps
+        self.latent_fourier = FourierFeatures(latent_dim, latent_fourier, latent_fourier_scale, True, generator) \
+            if latent_fourier > 0 and latent_dim > 0 else None
+        if self.latent_fourier is not None:
+            latent_dim = latent_dim + 2 * latent_fourier
         # one Glorot draw for the whole input layer, then split (same init as the concatenated layer)
         full = glorot_(nn.Linear(latent_dim + feat_dim, width), generator)
         self.in_s = nn.Linear(latent_dim, width)
@@ -125,6 +130,8 @@ class ResMLP(nn.Module):
 
     def forward(self, s: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         """``s (..., d_s)`` and ``xi (..., n, k)`` (broadcastable batch dims) -> ``(..., n, out_dim)``."""
+        if self.latent_fourier is not None:
+            s = torch.cat([s, self.latent_fourier(s)], dim=-1)
         h = self.act(self.in_s(s).unsqueeze(-2) + self.in_x(self.features(xi)))
         mods = [m(s).unsqueeze(-2).chunk(2, dim=-1) for m in self.film] if self.film is not None else None
         for k, (l1, l2) in enumerate(self.blocks):
@@ -370,8 +377,8 @@ class LDNetConfig:
     out_scale, out_shift : output map per field (z-score units = raw * scale + shift), None = identity.
     rec_params : ``R`` decodes ``(s, u)`` instead of ``s``.
     grid_shape : the point layout of a ``pod`` ``R`` (:class:`PODDecoder`), required there.
-    rec_fourier, rec_fourier_scale : trainable Fourier features of the latent input of a ``pod`` ``R`` (0 = the
-        latent state alone).
+    rec_fourier, rec_fourier_scale : trainable Fourier features of the latent input of a ``pod`` or ``resmlp``
+        ``R`` (0 = the latent state alone).
 
     :meth:`as_dict` is the artifact's ``networks`` entry (plain JSON values; the later-added keys ``film``,
     ``n_shifts``, ``rec_params``, ``out_scale``/``out_shift`` only where they matter, so the entries of networks
@@ -421,9 +428,9 @@ class LDNetConfig:
             d["rec_params"] = True
         if self.rec_arch == "pod":
             d["grid_shape"] = [int(v) for v in self.grid_shape]
-            if self.rec_fourier > 0:
-                d["rec_fourier"] = self.rec_fourier
-                d["rec_fourier_scale"] = float(self.rec_fourier_scale)
+        if self.rec_fourier > 0 and self.rec_arch in ("pod", "resmlp"):
+            d["rec_fourier"] = self.rec_fourier
+            d["rec_fourier_scale"] = float(self.rec_fourier_scale)
         if self.out_scale is not None or self.out_shift is not None:
             d["out_scale"] = [float(v) for v in (self.out_scale if self.out_scale is not None
                                                  else [1.0] * self.n_fields)]
@@ -448,7 +455,8 @@ class LDNet(nn.Module):
         features = dict(n_fourier=cfg.n_fourier, fourier_scale=cfg.fourier_scale, train_fourier=cfg.train_fourier)
         if cfg.rec_arch == "resmlp":
             self.rec: nn.Module = ResMLP(rec_in, coord_dim, n_fields, cfg.rec_width, cfg.rec_depth, cfg.act,
-                                         **features, generator=g, film=cfg.film)
+                                         **features, generator=g, film=cfg.film, latent_fourier=cfg.rec_fourier,
+                                         latent_fourier_scale=cfg.rec_fourier_scale)
         elif cfg.rec_arch == "pod":
             if cfg.grid_shape is None:
                 raise ValueError("rec_arch='pod' needs the grid_shape of the problem's points")

@@ -48,7 +48,7 @@ class LDNetTrainConfig(HashedConfig):
     values came from (see ``methods.ldensf.RECIPES``), recorded in the identity; ``train_fraction``: the network
     is taken after this fraction of the ``epochs``-epoch run (its learning-rate schedule unchanged), a snapshot
     along the training curve (1 = the whole run); ``rec_fourier``, ``rec_fourier_scale``: trainable Fourier
-    features of the latent input of a ``pod`` head (see :class:`methods.ldnet.PODDecoder`).
+    features of the latent input of a ``pod`` or ``resmlp`` head (see :class:`methods.ldnet.PODDecoder`).
     """
 
     latent_dim: int = 10

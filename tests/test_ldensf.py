@@ -534,6 +534,14 @@ def test_pod_head_with_latent_fourier_features_round_trips_and_fits_a_fast_varyi
     z = torch.randn(5, 3)
     assert torch.equal(again.rec.predict(z), net.rec.predict(z))
     assert "rec_fourier" not in LDNet(dataclasses.replace(cfg, rec_fourier=0)).config()
+    # the pointwise FiLM decoder takes them too (input layer and FiLM maps)
+    res = LDNet(dataclasses.replace(cfg, rec_arch="resmlp", film=True, n_fourier=4, grid_shape=None))
+    assert res.config()["rec_fourier"] == 8
+    again = LDNet.from_config(res.config())
+    again.load_state_dict(res.state_dict())
+    xi = torch.rand(7, 2) * 2 - 1
+    assert torch.equal(again.reconstruct(z, xi), res.reconstruct(z, xi))
+    assert res.reconstruct(z, xi).shape == (5, 7, 1)
 
 
 def test_lbfgs_after_adam_fits_a_pod_head_further_and_keeps_the_best_validation_weights(setup):
