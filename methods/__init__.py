@@ -20,8 +20,12 @@ _REGISTRY = Registry("method", "assimbench.methods", "methods", {
 
 
 def get(name: str, **params) -> Method:
-    """Configured method ``name``; unknown names or keys raise ConfigError listing the valid ones."""
-    return _REGISTRY.get(name, **params)
+    """Configured method ``name``; unknown names or keys raise ConfigError listing the valid ones. The method
+    remembers which fields were given (``explicit_fields``): a training field given explicitly wins over its
+    recipe's value even when it equals the class default (see :func:`methods.train_loop.resolve_recipe`)."""
+    method = _REGISTRY.get(name, **params)
+    object.__setattr__(method, "explicit_fields", frozenset(params))
+    return method
 
 
 def names() -> list[str]:

@@ -312,6 +312,12 @@ def test_paper_recipe_resolves_per_problem_and_explicit_fields_win():
     assert LDEnSF(recipe="paper").encoder_config("kolmogorov").epochs == 20000
     mine = LDEnSF(recipe="paper", epochs=7, rec_width=20).ldnet_config("shallow_water")
     assert (mine.epochs, mine.rec_width, mine.rec_depth) == (7, 20, 10)
+    # a field given explicitly wins even at its class default (as a grid's YAML gives it, through methods.get)
+    import methods
+    assert LDEnSF().ldnet_config("kolmogorov").extra_traj > 0                     # the cpu recipe's
+    pinned = methods.get("LD-EnSF", extra_traj=0, rec_fourier=0).ldnet_config("kolmogorov")
+    assert (pinned.extra_traj, pinned.rec_fourier, pinned.rec_arch) == (0, 0, "pod")
+    assert methods.get("LD-EnSF", recipe="paper", film=True).ldnet_config("shallow_water").film is True
     # the recipe enters the identity (a new hash) and the label
     assert tsu.identity()["recipe"] == "paper" and "recipe" not in LDEnSF().ldnet_config("x").identity()
     assert LDEnSF(recipe="paper").label == "LD-EnSF[recipe=paper]"
