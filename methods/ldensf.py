@@ -70,6 +70,8 @@ class LatentState:
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "*": {},
+        # the class defaults (a FiLM residual MLP over trainable Fourier features of the coordinates), 2000 epochs
+        "shallow_water": dict(epochs=2000),
         # a POD head (512 modes of the training snapshots, an MLP of the latent state and 64 trainable Fourier
         # features of it predicting their coefficients), trained on the full grid in coefficient space, with 360
         # training trajectories simulated beside the dataset's 120 (see docs/training.md)
