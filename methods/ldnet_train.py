@@ -340,9 +340,10 @@ def _lbfgs(net, Ztr, Utr, xi, n_pts, cfg, g, evaluate, tlog, best, pod_targets=N
 
 
 @torch.no_grad()
-def score_ldnet(net, problem: Problem, dataset: Dataset, device: torch.device | str = "cpu") -> dict[str, float]:
-    """An LDNet's test errors on ``dataset``, as :func:`train_ldnet` reports them (full test grid, per-snapshot
-    relative L2 averaged): ``test_rrmse_norm`` and ``test_rrmse_phys``."""
+def ldnet_test_errors(net, problem: Problem, dataset: Dataset,
+                      device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """An LDNet's per-snapshot relative L2 errors on the full test grid of ``dataset``, ``(trajectories,
+    snapshots)`` each: in normalised and in physical units."""
     net = net.to(device).eval()
     xi = net.normalize_coords(problem.coords().to(device, torch.float32))
     p_lo, p_hi = param_normalizer(problem)
@@ -355,7 +356,14 @@ def score_ldnet(net, problem: Problem, dataset: Dataset, device: torch.device | 
         pred = net.reconstruct(net.rollout(U, Z.shape[1] - 1), xi, u=U)
         norm.append(rel_l2(pred, Z))
         phys.append(rel_l2(pred, Z, mean, std))
-    return dict(test_rrmse_norm=float(torch.cat(norm).mean()), test_rrmse_phys=float(torch.cat(phys).mean()))
+    return torch.cat(norm), torch.cat(phys)
+
+
+def score_ldnet(net, problem: Problem, dataset: Dataset, device: torch.device | str = "cpu") -> dict[str, float]:
+    """An LDNet's test errors on ``dataset``, as :func:`train_ldnet` reports them (full test grid, per-snapshot
+    relative L2 averaged): ``test_rrmse_norm`` and ``test_rrmse_phys``."""
+    norm, phys = ldnet_test_errors(net, problem, dataset, device)
+    return dict(test_rrmse_norm=float(norm.mean()), test_rrmse_phys=float(phys.mean()))
 
 
 def rescore_ldnet(problem: Problem, dataset: Dataset) -> Callable[[Artifact], dict[str, float]]:

@@ -19,7 +19,6 @@ too far apart for plain interpolation (a bump that moves with its parameter).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,16 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def rel(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """Per-snapshot relative L2 error, ``(b, T, ...) -> (b, T)``."""
-    return ((pred - true).flatten(2).pow(2).sum(-1) / true.flatten(2).pow(2).sum(-1)).sqrt()
-
-
 def main(argv=None) -> int:
     import problems
-    from methods.artifact_cache import SHIPPED_DIR
-    from methods.ldnet import LDNet, normalize_params, param_normalizer, to_points
+    from methods.artifact_cache import SHIPPED_DIR, read_artifact
+    from methods.ldnet import LDNet
+    from methods.ldnet_train import ldnet_test_errors
     from methods.train_loop import rel_l2
+
+    def rel(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        """Per-snapshot relative L2 of raw fields, ``(b, T, ...) -> (b, T)``."""
+        return rel_l2(pred.flatten(2).unsqueeze(-1), true.flatten(2).unsqueeze(-1))
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("problem", choices=["shallow_water", "kolmogorov"])
@@ -59,16 +58,10 @@ def main(argv=None) -> int:
     w = (w / w.sum(1, keepdim=True)).reshape(*w.shape, *[1] * (xtr.dim() - 1))
     rows = {"nn": rel(xtr[idx[:, 0]], xte), f"idw{k}": rel((w * xtr[idx]).sum(1), xte)}
     if args.artifact:
-        folder = SHIPPED_DIR / args.artifact
-        cfg = json.loads((folder / "config.json").read_text())
-        net = LDNet.from_config(cfg["networks"]["ldnet"])
-        net.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu")["ldnet"])
-        net.eval()
-        Z = to_points(pb, ds, xte.float())
-        U = normalize_params(pte, *param_normalizer(pb)).float()
-        with torch.no_grad():
-            pred = net.reconstruct(net.rollout(U, Z.shape[1] - 1), net.normalize_coords(pb.coords().float()), u=U)
-        rows[args.artifact[:8]] = rel_l2(pred, Z, ds.field_mean.float(), ds.field_std.float()).double()
+        art = read_artifact(SHIPPED_DIR / args.artifact, "shipped")
+        net = LDNet.from_config(art.config["networks"]["ldnet"])
+        net.load_state_dict(art.weights["ldnet"])
+        rows[args.artifact[:8]] = ldnet_test_errors(net, pb, ds)[1].double()
     T = xte.shape[1]
     times = sorted({round(i * (T - 1) / max(args.times - 1, 1)) for i in range(args.times)})
     print(f"{args.problem}: {xte.shape[0]} test trajectories, {xtr.shape[0]} training, {T} snapshots")

@@ -19,11 +19,13 @@ import torch
 from methods.base import Context
 from methods.ldensf import LDEnSF, LatentState
 from bench.train import train_method
+import methods
 from methods import artifact_cache
 from methods.artifact_cache import checkpoint_dir
-from methods.ldnet import LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, to_points
+from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, PODDecoder, normalize_params,
+                          param_normalizer, to_points)
 from methods.ldnet_train import LDNetTrainConfig, train_ldnet
-from methods.train_loop import TrainLog
+from methods.train_loop import TrainLog, rel_l2
 from problems.base import Problem, bind_observer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -313,7 +315,6 @@ def test_paper_recipe_resolves_per_problem_and_explicit_fields_win():
     mine = LDEnSF(recipe="paper", epochs=7, rec_width=20).ldnet_config("shallow_water")
     assert (mine.epochs, mine.rec_width, mine.rec_depth) == (7, 20, 10)
     # a field given explicitly wins even at its class default (as a grid's YAML gives it, through methods.get)
-    import methods
     assert LDEnSF().ldnet_config("kolmogorov").extra_traj > 0                     # the cpu recipe's
     pinned = methods.get("LD-EnSF", extra_traj=0, rec_fourier=0).ldnet_config("kolmogorov")
     assert (pinned.extra_traj, pinned.rec_fourier, pinned.rec_arch) == (0, 0, "pod")
@@ -325,7 +326,6 @@ def test_paper_recipe_resolves_per_problem_and_explicit_fields_win():
 
 @pytest.mark.parametrize("method", ["LD-EnSF", "Latent-EnSF"])
 def test_unknown_recipe_is_a_config_error_naming_the_valid_ones(method):
-    import methods
     from assimbench.errors import ConfigError
     with pytest.raises(ConfigError, match="unknown training recipe 'gpu'; valid: cpu, paper"):
         methods.get(method, recipe="gpu")
@@ -444,7 +444,6 @@ def test_decoder_of_the_whole_augmented_latent(setup, tmp_path):
 def test_pod_decoder_reproduces_its_modes_span_and_matches_the_field_loss(setup):
     """The POD head: snapshots in the span of its modes decode exactly at the grid points (either point order),
     values between grid points are bilinear, and the coefficient loss is the field loss minus the residual."""
-    from methods.ldnet import PODDecoder
     g = torch.Generator().manual_seed(3)
     ny, nx, C = 5, 7, 2
     for x_major in (False, True):
@@ -513,7 +512,6 @@ def test_pod_head_ldnet_trains_on_the_full_grid_and_round_trips(setup):
 
 def test_pod_head_with_latent_fourier_features_round_trips_and_fits_a_fast_varying_map():
     g = torch.Generator().manual_seed(0)
-    from methods.ldnet import PODDecoder
     plain = PODDecoder(1, 1, 1, 32, 2, "silu", 4, [1, 16], g)
     feat = PODDecoder(1, 1, 1, 32, 2, "silu", 4, [1, 16], g, n_fourier=16, fourier_scale=2.0)
     # coefficients that oscillate along the latent coordinate (as a chaotic flow's do along late-time states)
@@ -564,8 +562,6 @@ def test_lbfgs_after_adam_fits_a_pod_head_further_and_keeps_the_best_validation_
     # the network that comes back is the one with the best validation error of both stages
     best = min(r["valid_rrmse"] for r in tlog.rows)
     assert summary["valid_rrmse"] == pytest.approx(best)
-    from methods.ldnet import normalize_params, param_normalizer
-    from methods.train_loop import rel_l2
     x, p = ds.split("valid")
     U = normalize_params(p, *param_normalizer(pb)).float()
     with torch.no_grad():
