@@ -67,17 +67,21 @@ class LatentState:
 #: Glorot-normal weights, Adam 1e-3 with a step decay every 200 of 2000 epochs, one random subset of grid points
 #: drawn once, min-max (tsunami) / Gaussian (Kolmogorov) normalisation, a frozen Fourier embedding (Kolmogorov),
 #: an LSTM trained for 20,000 epochs. Meant for a GPU: on a CPU one epoch of it takes minutes.
+#: the observation encoder of the ``cpu`` recipe on the PDE problems: trained on the default preset's 10 % noise
+#: and on 360 trajectories beside the training split (four times the sequences; see docs/training.md)
+ENCODER_CPU = dict(lstm_train_noise=0.1, lstm_extra_traj=360)
+
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         "*": {},
         # the class defaults (a FiLM residual MLP over trainable Fourier features of the coordinates), 2000 epochs
-        "shallow_water": dict(epochs=2000),
+        "shallow_water": dict(epochs=2000, **ENCODER_CPU),
         # a POD head (512 modes of the training snapshots, an MLP of the latent state and 64 trainable Fourier
         # features of it predicting their coefficients), trained on the full grid in coefficient space, with 360
         # training trajectories simulated beside the dataset's 120 (see docs/training.md)
         "kolmogorov": dict(rec_arch="pod", n_basis=512, rec_width=512, rec_depth=3, latent_dim=16, epochs=300,
                            batch_traj=8, lr=1e-3, amp=False, rec_fourier=64, rec_fourier_scale=1.0,
-                           extra_traj=360),
+                           extra_traj=360, **ENCODER_CPU),
     },
     "paper": {
         "*": dict(film=False, n_fourier=0, train_fourier=False, epochs=2000, lr=1e-3, schedule="step", amp=False,
@@ -123,6 +127,11 @@ class LDEnSF(SamplerFields, Method):
     lbfgs_iters : L-BFGS iterations after Adam (0 = off).
     amp : bfloat16 autocast in the LDNet training steps (2-3x faster on CPUs with AMX / AVX512-BF16).
     lstm_hidden, lstm_epochs, lstm_lr : the observation encoder.
+    lstm_train_noise : Gaussian noise added to the encoder's training observations, as a fraction of their
+        per-channel std (0 = clean observations, the paper; the observer's additive ``noise`` matches the noise
+        the encoder reads online).
+    lstm_extra_traj : trajectories simulated beside the training split for the encoder (as ``extra_traj``; their
+        latent targets are the LDNet's rollouts from their parameters).
     train_seed : seed of every random draw of the training (initialisation, batches, points).
     train_fraction : the training budget: the LDNet is taken after this fraction of its ``epochs`` (a snapshot
         along the run's training curve, its learning-rate schedule unchanged; 1 = the whole run); the encoder is
@@ -176,6 +185,8 @@ class LDEnSF(SamplerFields, Method):
     lstm_hidden: int = train_field(default=128)
     lstm_epochs: int = train_field(default=1000)
     lstm_lr: float = train_field(default=3e-3)
+    lstm_train_noise: float = train_field(default=0.0)
+    lstm_extra_traj: int = train_field(default=0)
     train_seed: int = train_field(default=0)
     n_shifts: int = train_field(default=0)
     rec_params: bool = train_field(default=False)
@@ -200,13 +211,15 @@ class LDEnSF(SamplerFields, Method):
                 raise ConfigError(f"LD-EnSF {k}={getattr(self, k)} must be >= 0")
         if self.epochs < 1 or self.lstm_epochs < 1:
             raise ConfigError("LD-EnSF needs epochs >= 1 and lstm_epochs >= 1")
+        if not 0 <= self.lstm_train_noise < 10:
+            raise ConfigError(f"LD-EnSF lstm_train_noise={self.lstm_train_noise} must lie in [0, 10)")
         for k in ("dt_lat", "lr", "lstm_lr", "scaling"):
             if not getattr(self, k) > 0:
                 raise ConfigError(f"LD-EnSF {k}={getattr(self, k)} must be > 0")
         if self.sigma_lat < 0:
             raise ConfigError(f"LD-EnSF sigma_lat={self.sigma_lat} must be >= 0 (0 = calibrate on validation)")
-        if self.n_shifts < 0 or self.extra_traj < 0:
-            raise ConfigError("LD-EnSF n_shifts and extra_traj must be >= 0")
+        if self.n_shifts < 0 or self.extra_traj < 0 or self.lstm_extra_traj < 0:
+            raise ConfigError("LD-EnSF n_shifts, extra_traj and lstm_extra_traj must be >= 0")
         if self.rec_arch == "registered" and self.n_shifts < 1:
             raise ConfigError("LD-EnSF rec_arch='registered' needs n_shifts >= 1 (moving frames)")
         recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
@@ -239,6 +252,7 @@ class LDEnSF(SamplerFields, Method):
     def encoder_config(self, problem_name: str | None = None) -> EncoderTrainConfig:
         v = self.training_values(problem_name)
         return EncoderTrainConfig(hidden=v["lstm_hidden"], epochs=v["lstm_epochs"], lr=v["lstm_lr"],
+                                  train_noise=v["lstm_train_noise"], extra_traj=v["lstm_extra_traj"],
                                   seed=v["train_seed"])
 
     # ---- offline ---------------------------------------------------------------------------------------------
@@ -280,7 +294,7 @@ class LDEnSF(SamplerFields, Method):
             return {"encoder": enc}, {"encoder": enc.config()}, summary
 
         data = {"dataset": pb.data_key(), "observer": observer_layout(obs, times=True), "ldnet": art_ld.key}
-        art_enc = load_or_train("encoder", self.name, pb.label, data, dataclasses.asdict(enc_cfg), train_enc,
+        art_enc = load_or_train("encoder", self.name, pb.label, data, enc_cfg.identity(), train_enc,
                                 ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_encoder(net, pb, obs, ds))
         enc = LSTMEncoder.from_config(art_enc.config["networks"]["encoder"])
         enc.load_state_dict(art_enc.weights["encoder"])

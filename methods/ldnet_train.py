@@ -379,8 +379,14 @@ def rescore_ldnet(problem: Problem, dataset: Dataset) -> Callable[[Artifact], di
 # The observation encoder (LSTM)
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class EncoderTrainConfig:
-    """The LSTM encoder's architecture and optimisation (full batch Adam on clean observations)."""
+class EncoderTrainConfig(HashedConfig):
+    """The LSTM encoder's architecture and optimisation (full batch Adam; ``train_noise``: Gaussian noise of that
+    fraction of the per-channel observation std added to the training observations at every epoch, and once to
+    the validation and test observations it is selected and scored on; 0 = clean observations; ``extra_traj``:
+    training sequences from that many trajectories simulated beside the training split, as the LDNet's
+    ``extra_traj``, their targets rolled out by the LDNet from their parameters)."""
+
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("extra_traj",)
 
     hidden: int = 128
     epochs: int = 1500
@@ -389,6 +395,7 @@ class EncoderTrainConfig:
     train_noise: float = 0.0
     eval_every: int = 50
     seed: int = 0
+    extra_traj: int = 0
 
 
 def clean_observations(problem: Problem, observer: Observer, snaps: torch.Tensor) -> torch.Tensor:
@@ -427,6 +434,12 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
         Y = clean_observations(problem, observer, x)[:, sel].to(device)
         K = encoder_targets(net, problem, p, x.shape[1] - 1)[:, sel].to(device)
         data[name] = (Y, K)
+    if cfg.extra_traj > 0:
+        x, p = extra_training_data(problem, cfg.extra_traj)
+        Y = clean_observations(problem, observer, x)[:, sel].to(device)
+        K = encoder_targets(net, problem, p, x.shape[1] - 1)[:, sel].to(device)
+        data["train"] = (torch.cat([data["train"][0], Y]), torch.cat([data["train"][1], K]))
+        del x, p
     Ytr, Ktr = data["train"]
     m = Ytr.shape[-1]
     C_obs = len(observer.channels)
@@ -437,6 +450,11 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
                       y_std.tolist()).to(device)
     d_s = net.latent_dim
     ystd_noise = y_std.to(device)
+    if cfg.train_noise > 0:  # validation and test read noisy observations too (one fixed draw), as online
+        gv = torch.Generator().manual_seed(cfg.seed + 1)
+        for name in ("valid", "test"):
+            Y, K = data[name]
+            data[name] = (Y + cfg.train_noise * ystd_noise * torch.randn(Y.shape, generator=gv).to(device), K)
     tlog.info(f"encoder: LSTM {m} -> {cfg.hidden} -> {Ktr.shape[-1]}, {Ytr.shape[0]} sequences of {Ytr.shape[1]}")
 
     def evaluate() -> dict[str, float]:
