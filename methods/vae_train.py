@@ -29,7 +29,9 @@ class VAETrainConfig(HashedConfig):
     normalised training observations (0 = clean observations); ``eval_max``: validation/test snapshots used by the
     per-epoch evaluation (a fixed random subset; the final test uses the whole split); ``train_fraction``: the
     network is taken after this fraction of the ``epochs``-epoch run (its schedule unchanged), a snapshot along
-    the training curve (1 = the whole run).
+    the training curve (1 = the whole run); ``state_arch``: ``conv`` (convolutional state encoder and decoder) or
+    ``pod`` (the linear whitened POD state path of :class:`methods.vae.PODStateMap`, fitted once to the training
+    snapshots before the optimisation, which then trains the observation encoder and the posterior widths).
     """
 
     c_lat: int = 4
@@ -48,9 +50,10 @@ class VAETrainConfig(HashedConfig):
     seed: int = 0
     recipe: str = "cpu"
     train_fraction: float = 1.0
+    state_arch: str = "conv"
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("recipe", "train_fraction")
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("recipe", "train_fraction", "state_arch")
 
 
 
@@ -103,14 +106,23 @@ def train_vae(problem: Problem, observer: Observer, dataset: Dataset, cfg: VAETr
     y_mean = per_chan.mean((0, 1)).repeat(m // c_obs)
     y_std = per_chan.std((0, 1)).clamp_min(1e-8).repeat(m // c_obs)
     lattice = observer_lattice(problem, observer)
-    arch = cfg.obs_arch if cfg.obs_arch != "auto" else ("conv" if lattice is not None else "mlp")
+    pod = cfg.state_arch == "pod"
+    arch = cfg.obs_arch if cfg.obs_arch != "auto" else ("conv" if lattice is not None and not pod else "mlp")
     if arch == "conv" and lattice is None:
         raise ConfigError("Latent-EnSF obs_arch='conv' needs a lattice observer; use obs_arch='mlp' or 'auto'")
+    if arch == "conv" and pod:
+        raise ConfigError("Latent-EnSF state_arch='pod' has no spatial latent map: use obs_arch='mlp' or 'auto'")
     C, H, W = problem.state_shape
     vae = CoupledVAE(VAEConfig(n_fields=C, n=H, m=m, c_lat=cfg.c_lat, h_lat=cfg.h_lat, width=cfg.width,
                                obs_arch=arch, lattice=list(lattice) if lattice else None,
                                periodic=bool(problem.periodic), obs_mean=y_mean.tolist(), obs_std=y_std.tolist(),
-                               seed=cfg.seed)).to(device)
+                               seed=cfg.seed, state_arch=cfg.state_arch))
+    if pod:
+        pick = torch.randperm(Xtr.shape[0], generator=torch.Generator().manual_seed(cfg.seed + 1))[:6000]
+        missed = vae.fit_basis(Xtr[pick])
+        tlog.info(f"POD state path: {cfg.c_lat * cfg.h_lat ** 2} modes from {len(pick)} training snapshots miss "
+                  f"{missed:.2%} of their centred energy")
+    vae = vae.to(device)
     norm_y = {k: vae.normalize_obs(v[1].to(device)) for k, v in data.items()}
     Xtr, Ytr = Xtr.to(device), norm_y["train"]
     n_tr = Xtr.shape[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import methods
 import problems
 from methods.base import Context, EnsembleState
 from methods.latent_ensf import LatentEnSF
@@ -28,7 +29,7 @@ def tiny(cache_dir):
 
 def _fitted(tiny, cache_dir, **kw) -> LatentEnSF:
     pb, ds, obs = tiny
-    m = LatentEnSF(**{**TINY, **kw})
+    m = methods.get("Latent-EnSF", **{**TINY, **kw})
     m.bind(Context(pb, obs, ds, cache_dir=cache_dir))
     m.fit()
     return m
@@ -177,3 +178,79 @@ def test_arctan_observations_reuse_the_identity_vae_through_tan_or_train_their_o
     err_raw = (identity.encode_obs(arctan.observe(x)) - z_id).abs().max()  # atan(y) fed as if it were y
     assert err_inverted < 1e-4 and err_inverted < 1e-2 * err_raw, (err_inverted, err_raw)
     assert torch.isfinite(own.encode_obs(arctan.observe(x))).all()
+
+
+def test_pod_state_path_is_the_whitened_projection():
+    """The POD state path: orthonormal modes, unit-RMS training coefficients, exact round trip in the span,
+    projection (never worse than the mean field) outside it."""
+    g = torch.Generator().manual_seed(0)
+    C, n, K = 2, 8, 2 * 2 * 2
+    basis = torch.linalg.qr(torch.randn(C * n * n, K, generator=g, dtype=torch.float64))[0].float()
+    coef = torch.randn(60, K, generator=g) * torch.linspace(3.0, 0.5, K)
+    X = (coef @ basis.T + 0.3).reshape(60, C, n, n)
+    vae = CoupledVAE(VAEConfig(C, n, 5, 2, 2, 4, "mlp", None, False, [0.0] * 5, [1.0] * 5, state_arch="pod"))
+    missed = vae.fit_basis(X)
+    assert missed < 1e-6
+    modes = vae.pod.modes
+    assert torch.allclose(modes @ modes.T, torch.eye(K), atol=1e-5)
+    mu, lv = vae.encode_x(X)
+    assert mu.shape == lv.shape == (60, 2, 2, 2)
+    assert torch.allclose(mu.flatten(1).pow(2).mean(0), torch.ones(K), atol=1e-4)   # whitened coefficients
+    assert torch.allclose(vae.decode(mu), X, atol=1e-4)                              # exact in the span
+    off = torch.randn(3, C, n, n, generator=g)
+    rec = vae.decode(vae.encode_x(off)[0])
+    resid = (off - rec).flatten(1)
+    # the residual is orthogonal to the modes: the decoder returns the projection
+    assert torch.allclose(resid @ modes.T, torch.zeros(3, K), atol=1e-4)
+    with pytest.raises(ValueError, match="obs_arch='mlp'"):
+        CoupledVAE(VAEConfig(C, n, 27, 2, 2, 4, "conv", [3, 3, 3], False, [0.0] * 27, [1.0] * 27,
+                             state_arch="pod"))
+
+
+def test_pod_state_path_trains_the_observation_encoder_and_cycles(tiny, cache_dir):
+    pb, ds, obs = tiny
+    m = _fitted(tiny, cache_dir, state_arch="pod", epochs=4)
+    s = m.training_summary["vae"]
+    assert s["obs_arch"] == "mlp"
+    x = ds.test.reshape(-1, *pb.state_shape)[:32]
+    xn = ds.normalize(x, 3)
+    # the state path is the projection: applying it twice changes nothing
+    once = m.vae.decode(m.vae.encode_x(xn)[0])
+    assert torch.allclose(m.vae.decode(m.vae.encode_x(once)[0]), once, atol=1e-4)
+    # the observation path learned: closer to the states than with its initial weights (same seed, same basis)
+    init = CoupledVAE.from_config(m.vae.config())
+    init.pod.load_state_dict(m.vae.pod.state_dict())
+    yn = m.vae.normalize_obs(obs.observe(x).float())
+    with torch.no_grad():
+        err = [(v.decode(v.encode_y(yn)[0]) - xn).pow(2).mean() for v in (m.vae, init)]
+    assert err[0] < 0.5 * err[1]
+    g = torch.Generator().manual_seed(0)
+    params = pb.sample_params(6, g)
+    state = m.init(pb.sample_initial(params, g).to(torch.float32), params.to(torch.float32), g)
+    ys = obs.sample(ds.test[0][1:].double(), g).to(torch.float32)
+    for t in range(pb.n_cycles):
+        state = m.analysis(m.forecast(state), ys[t])
+        assert torch.isfinite(m.estimate(state)).all()
+    # the analysis members lie in the modes' span: re-encoding and decoding them is exact
+    x = m.estimate(state)
+    assert torch.allclose(m.decode(m.encode_states(x)), x, atol=1e-3 * float(x.abs().max()))
+    with pytest.raises(Exception, match="state_arch"):
+        LatentEnSF(state_arch="linear")
+
+
+def test_per_component_latent_noise_is_each_components_rms(tiny, cache_dir):
+    pb, ds, obs = tiny
+    scalar = _fitted(tiny, cache_dir, state_arch="pod", epochs=4, sigma_lat_mode="scalar")
+    diag = _fitted(tiny, cache_dir, state_arch="pod", epochs=4)          # auto: diagonal with the POD path
+    s, d = scalar._sigma, diag._sigma
+    assert s.dim() == 0 and d.shape == (diag.vae.latent_dim,)
+    # the same validation errors: the scalar is the RMS of the per-component values
+    assert torch.allclose(d.pow(2).mean().sqrt(), s, rtol=1e-4)
+    assert float(d.min()) < float(d.max())
+    c = diag.training_summary["sigma_lat"]
+    assert c["diag_min"] == pytest.approx(float(d.min())) and c["used"] == pytest.approx(float(s), rel=1e-4)
+    assert _fitted(tiny, cache_dir, state_arch="conv")._sigma.dim() == 0      # auto: one std for conv latents
+    with pytest.raises(Exception, match="sigma_lat_mode"):
+        LatentEnSF(sigma_lat=0.1, sigma_lat_mode="diagonal")
+    with pytest.raises(Exception, match="valid: auto, scalar, diagonal"):
+        LatentEnSF(sigma_lat_mode="full")
