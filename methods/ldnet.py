@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from methods.pod import pod_basis
 from problems.base import Dataset, Problem
 
 Act = Literal["relu", "tanh", "gelu", "silu"]
@@ -294,17 +295,7 @@ class PODDecoder(nn.Module):
             image = grid
         if not torch.allclose(image, expect, atol=1e-5):
             raise ValueError("the POD decoder needs the points of a regular grid spanning [-1, 1] per axis")
-        A = Z.reshape(m, P * C).to(torch.float64)
-        mu = A.mean(0)
-        A = A - mu
-        ev, V = torch.linalg.eigh(A @ A.T)                                   # the snapshot Gram matrix
-        ev, V = ev.flip(0)[:self.n_modes], V.flip(1)[:, :self.n_modes]
-        U = (A.T @ V) / ev.clamp_min(1e-30).sqrt()                           # (P C, K), orthonormal columns
-        U, _ = torch.linalg.qr(U)
-        if U.shape[1] < self.n_modes:  # fewer snapshots than modes: the rest stay zero (and predict nothing)
-            U = torch.cat([U, U.new_zeros(U.shape[0], self.n_modes - U.shape[1])], dim=1)
-        coeffs = A @ U
-        missed = 1.0 - float(coeffs.pow(2).sum() / A.pow(2).sum().clamp_min(1e-300))
+        mu, U, coeffs, missed = pod_basis(Z.reshape(m, P * C), self.n_modes)  # U: (P C, K), orthonormal
         rms = coeffs.pow(2).mean(0).sqrt()
         self.scale.copy_(torch.where(rms > 0, rms, torch.ones_like(rms)).float())
         self.mean.copy_(mu.reshape(P, C).T.reshape(C, ny, nx).float())

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.pod import pod_basis
+
 
 def _init_(module: nn.Module, generator: torch.Generator) -> nn.Module:
     """Kaiming-uniform weights (LeakyReLU 0.2 gain) and zero biases for every conv / linear in ``module``."""
@@ -219,21 +221,12 @@ class PODStateMap(nn.Module):
     def fit_basis(self, X: torch.Tensor) -> float:
         """Mean, modes and coefficient RMS from normalised snapshots ``X (N, C, n, n)`` (float64 eigenproblem of
         the snapshot Gram matrix); returns the fraction of the centred energy of ``X`` the modes miss."""
-        A = X.reshape(X.shape[0], -1).to(torch.float64)
-        mu = A.mean(0)
-        A = A - mu
-        K = self.modes.shape[0]
-        ev, V = torch.linalg.eigh(A @ A.T)
-        ev, V = ev.flip(0)[:K], V.flip(1)[:, :K]
-        U, _ = torch.linalg.qr((A.T @ V) / ev.clamp_min(1e-30).sqrt())
-        if U.shape[1] < K:  # fewer snapshots than modes: the rest stay zero
-            U = torch.cat([U, U.new_zeros(U.shape[0], K - U.shape[1])], dim=1)
-        coeffs = A @ U
+        mu, U, coeffs, missed = pod_basis(X.reshape(X.shape[0], -1), self.modes.shape[0])
         rms = coeffs.pow(2).mean(0).sqrt()
         self.modes.copy_(U.T.float())
         self.mean.copy_(mu.float())
         self.scale.copy_(torch.where(rms > 1e-12, rms, torch.ones_like(rms)).float())
-        return 1.0 - float(coeffs.pow(2).sum() / A.pow(2).sum().clamp_min(1e-300))
+        return missed
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = (x.reshape(x.shape[0], -1) - self.mean.to(x.dtype)) @ self.modes.T.to(x.dtype)
