@@ -230,7 +230,9 @@ class LatentEnSF(SamplerFields, Method):
         self.vae = vae.to(ctx.device, ctx.dtype)
         self.artifacts = {"vae": art}
         self._ds = ds
-        self._diag = self.sigma_lat_mode == "diagonal" or (self.sigma_lat_mode == "auto" and cfg.state_arch == "pod")
+        # one calibrated std per latent component (a fixed sigma_lat is used as given)
+        self._diag = self.sigma_lat == 0 and (self.sigma_lat_mode == "diagonal"
+                                              or (self.sigma_lat_mode == "auto" and cfg.state_arch == "pod"))
         self._sigma, calib = self._calibrate(ds, art.key)
         self.training_summary = {
             "vae": dict(art.config.get("summary", {}), hash=art.key, source=art.source, path=str(art.path)),
@@ -274,12 +276,12 @@ class LatentEnSF(SamplerFields, Method):
         g = torch.Generator().manual_seed(int(content_hash(key, obs.noise, obs.noise_type), 16) % (2**62))
         x = snapshots(ctx.problem, ds, "valid")
         y = obs.sample(x.double(), g)
-        err = self.encode_obs(y) - self.encode_states(x)
+        zx = self.encode_states(x)
+        err = self.encode_obs(y) - zx
         rms = float(err.pow(2).mean().sqrt())
-        calib = dict(rms=rms, rms_clean=float((self.encode_obs(obs.observe(x)) - self.encode_states(x))
-                                              .pow(2).mean().sqrt()),
-                     latent_std=float(self.encode_states(x).std(0).mean()))
-        if self._diag and not self.sigma_lat > 0:
+        calib = dict(rms=rms, rms_clean=float((self.encode_obs(obs.observe(x)) - zx).pow(2).mean().sqrt()),
+                     latent_std=float(zx.std(0).mean()))
+        if self._diag:
             per = err.pow(2).mean(0).sqrt().clamp_min(1e-6)
             calib.update(used=float(per.pow(2).mean().sqrt()), diag_min=float(per.min()), diag_max=float(per.max()))
             return per.to(ctx.device, ctx.dtype), calib
