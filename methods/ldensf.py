@@ -81,7 +81,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # a POD head (512 modes of the training snapshots, an MLP of the latent state and 64 trainable Fourier
         # features of it predicting their coefficients), trained on the full grid in coefficient space, with 360
         # training trajectories simulated beside the dataset's 120 (see docs/training.md)
-        "kolmogorov": dict(rec_arch="pod", n_basis=512, rec_width=512, rec_depth=3, latent_dim=16, epochs=300,
+        "kolmogorov": dict(rec_arch="pod", n_basis=512, rec_width=512, rec_depth=3, latent_dim=16, epochs=1000,
                            batch_traj=8, lr=1e-3, amp=False, rec_fourier=64, rec_fourier_scale=1.0,
                            extra_traj=360, lstm_epochs=4000, **ENCODER_CPU),
     },
