@@ -289,19 +289,17 @@ def test_film_decoder_starts_as_the_plain_network_and_round_trips():
 
 # ---- training recipes, checkpoints, the registered decoder ------------------------------------------------------
 def test_default_recipe_keeps_the_shipped_identities():
-    """The ``cpu`` recipe reproduces the training identity the shipped networks were hashed with, so adding the
-    recipe machinery leaves every shipped artifact valid."""
+    """The ``cpu`` recipe's training identity is one the shipped networks were hashed with (older networks stay
+    shipped beside it where a preset pins them), so the default preset loads shipped networks and trains nothing."""
     from methods.latent_ensf import LatentEnSF
-    shipped = {}
+    shipped: dict[tuple, list] = {}
     for p in artifact_cache.SHIPPED_DIR.glob("*/config.json"):
         c = json.loads(p.read_text())
-        shipped[(c["kind"], c["method"], c["problem"].split("[")[0])] = c["train"]
+        shipped.setdefault((c["kind"], c["method"], c["problem"].split("[")[0]), []).append(c["train"])
     for name in ("shallow_water", "kolmogorov"):
-        if ("ldnet", "LD-EnSF", name) in shipped:
-            assert LDEnSF().ldnet_config(name).identity() == shipped[("ldnet", "LD-EnSF", name)]
-            assert LDEnSF().encoder_config(name).identity() == shipped[("encoder", "LD-EnSF", name)]
-        if ("vae", "Latent-EnSF", name) in shipped:
-            assert LatentEnSF().vae_config(name).identity() == shipped[("vae", "Latent-EnSF", name)]
+        assert LDEnSF().ldnet_config(name).identity() in shipped[("ldnet", "LD-EnSF", name)]
+        assert LDEnSF().encoder_config(name).identity() in shipped[("encoder", "LD-EnSF", name)]
+        assert LatentEnSF().vae_config(name).identity() in shipped[("vae", "Latent-EnSF", name)]
 
 
 def test_paper_recipe_resolves_per_problem_and_explicit_fields_win():
