@@ -85,14 +85,26 @@ def main(argv=None) -> int:
         with torch.no_grad():
             pred = net(code(Ut), xi[ie])
         return float(((pred - true_t).pow(2).sum((-1, -2)) / true_t.pow(2).sum((-1, -2))).sqrt().mean())
-    t0, i, ema = time.process_time(), 0, None
-    while time.process_time() - t0 < args.cpu_seconds:
+    def loss() -> torch.Tensor:
         b = torch.randint(Z.shape[0], (4,), generator=g)
         idx = torch.randint(xi.shape[0], (4, T1, 64), generator=g)
         true = torch.gather(Z[b], 2, idx[..., None].expand(-1, -1, -1, 3))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             pred = net(code(U[b]), xi[idx])
-        loss = (pred.float() - true).pow(2).mean()
+        return (pred.float() - true).pow(2).mean()
+    return optimise(loss, opt, test, args.cpu_seconds)
+
+
+def optimise(loss_fn, opt, test, cpu_seconds: float, cosine_lr: float | None = None) -> int:
+    """Adam steps of ``loss_fn()`` for ``cpu_seconds`` of this process's CPU time (with ``cosine_lr``: the learning
+    rate annealed from it to 0 over the budget), printing the running training loss and ``test()`` every 400
+    steps and at the end."""
+    t0, i, ema = time.process_time(), 0, None
+    while (used := time.process_time() - t0) < cpu_seconds:
+        if cosine_lr is not None:
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr * 0.5 * (1 + math.cos(math.pi * used / cpu_seconds))
+        loss = loss_fn()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -132,22 +144,11 @@ def pod_head(args, Z, U, Ut, code, ie, true_t) -> int:
             pred = torch.gather(full, 2, ie[..., None].expand(-1, -1, -1, C))
         return float(((pred - true_t).pow(2).sum((-1, -2)) / true_t.pow(2).sum((-1, -2))).sqrt().mean())
     print(f"pod: {args.modes} modes of {n} training trajectories miss {missed:.4f} of the centred energy", flush=True)
-    t0, i, ema = time.process_time(), 0, None
-    while (used := time.process_time() - t0) < args.cpu_seconds:
-        for group in opt.param_groups:
-            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * used / args.cpu_seconds))
+
+    def loss() -> torch.Tensor:
         b = torch.randint(n, (8,), generator=g)
-        loss = (net(inputs[b]) - target[b]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        ema = float(loss.detach()) if ema is None else 0.98 * ema + 0.02 * float(loss.detach())
-        i += 1
-        if i % 400 == 0:
-            print(f"step {i}: train loss {ema:.4f}, test rRMSE {test():.4f}, {time.process_time() - t0:.1f} CPU s",
-                  flush=True)
-    print(f"final, step {i}: train loss {ema:.4f}, test rRMSE {test():.4f}, {time.process_time() - t0:.1f} CPU s")
-    return 0
+        return (net(inputs[b]) - target[b]).pow(2).mean()
+    return optimise(loss, opt, test, args.cpu_seconds, cosine_lr=1e-3)
 
 
 if __name__ == "__main__":
