@@ -109,7 +109,9 @@ def test_scaling_figure_renders_without_warnings(tmp_path):
 def toy_scaling_config() -> dict:
     """The scaling preset at toy size: its methods as they are, two small dimensions per problem, few cycles."""
     cfg = copy.deepcopy(load_preset("scaling"))
-    l96, pdes = cfg["experiments"]
+    l96 = next(e for e in cfg["experiments"] if "lorenz96" in e["problems"])
+    pdes = next(e for e in cfg["experiments"] if "shallow_water" in e["problems"])
+    cfg["experiments"] = [l96, pdes]
     l96["problems"]["lorenz96"].update(dim=[40, 80], n_cycles=3, spinup_time=1.0)
     pdes["problems"] = {"shallow_water": {**pdes["problems"]["shallow_water"], "n": [16, 32], "n_cycles": 3}}
     pdes["observers"]["coverage"] = 0.06
