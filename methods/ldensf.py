@@ -128,6 +128,8 @@ class LDEnSF(SamplerFields, Method):
     film : FiLM conditioning of ``R`` (the latent state scales and shifts every hidden layer; not in the paper:
         it lowers the error reached in the same training time, see ``docs/training.md``).
     epochs, batch_traj, points, lr, schedule : stage-1 Adam training (``points`` per snapshot, 0 = full grid).
+    warm_restart : Adam first runs this many epochs with its own schedule, which is then re-laid over ``epochs``
+        and the run continues from there (a warm restart: how a finished run is extended; 0 = one run).
     rec_epochs : stage-2 epochs retraining ``R`` with ``F`` frozen (0 = off).
     lbfgs_iters : L-BFGS iterations after Adam (0 = off).
     amp : bfloat16 autocast in the LDNet training steps (2-3x faster on CPUs with AMX / AVX512-BF16).
@@ -200,6 +202,7 @@ class LDEnSF(SamplerFields, Method):
     train_fraction: float = train_field(default=1.0)
     rec_fourier: int = train_field(default=0)
     rec_fourier_scale: float = train_field(default=1.0)
+    warm_restart: int = train_field(default=0)
 
     scaling: float = 100.0
     sigma_lat: float = 1e-3
@@ -225,6 +228,11 @@ class LDEnSF(SamplerFields, Method):
             raise ConfigError(f"LD-EnSF sigma_lat={self.sigma_lat} must be >= 0 (0 = calibrate on validation)")
         if self.n_shifts < 0 or self.extra_traj < 0 or self.lstm_extra_traj < 0:
             raise ConfigError("LD-EnSF n_shifts, extra_traj and lstm_extra_traj must be >= 0")
+        if self.warm_restart and not 0 < self.warm_restart < self.epochs:
+            raise ConfigError(f"LD-EnSF warm_restart={self.warm_restart} must be 0 or lie between 0 and "
+                              f"epochs={self.epochs} (exclusive)")
+        if self.warm_restart and self.train_fraction < 1:
+            raise ConfigError("LD-EnSF train_fraction < 1 cannot be combined with warm_restart")
         if self.rec_arch == "registered" and self.n_shifts < 1:
             raise ConfigError("LD-EnSF rec_arch='registered' needs n_shifts >= 1 (moving frames)")
         recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
@@ -245,13 +253,23 @@ class LDEnSF(SamplerFields, Method):
         """Every training value under :attr:`recipe` for ``problem_name`` (see :func:`resolve_recipe`)."""
         return resolve_recipe(self, RECIPES, problem_name)
 
+    def _user_set(self, name: str) -> bool:
+        """Whether training field ``name`` was given (explicitly, or differing from its class default)."""
+        default = next(f.default for f in dataclasses.fields(self) if f.name == name)
+        return name in getattr(self, "explicit_fields", frozenset()) or getattr(self, name) != default
+
     def ldnet_config(self, problem_name: str | None = None) -> LDNetTrainConfig:
         """The LDNet training configuration for ``problem_name`` (recipes may differ per problem)."""
         v = self.training_values(problem_name)
+        if self._user_set("epochs") and not self._user_set("warm_restart"):
+            v["warm_restart"] = 0  # a recipe's restart belongs to the recipe's schedule, not to epochs set here
+        if v["warm_restart"] and not 0 < v["warm_restart"] < v["epochs"]:
+            raise ConfigError(f"LD-EnSF warm_restart={v['warm_restart']} must lie between 0 and "
+                              f"epochs={v['epochs']} (exclusive)")
         names = {f.name for f in dataclasses.fields(LDNetTrainConfig)}
         kw = {k: val for k, val in v.items() if k in names}
         kw["seed"] = v["train_seed"]
-        kw["eval_every"] = max(1, v["epochs"] // 20)
+        kw["eval_every"] = max(1, (v["warm_restart"] or v["epochs"]) // 20)  # a restart keeps its first run's
         return LDNetTrainConfig(**kw)
 
     def encoder_config(self, problem_name: str | None = None) -> EncoderTrainConfig:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from assimbench.errors import ConfigError
 from methods.artifact_cache import Artifact, HashedConfig
 from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, normalize_params,
                           param_normalizer, to_points)
-from methods.train_loop import SnapshotRun, TrainLog, rel_l2, run_stage, snapshot_files, stop_epoch
+from methods.train_loop import (SnapshotRun, TrainLog, checkpoint_epoch, rel_l2, run_stage, snapshot_files,
+                                stop_epoch)
 from problems.base import Dataset, Observer, Problem
 
 
@@ -48,7 +50,11 @@ class LDNetTrainConfig(HashedConfig):
     values came from (see ``methods.ldensf.RECIPES``), recorded in the identity; ``train_fraction``: the network
     is taken after this fraction of the ``epochs``-epoch run (its learning-rate schedule unchanged), a snapshot
     along the training curve (1 = the whole run); ``rec_fourier``, ``rec_fourier_scale``: trainable Fourier
-    features of the latent input of a ``pod`` or ``resmlp`` head (see :class:`methods.ldnet.PODDecoder`).
+    features of the latent input of a ``pod`` or ``resmlp`` head (see :class:`methods.ldnet.PODDecoder`);
+    ``warm_restart``: first a run of this many epochs with its own schedule, then the schedule is re-laid over
+    ``epochs`` and the run continues from that state (the learning rate jumps back up to where the longer schedule
+    has it: a warm restart; 0 = one run of ``epochs``). It makes a finished run's longer continuation a recipe of
+    its own, trained by one call.
     """
 
     latent_dim: int = 10
@@ -87,11 +93,12 @@ class LDNetTrainConfig(HashedConfig):
     train_fraction: float = 1.0
     rec_fourier: int = 0
     rec_fourier_scale: float = 1.0
+    warm_restart: int = 0
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
                                                "norm", "step_gamma", "recipe", "train_fraction", "rec_fourier",
-                                               "rec_fourier_scale")
+                                               "rec_fourier_scale", "warm_restart")
 
 
 
@@ -142,6 +149,10 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     if stop < cfg.epochs and (cfg.rec_epochs > 0 or cfg.lbfgs_iters > 0):
         raise ConfigError("train_fraction < 1 takes a snapshot of the Adam stage; it cannot be combined with "
                           "rec_epochs or lbfgs_iters (stages after it)")
+    if cfg.warm_restart and not 0 < cfg.warm_restart < cfg.epochs:
+        raise ConfigError(f"warm_restart={cfg.warm_restart} must lie between 0 and epochs={cfg.epochs} (exclusive)")
+    if cfg.warm_restart and stop < cfg.epochs:
+        raise ConfigError("train_fraction < 1 cannot be combined with warm_restart")
     g = torch.Generator().manual_seed(cfg.seed)
     coords = problem.coords().to(torch.float64)
     lo_c, hi_c = coords.min(0).values, coords.max(0).values
@@ -260,12 +271,24 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     ckpt, resume = snapshot_files(snapshot_run, stop, cfg.epochs)
     if checkpoint_dir is not None:
         ckpt = Path(checkpoint_dir) / "ldnet.pt"
-    with snapshot_run.lock() if snapshot_run is not None else contextlib.nullcontext():
-        best = run_stage("ldnet", {"ldnet": net}, list(p for p in net.parameters() if p.requires_grad), batches,
-                         epochs=cfg.epochs, steps_per_epoch=steps, lr=cfg.lr, schedule=cfg.schedule,
-                         evaluate=evaluate, select="valid_rrmse", eval_every=cfg.eval_every, tlog=tlog,
-                         weight_decay=cfg.weight_decay, checkpoint=ckpt, rng=g, step_gamma=cfg.step_gamma,
-                         stop_at=stop, resume_from=resume)
+    tmp = None
+    if cfg.warm_restart and ckpt is None:  # the restart continues from the first run's state: keep it in a file
+        tmp = tempfile.TemporaryDirectory(prefix="ldnet-restart-")
+        ckpt = Path(tmp.name) / "ldnet.pt"
+    runs = [cfg.warm_restart, cfg.epochs] if cfg.warm_restart else [cfg.epochs]
+    if cfg.warm_restart and ckpt.exists() and checkpoint_epoch(ckpt) >= cfg.warm_restart:
+        runs = runs[1:]  # the first run is done (resumed from its checkpoint)
+    try:
+        with snapshot_run.lock() if snapshot_run is not None else contextlib.nullcontext():
+            for epochs in runs:
+                best = run_stage("ldnet", {"ldnet": net}, list(p for p in net.parameters() if p.requires_grad),
+                                 batches, epochs=epochs, steps_per_epoch=steps, lr=cfg.lr, schedule=cfg.schedule,
+                                 evaluate=evaluate, select="valid_rrmse", eval_every=cfg.eval_every, tlog=tlog,
+                                 weight_decay=cfg.weight_decay, checkpoint=ckpt, rng=g, step_gamma=cfg.step_gamma,
+                                 stop_at=min(stop, epochs), resume_from=resume)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
     if cfg.rec_epochs > 0:  # stage 2: freeze F (and with it the latent trajectories), retrain R
         for p in net.dyn.parameters():
             p.requires_grad_(False)

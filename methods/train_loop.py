@@ -282,6 +282,11 @@ class SnapshotRun:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def checkpoint_epoch(path: Path | str) -> int:
+    """The epoch a :func:`run_stage` checkpoint was written at."""
+    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+
+
 def snapshot_files(snapshots: SnapshotRun | None, stop: int, epochs: int) -> tuple[Path | None, Path | None]:
     """``(checkpoint, resume_from)`` for :func:`run_stage` of a run taken at epoch ``stop`` of ``epochs``: a
     snapshot keeps the run's state at its stop; every run (the whole one too) starts from the nearest earlier

@@ -368,6 +368,56 @@ def test_training_resumes_from_its_checkpoint(setup, tmp_path):
     assert s1["test_rrmse_norm"] == s2["test_rrmse_norm"]
 
 
+def test_warm_restart_is_a_finished_run_continued_with_more_epochs(setup, tmp_path):
+    """``warm_restart=k`` in one call gives the weights of a finished ``k``-epoch run continued to ``epochs``
+    (its schedule re-laid), and its learning rate jumps back up at epoch ``k``; from a checkpoint of the finished
+    first run it trains only the continuation."""
+    pb, ds = setup["problem"], setup["dataset"]
+    base = LDNetTrainConfig(latent_dim=3, dyn_width=8, dyn_depth=2, rec_width=12, rec_depth=2, epochs=3,
+                            batch_traj=8, points=16, eval_every=1, eval_points=16)
+    first = tmp_path / "first"
+    train_ldnet(pb, ds, base, TrainLog(progress=False), checkpoint_dir=first)
+    shutil.copytree(first, tmp_path / "seeded")
+    cont, s1 = train_ldnet(pb, ds, dataclasses.replace(base, epochs=6), TrainLog(progress=False),
+                           checkpoint_dir=first)
+    log = TrainLog(progress=False)
+    restart = dataclasses.replace(base, epochs=6, warm_restart=3)
+    once, s2 = train_ldnet(pb, ds, restart, log)
+    for (k, a), b in zip(cont.state_dict().items(), once.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert s1["test_rrmse_norm"] == s2["test_rrmse_norm"]
+    lrs = [r["lr"] for r in log.rows]
+    assert [r["epoch"] for r in log.rows] == [1, 2, 3, 4, 5, 6]
+    assert lrs[3] > 10 * lrs[2] and lrs[5] < lrs[3]  # back up at the restart, down again by the end
+    log2 = TrainLog(progress=False)
+    seeded, _ = train_ldnet(pb, ds, restart, log2, checkpoint_dir=tmp_path / "seeded")
+    assert sum("resumed" in line for line in log2.lines) == 1  # the first run was not trained again
+    for (k, a), b in zip(once.state_dict().items(), seeded.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert restart.identity() != dataclasses.replace(base, epochs=6).identity()
+    assert "warm_restart" not in base.identity()  # a field at its default stays out of shipped hashes
+    for bad in (6, 7):
+        with pytest.raises(ConfigError, match="warm_restart"):
+            train_ldnet(pb, ds, dataclasses.replace(restart, warm_restart=bad), TrainLog(progress=False))
+
+
+def test_a_recipe_restart_yields_to_epochs_set_by_the_user():
+    """A recipe's ``warm_restart`` belongs to its own ``epochs``: given ``epochs`` alone, the run is one run of
+    them; a restart past ``epochs`` is refused before training."""
+    from methods import ldensf
+    recipes = dict(ldensf.RECIPES, cpu=dict(ldensf.RECIPES["cpu"], orbit_bump=dict(epochs=8, warm_restart=4)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ldensf, "RECIPES", recipes)
+        assert methods.get("LD-EnSF").ldnet_config("orbit_bump").warm_restart == 4
+        assert methods.get("LD-EnSF").ldnet_config("orbit_bump").eval_every == 1  # the first run's interval (4 // 20)
+        assert methods.get("LD-EnSF", epochs=20).ldnet_config("orbit_bump").warm_restart == 0
+        assert methods.get("LD-EnSF", epochs=20, warm_restart=10).ldnet_config("orbit_bump").warm_restart == 10
+        with pytest.raises(ConfigError, match="warm_restart=9 must lie between 0 and epochs=8"):
+            methods.get("LD-EnSF", warm_restart=9).ldnet_config("orbit_bump")
+    with pytest.raises(ConfigError, match="warm_restart"):
+        methods.get("LD-EnSF", epochs=10, warm_restart=10)
+
+
 def test_method_training_checkpoints_and_a_retraining_resumes_there(setup, tmp_path):
     """LD-EnSF's LDNet training checkpoints in the cache (``checkpoints/<artifact hash>``): with the artifact gone,
     training again resumes from the finished checkpoint and gives the same network without optimising anew."""
