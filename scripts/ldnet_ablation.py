@@ -5,7 +5,8 @@ Usage::
     python scripts/ldnet_ablation.py shallow_water TAG [key=value ...] [--threads 1] [--out results/ablation]
 
 The run checkpoints to ``<out>/<problem>_<TAG>.ckpt`` after every evaluation and resumes from it when started
-again with the same arguments (a larger ``epochs=`` continues a finished run); ``--curve-only`` writes the
+again with the same arguments (a larger ``epochs=`` continues a finished run; ``epochs=`` given alone drops the
+recipe's ``warm_restart``, as in LD-EnSF); ``--curve-only`` writes the
 curve of a run in progress (or interrupted) from its checkpoint. ``--for-recipe`` (for a run whose settings are
 the recipe's, evaluation interval aside) also copies the finished checkpoint to where ``bench train`` resumes the
 recipe's training from, so shipping the network does not train it twice.
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
     method = methods.get("LD-EnSF", recipe=args.recipe)
     recipe_cfg = method.ldnet_config(args.problem)
     kw = {k: _value(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    if "epochs" in kw and "warm_restart" not in kw:
+        kw["warm_restart"] = 0  # as in LD-EnSF: a recipe's restart belongs to the recipe's own epochs
     cfg = dataclasses.replace(recipe_cfg, **kw)
     if args.for_recipe and dataclasses.replace(cfg, eval_every=recipe_cfg.eval_every) != recipe_cfg:
         diff = {k: v for k, v in dataclasses.asdict(cfg).items()

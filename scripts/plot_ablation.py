@@ -7,7 +7,7 @@ Usage::
 For every ``<problem>_<tag>.csv`` (with its ``.json`` summary) under the source folders, draws the test rRMSE
 (physical units, the curve's fixed evaluation points per test snapshot) against optimisation minutes (the CPU
 time of the one-thread process where the curve records it, else wall-clock time), one
-colour per recipe tag, with the training error dashed beside it (same points on a fixed training subset; for
+colour per recipe tag (20 distinct), with the training error dashed beside it (same points on a fixed training subset; for
 curves recorded before that column existed, the square root of the training loss, a normalised-units proxy),
 the 0.10 / 0.05 targets and the paper's value. Writes
 ``OUT_DIR/time_to_accuracy_<problem>.png`` and prints a table of the final errors (full test grid) and times.
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     for problem, runs in sorted(data.items()):
         fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
         for i, (tag, df, summ) in enumerate(runs):
-            color = f"C{i % 10}"
+            color = plt.get_cmap("tab20")(i % 20)  # more recipes than the ten default colours
             # CPU minutes of the (one-thread) process where recorded: robust to a shared machine; else wall
             minutes = (df["train_cpu_s"] if "train_cpu_s" in df and df["train_cpu_s"].notna().all()
                        else df["train_s"]) / 60
