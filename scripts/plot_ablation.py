@@ -6,9 +6,9 @@ Usage::
 
 For every ``<problem>_<tag>.csv`` (with its ``.json`` summary) under the source folders, draws the test rRMSE
 (physical units, the curve's fixed evaluation points per test snapshot) against optimisation minutes (the CPU
-time of the one-thread process where the curve records it, else wall-clock time), one
-colour per recipe tag (20 distinct), with the training error dashed beside it (same points on a fixed training subset; for
-curves recorded before that column existed, the square root of the training loss, a normalised-units proxy),
+time of the one-thread process where the curve records it, else wall-clock time), one colour per recipe tag (20
+distinct), with the training error dashed beside it (same points on a fixed training subset; for curves recorded
+before that column existed, the square root of the training loss, a normalised-units proxy),
 the 0.10 / 0.05 targets and the paper's value. Writes
 ``OUT_DIR/time_to_accuracy_<problem>.png`` and prints a table of the final errors (full test grid) and times.
 """

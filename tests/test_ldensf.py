@@ -414,6 +414,11 @@ def test_a_recipe_restart_yields_to_epochs_set_by_the_user():
         assert methods.get("LD-EnSF", epochs=20, warm_restart=10).ldnet_config("orbit_bump").warm_restart == 10
         with pytest.raises(ConfigError, match="warm_restart=9 must lie between 0 and epochs=8"):
             methods.get("LD-EnSF", warm_restart=9).ldnet_config("orbit_bump")
+        # a training budget cannot be taken along the restart: refused at grid expansion (validate), with the way out
+        pb = OrbitBump()
+        with pytest.raises(ConfigError, match="train_fraction=0.5 cannot be taken along the warm restart"):
+            methods.get("LD-EnSF", train_fraction=0.5).ldnet_config(pb.name)
+        assert methods.get("LD-EnSF", train_fraction=0.5, epochs=8).ldnet_config(pb.name).train_fraction == 0.5
     with pytest.raises(ConfigError, match="warm_restart"):
         methods.get("LD-EnSF", epochs=10, warm_restart=10)
 
