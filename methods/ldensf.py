@@ -40,7 +40,7 @@ from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, n
 from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, observed_cycles,
                                  rescore_encoder, rescore_ldnet, train_encoder, train_ldnet)
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
-from methods.train_loop import check_fraction, recipe_values, resolve_recipe, train_field
+from methods.train_loop import check_fraction, recipe_values, resolve_recipe, train_field, user_set
 from problems.base import Observer, Problem
 
 
@@ -233,8 +233,6 @@ class LDEnSF(SamplerFields, Method):
         if self.warm_restart and not 0 < self.warm_restart < self.epochs:
             raise ConfigError(f"LD-EnSF warm_restart={self.warm_restart} must be 0 or lie between 0 and "
                               f"epochs={self.epochs} (exclusive)")
-        if self.warm_restart and self.train_fraction < 1:
-            raise ConfigError("LD-EnSF train_fraction < 1 cannot be combined with warm_restart")
         if self.rec_arch == "registered" and self.n_shifts < 1:
             raise ConfigError("LD-EnSF rec_arch='registered' needs n_shifts >= 1 (moving frames)")
         recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
@@ -259,27 +257,19 @@ class LDEnSF(SamplerFields, Method):
         """Every training value under :attr:`recipe` for ``problem_name`` (see :func:`resolve_recipe`)."""
         return resolve_recipe(self, RECIPES, problem_name)
 
-    def _user_set(self, name: str) -> bool:
-        """Whether training field ``name`` was given (explicitly, or differing from its class default)."""
-        default = next(f.default for f in dataclasses.fields(self) if f.name == name)
-        return name in getattr(self, "explicit_fields", frozenset()) or getattr(self, name) != default
-
     def ldnet_config(self, problem_name: str | None = None) -> LDNetTrainConfig:
         """The LDNet training configuration for ``problem_name`` (recipes may differ per problem)."""
         v = self.training_values(problem_name)
-        if self._user_set("epochs") and not self._user_set("warm_restart"):
+        if user_set(self, "epochs") and not user_set(self, "warm_restart"):
             v["warm_restart"] = 0  # a recipe's restart belongs to the recipe's schedule, not to epochs set here
-        if v["warm_restart"] and not 0 < v["warm_restart"] < v["epochs"]:
-            raise ConfigError(f"LD-EnSF warm_restart={v['warm_restart']} must lie between 0 and "
-                              f"epochs={v['epochs']} (exclusive)")
-        if v["warm_restart"] and v["train_fraction"] < 1:
-            raise ConfigError(f"LD-EnSF train_fraction={v['train_fraction']} cannot be taken along the warm restart "
-                              f"of the {self.recipe!r} recipe for {problem_name}; give epochs (one run) with it")
         names = {f.name for f in dataclasses.fields(LDNetTrainConfig)}
         kw = {k: val for k, val in v.items() if k in names}
         kw["seed"] = v["train_seed"]
-        kw["eval_every"] = max(1, (v["warm_restart"] or v["epochs"]) // 20)  # a restart keeps its first run's
-        return LDNetTrainConfig(**kw)
+        kw["eval_every"] = max(1, (v["warm_restart"] or v["epochs"]) // 20)  # a restart: its first run's interval
+        try:
+            return LDNetTrainConfig(**kw)
+        except ConfigError as e:  # say where the values came from
+            raise ConfigError(f"LD-EnSF ({self.recipe!r} recipe, {problem_name}): {e}") from None
 
     def encoder_config(self, problem_name: str | None = None) -> EncoderTrainConfig:
         v = self.training_values(problem_name)

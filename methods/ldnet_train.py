@@ -100,6 +100,14 @@ class LDNetTrainConfig(HashedConfig):
                                                "norm", "step_gamma", "recipe", "train_fraction", "rec_fourier",
                                                "rec_fourier_scale", "warm_restart")
 
+    def __post_init__(self):
+        if self.warm_restart and not 0 < self.warm_restart < self.epochs:
+            raise ConfigError(f"warm_restart={self.warm_restart} must lie between 0 and epochs={self.epochs} "
+                              "(exclusive)")
+        if self.warm_restart and self.train_fraction < 1:
+            raise ConfigError(f"train_fraction={self.train_fraction} cannot be taken along the warm restart "
+                              f"(warm_restart={self.warm_restart}); give epochs (one run) with it")
+
 
 
 def extra_training_data(problem: Problem, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,10 +157,6 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     if stop < cfg.epochs and (cfg.rec_epochs > 0 or cfg.lbfgs_iters > 0):
         raise ConfigError("train_fraction < 1 takes a snapshot of the Adam stage; it cannot be combined with "
                           "rec_epochs or lbfgs_iters (stages after it)")
-    if cfg.warm_restart and not 0 < cfg.warm_restart < cfg.epochs:
-        raise ConfigError(f"warm_restart={cfg.warm_restart} must lie between 0 and epochs={cfg.epochs} (exclusive)")
-    if cfg.warm_restart and stop < cfg.epochs:
-        raise ConfigError("train_fraction < 1 cannot be combined with warm_restart")
     g = torch.Generator().manual_seed(cfg.seed)
     coords = problem.coords().to(torch.float64)
     lo_c, hi_c = coords.min(0).values, coords.max(0).values

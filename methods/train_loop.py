@@ -48,17 +48,23 @@ def train_field(**kw) -> Any:
     return dataclasses.field(metadata={"train": True}, **kw)
 
 
+def user_set(method, name: str) -> bool:
+    """Whether training field ``name`` of ``method`` was set by the user: given to :func:`methods.get` (recorded in
+    ``method.explicit_fields``) or differing from the class default."""
+    default = next(f.default for f in dataclasses.fields(method) if f.name == name)
+    return name in getattr(method, "explicit_fields", frozenset()) or getattr(method, name) != default
+
+
 def resolve_recipe(method, recipes: dict, problem_name: str | None) -> dict[str, Any]:
     """Training values of ``method`` under its ``recipe``: a field the user set (given to :func:`methods.get`,
     recorded in ``method.explicit_fields``, or differing from the class default) wins; any other field takes the
     recipe's value; keys that are not fields of the method are returned as given by the recipe (they configure
     the trainer directly)."""
     vals = recipe_values(recipes, method.recipe, problem_name)
-    defaults = {f.name: f.default for f in dataclasses.fields(method) if f.metadata.get("train")}
-    explicit = getattr(method, "explicit_fields", frozenset())
-    out = {k: getattr(method, k) for k in defaults}
+    fields = [f.name for f in dataclasses.fields(method) if f.metadata.get("train")]
+    out = {k: getattr(method, k) for k in fields}
     for k, v in vals.items():
-        if k not in defaults or (k not in explicit and getattr(method, k) == defaults[k]):
+        if k not in out or not user_set(method, k):
             out[k] = v
     out["recipe"] = method.recipe
     return out
