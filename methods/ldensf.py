@@ -37,8 +37,9 @@ from assimbench.naming import content_hash
 from methods.artifact_cache import checkpoint_dir, load_or_train, observer_layout, snapshot_run
 from methods.base import Method, Tunable
 from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
-from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, observed_cycles,
-                                 rescore_encoder, rescore_ldnet, train_encoder, train_ldnet)
+from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, normalise_restarts,
+                                 observed_cycles, rescore_encoder, rescore_ldnet, restart_points, train_encoder,
+                                 train_ldnet)
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
 from methods.train_loop import check_fraction, recipe_values, resolve_recipe, train_field, user_set
 from problems.base import Observer, Problem
@@ -131,7 +132,8 @@ class LDEnSF(SamplerFields, Method):
         it lowers the error reached in the same training time, see ``docs/training.md``).
     epochs, batch_traj, points, lr, schedule : stage-1 Adam training (``points`` per snapshot, 0 = full grid).
     warm_restart : Adam first runs this many epochs with its own schedule, which is then re-laid over ``epochs``
-        and the run continues from there (a warm restart: how a finished run is extended; 0 = one run).
+        and the run continues from there (a warm restart: how a finished run is extended; 0 = one run); a list of
+        increasing epochs restarts at each in turn.
     rec_epochs : stage-2 epochs retraining ``R`` with ``F`` frozen (0 = off).
     lbfgs_iters : L-BFGS iterations after Adam (0 = off).
     amp : bfloat16 autocast in the LDNet training steps (2-3x faster on CPUs with AMX / AVX512-BF16).
@@ -204,7 +206,7 @@ class LDEnSF(SamplerFields, Method):
     train_fraction: float = train_field(default=1.0)
     rec_fourier: int = train_field(default=0)
     rec_fourier_scale: float = train_field(default=1.0)
-    warm_restart: int = train_field(default=0)
+    warm_restart: int | tuple[int, ...] = train_field(default=0)
 
     scaling: float = 100.0
     sigma_lat: float = 1e-3
@@ -230,9 +232,9 @@ class LDEnSF(SamplerFields, Method):
             raise ConfigError(f"LD-EnSF sigma_lat={self.sigma_lat} must be >= 0 (0 = calibrate on validation)")
         if self.n_shifts < 0 or self.extra_traj < 0 or self.lstm_extra_traj < 0:
             raise ConfigError("LD-EnSF n_shifts, extra_traj and lstm_extra_traj must be >= 0")
-        if self.warm_restart and not 0 < self.warm_restart < self.epochs:
-            raise ConfigError(f"LD-EnSF warm_restart={self.warm_restart} must be 0 or lie between 0 and "
-                              f"epochs={self.epochs} (exclusive)")
+        # against epochs only when they are set here (a recipe's epochs are checked with its values, ldnet_config)
+        epochs = self.epochs if self.epochs != type(self).epochs else None
+        self.warm_restart = normalise_restarts(self.warm_restart, epochs, "LD-EnSF ")
         if self.rec_arch == "registered" and self.n_shifts < 1:
             raise ConfigError("LD-EnSF rec_arch='registered' needs n_shifts >= 1 (moving frames)")
         recipe_values(RECIPES, self.recipe, None)  # an unknown recipe stops here, naming the valid ones
@@ -265,7 +267,7 @@ class LDEnSF(SamplerFields, Method):
         names = {f.name for f in dataclasses.fields(LDNetTrainConfig)}
         kw = {k: val for k, val in v.items() if k in names}
         kw["seed"] = v["train_seed"]
-        kw["eval_every"] = max(1, (v["warm_restart"] or v["epochs"]) // 20)  # a restart: its first run's interval
+        kw["eval_every"] = max(1, (restart_points(v["warm_restart"]) or (v["epochs"],))[0] // 20)  # the first run's
         try:
             return LDNetTrainConfig(**kw)
         except ConfigError as e:  # say where the values came from

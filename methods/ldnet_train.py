@@ -53,8 +53,9 @@ class LDNetTrainConfig(HashedConfig):
     features of the latent input of a ``pod`` or ``resmlp`` head (see :class:`methods.ldnet.PODDecoder`);
     ``warm_restart``: first a run of this many epochs with its own schedule, then the schedule is re-laid over
     ``epochs`` and the run continues from that state (the learning rate jumps back up to where the longer schedule
-    has it: a warm restart; 0 = one run of ``epochs``). It makes a finished run's longer continuation a recipe of
-    its own, trained by one call.
+    has it: a warm restart; 0 = one run of ``epochs``). A list of increasing epochs restarts at each: ``(400,
+    800)`` with ``epochs=1600`` runs 400 epochs, continues to 800, then to 1600. It makes a finished run's longer
+    continuation a recipe of its own, trained by one call.
     """
 
     latent_dim: int = 10
@@ -93,7 +94,7 @@ class LDNetTrainConfig(HashedConfig):
     train_fraction: float = 1.0
     rec_fourier: int = 0
     rec_fourier_scale: float = 1.0
-    warm_restart: int = 0
+    warm_restart: int | tuple[int, ...] = 0
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
@@ -101,13 +102,32 @@ class LDNetTrainConfig(HashedConfig):
                                                "rec_fourier_scale", "warm_restart")
 
     def __post_init__(self):
-        if self.warm_restart and not 0 < self.warm_restart < self.epochs:
-            raise ConfigError(f"warm_restart={self.warm_restart} must lie between 0 and epochs={self.epochs} "
-                              "(exclusive)")
+        # one restart point is stored as a number (the hash of a one-restart recipe does not depend on the spelling)
+        object.__setattr__(self, "warm_restart", normalise_restarts(self.warm_restart, self.epochs))
         if self.warm_restart and self.train_fraction < 1:
             raise ConfigError(f"train_fraction={self.train_fraction} cannot be taken along the warm restart "
                               f"(warm_restart={self.warm_restart}); give epochs (one run) with it")
 
+
+
+def restart_points(warm_restart: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The epochs a warm-restart setting restarts at, in order (``0`` or ``()``: none)."""
+    if isinstance(warm_restart, (tuple, list)):
+        return tuple(int(k) for k in warm_restart)
+    return (int(warm_restart),) if warm_restart else ()
+
+
+def normalise_restarts(warm_restart, epochs: int | None, what: str = "") -> int | tuple[int, ...]:
+    """``warm_restart`` checked against ``epochs`` (increasing points strictly between 0 and ``epochs``, or above
+    0 when ``epochs`` is None; a ConfigError prefixed by ``what`` otherwise) and stored as ``0``, one number, or a
+    tuple of two or more."""
+    points = restart_points(warm_restart)
+    top = float("inf") if epochs is None else epochs
+    if any(not 0 < k < top for k in points) or any(a >= b for a, b in zip(points, points[1:])):
+        shown = points[0] if len(points) == 1 else list(points)
+        bound = "be > 0" if epochs is None else f"lie between 0 and epochs={epochs} (exclusive)"
+        raise ConfigError(f"{what}warm_restart={shown} must {bound}" + (", increasing" if len(points) > 1 else ""))
+    return 0 if not points else points[0] if len(points) == 1 else points
 
 
 def extra_training_data(problem: Problem, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,9 +299,10 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     if cfg.warm_restart and ckpt is None:  # the restart continues from the first run's state: keep it in a file
         tmp = tempfile.TemporaryDirectory(prefix="ldnet-restart-")
         ckpt = Path(tmp.name) / "ldnet.pt"
-    runs = [cfg.warm_restart, cfg.epochs] if cfg.warm_restart else [cfg.epochs]
-    if cfg.warm_restart and ckpt.exists() and checkpoint_epoch(ckpt) >= cfg.warm_restart:
-        runs = runs[1:]  # the first run is done (resumed from its checkpoint)
+    runs = [*restart_points(cfg.warm_restart), cfg.epochs]
+    if len(runs) > 1 and ckpt.exists():  # the runs a checkpoint has finished are done (resume from it)
+        done = checkpoint_epoch(ckpt)
+        runs = [k for k in runs[:-1] if k > done] + runs[-1:]
     try:
         with snapshot_run.lock() if snapshot_run is not None else contextlib.nullcontext():
             for epochs in runs:

@@ -6,7 +6,7 @@ Usage::
 
 The run checkpoints to ``<out>/<problem>_<TAG>.ckpt`` after every evaluation and resumes from it when started
 again with the same arguments (a larger ``epochs=`` continues a finished run; ``epochs=`` given alone drops the
-recipe's ``warm_restart``, as in LD-EnSF); ``--curve-only`` writes the
+recipe's ``warm_restart``, as in LD-EnSF; ``warm_restart=400,800`` restarts at both); ``--curve-only`` writes the
 curve of a run in progress (or interrupted) from its checkpoint. ``--for-recipe`` (for a run whose settings are
 the recipe's, evaluation interval aside) also copies the finished checkpoint to where ``bench train`` resumes the
 recipe's training from, so shipping the network does not train it twice.
@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     pb = problems.get(args.problem)
     method = methods.get("LD-EnSF", recipe=args.recipe)
     recipe_cfg = method.ldnet_config(args.problem)
-    kw = {k: _value(v) for k, v in (o.split("=", 1) for o in args.overrides)}
+    kw = {k: tuple(_value(x) for x in v.split(",")) if "," in v else _value(v)  # a,b: a list (warm_restart)
+          for k, v in (o.split("=", 1) for o in args.overrides)}
     if "epochs" in kw and "warm_restart" not in kw:
         kw["warm_restart"] = 0  # as in LD-EnSF: a recipe's restart belongs to the recipe's own epochs
     cfg = dataclasses.replace(recipe_cfg, **kw)

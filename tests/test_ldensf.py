@@ -401,6 +401,43 @@ def test_warm_restart_is_a_finished_run_continued_with_more_epochs(setup, tmp_pa
             train_ldnet(pb, ds, dataclasses.replace(restart, warm_restart=bad), TrainLog(progress=False))
 
 
+def test_warm_restarts_at_several_epochs_chain_continued_runs(setup, tmp_path):
+    """``warm_restart=(2, 4)`` with ``epochs=6`` gives the weights of a 2-epoch run continued to 4, then to 6;
+    from a checkpoint taken after the second restart point only the last continuation is trained; one point
+    given as a list hashes as the number (the shipped one-restart recipes keep their keys)."""
+    pb, ds = setup["problem"], setup["dataset"]
+    base = LDNetTrainConfig(latent_dim=3, dyn_width=8, dyn_depth=2, rec_width=12, rec_depth=2, epochs=2,
+                            batch_traj=8, points=16, eval_every=1, eval_points=16)
+    chain = tmp_path / "chain"
+    for epochs in (2, 4):
+        train_ldnet(pb, ds, dataclasses.replace(base, epochs=epochs), TrainLog(progress=False), checkpoint_dir=chain)
+    shutil.copytree(chain, tmp_path / "at4")
+    chained, _ = train_ldnet(pb, ds, dataclasses.replace(base, epochs=6), TrainLog(progress=False),
+                             checkpoint_dir=chain)
+    two = dataclasses.replace(base, epochs=6, warm_restart=(2, 4))
+    log = TrainLog(progress=False)
+    once, _ = train_ldnet(pb, ds, two, log)
+    for (k, a), b in zip(chained.state_dict().items(), once.state_dict().values()):
+        assert torch.equal(a, b), k
+    lrs = [r["lr"] for r in log.rows]
+    assert lrs[2] > 5 * lrs[1] and lrs[4] > 5 * lrs[3]  # up again at both restart points
+    log2 = TrainLog(progress=False)
+    resumed, _ = train_ldnet(pb, ds, two, log2, checkpoint_dir=tmp_path / "at4")
+    here = [ln for ln in log2.lines if "resumed" in ln and "at4" in ln]  # (the log carries the chain's history)
+    assert len(here) == 1 and "at epoch 4" in here[0] and [r["epoch"] for r in log2.rows][-2:] == [5, 6]
+    for (k, a), b in zip(once.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    one = dataclasses.replace(base, epochs=6, warm_restart=[2])
+    assert one.warm_restart == 2 and one.identity() == dataclasses.replace(base, epochs=6, warm_restart=2).identity()
+    assert two.identity() != one.identity()
+    for bad in ((4, 2), (2, 6), (0, 3)):
+        with pytest.raises(ConfigError, match="warm_restart"):
+            dataclasses.replace(base, epochs=6, warm_restart=bad)
+    assert methods.get("LD-EnSF", warm_restart=[400, 800]).warm_restart == (400, 800)  # a YAML list
+    with pytest.raises(ConfigError, match=r"warm_restart=\[800, 400\] must be > 0, increasing"):
+        methods.get("LD-EnSF", warm_restart=[800, 400])
+
+
 def test_a_recipe_restart_yields_to_epochs_set_by_the_user():
     """A recipe's ``warm_restart`` belongs to its own ``epochs``: given ``epochs`` alone, the run is one run of
     them; a restart past ``epochs`` is refused before training."""
