@@ -102,6 +102,29 @@ def test_bench_ldnet_forward(benchmark):
     benchmark.extra_info.update(members=N, points=n * n, latent_dim=d_s)
 
 
+@pytest.mark.parametrize("path", ["inference", "autograd"])
+def test_bench_ldnet_decode_shipped_shape(benchmark, path):
+    """Decoding N = 20 latents on 64 x 64 points (3 fields) with a decoder of the shipped tsunami network's shape
+    (width 128, depth 4, FiLM, 32 Fourier features of the coordinates and 32 of the latent state): the in-place
+    inference path LD-EnSF's analysis uses against the training forward (the ratio of the two rows is the gain)."""
+    ldnet = pytest.importorskip("methods.ldnet", reason="methods.ldnet (the LDNet module) is not available")
+    N, n, d_s, d_u, C = 20, 64, 10, 2, 3
+    net = ldnet.LDNet(ldnet.LDNetConfig(latent_dim=d_s, n_params=d_u, n_fields=C, coord_dim=2, dt_lat=0.1,
+                                        coord_lo=[0.0, 0.0], coord_hi=[1.0, 1.0], rec_width=128, rec_depth=4,
+                                        n_fourier=32, fourier_scale=2.0, film=True, rec_fourier=32, seed=0)).eval()
+    ax = torch.linspace(0.0, 1.0, n)
+    coords = torch.stack(torch.meshgrid(ax, ax, indexing="ij"), -1).reshape(-1, 2)
+    s = torch.randn(N, d_s, generator=torch.Generator().manual_seed(0))
+
+    def decode():
+        with torch.set_grad_enabled(path == "autograd"):
+            return net.decode(s, coords).detach()
+
+    fields = benchmark(decode)
+    assert fields.shape == (N, n * n, C) and torch.isfinite(fields).all()
+    benchmark.extra_info.update(members=N, points=n * n, width=128, path=path)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # a whole Lorenz-96 smoke cell through the runner
 # --------------------------------------------------------------------------------------------------------------
