@@ -313,11 +313,14 @@ class LDEnSF(SamplerFields, Method):
         net.eval()
         enc_cfg = self.encoder_config(pb.name)
 
-        def train_enc(tlog):
-            enc, summary = train_encoder(net.to(train_dev), pb, obs, ds, enc_cfg, tlog, device=train_dev)
+        data = {"dataset": pb.data_key(), "observer": observer_layout(obs, times=True), "ldnet": art_ld.key}
+
+        def train_enc(tlog):  # checkpoints in the cache too (an interrupted training resumes there)
+            enc, summary = train_encoder(net.to(train_dev), pb, obs, ds, enc_cfg, tlog, device=train_dev,
+                                         checkpoint_dir=checkpoint_dir("encoder", self.name, data,
+                                                                       enc_cfg.identity(), ctx.cache_dir))
             return {"encoder": enc}, {"encoder": enc.config()}, summary
 
-        data = {"dataset": pb.data_key(), "observer": observer_layout(obs, times=True), "ldnet": art_ld.key}
         art_enc = load_or_train("encoder", self.name, pb.label, data, enc_cfg.identity(), train_enc,
                                 ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_encoder(net, pb, obs, ds))
         enc = LSTMEncoder.from_config(art_enc.config["networks"]["encoder"])

@@ -469,11 +469,14 @@ def encoder_targets(net, problem: Problem, params: torch.Tensor, T: int) -> torc
 
 
 def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, cfg: EncoderTrainConfig,
-                  tlog: TrainLog, device: torch.device | str = "cpu") -> tuple[LSTMEncoder, dict]:
+                  tlog: TrainLog, device: torch.device | str = "cpu",
+                  checkpoint_dir: Path | str | None = None) -> tuple[LSTMEncoder, dict]:
     """Train the causal LSTM ``y_{1:t} -> (s_t, u_n)`` against the LDNet latents and the true parameters.
 
     The sequences are the observer's: its operator, and only its observed cycles (``obs_every``), so the LSTM
-    steps once per observation as it does online."""
+    steps once per observation as it does online. ``checkpoint_dir``: the training checkpoints to
+    ``<checkpoint_dir>/encoder.pt`` after every evaluation (the noise generator's state with it) and resumes from
+    it, reaching the weights of an uninterrupted run."""
     g = torch.Generator().manual_seed(cfg.seed)
     data = {}
     sel = observed_cycles(observer)
@@ -524,9 +527,10 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
         pred, _ = enc(Y)
         yield (pred - Ktr).pow(2).mean()
 
+    ckpt = Path(checkpoint_dir) / "encoder.pt" if checkpoint_dir is not None else None
     best = run_stage("encoder", {"encoder": enc}, list(enc.parameters()), batches, epochs=cfg.epochs,
                      steps_per_epoch=1, lr=cfg.lr, schedule=cfg.schedule, evaluate=evaluate, select="valid_rel",
-                     eval_every=cfg.eval_every, tlog=tlog)
+                     eval_every=cfg.eval_every, tlog=tlog, checkpoint=ckpt, rng=g)
     summary = {k: v for k, v in best.items()}
     tlog.info("encoder test: " + " ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("test")))
     return enc, summary

@@ -703,6 +703,32 @@ def test_a_recipe_that_changes_the_latent_size_runs_the_filter(setup, tmp_path, 
     assert st.s.shape == (5, 3) and st.u.shape == (5, 2) and torch.isfinite(m.estimate(st)).all()
 
 
+def test_an_interrupted_encoder_training_resumes_to_the_uninterrupted_weights(setup, tmp_path):
+    """The encoder checkpoints after every evaluation with its noise generator's state: a run killed during an
+    evaluation and started again trains only the epochs after its checkpoint and reaches the weights and scores of
+    the run never stopped, so a long encoder training survives an interruption."""
+    pb, ds, obs, net = setup["problem"], setup["dataset"], setup["observer"], setup["method"].net.cpu()
+    cfg = EncoderTrainConfig(hidden=8, epochs=6, lr=1e-2, train_noise=0.5, eval_every=2)
+    straight, s1 = train_encoder(net, pb, obs, ds, cfg, TrainLog(progress=False))
+    ck = tmp_path / "ck"
+
+    class Interrupted(TrainLog):  # killed while recording its second evaluation (epoch 4)
+        def record(self, **row):
+            if len(self.rows) == 1:
+                raise KeyboardInterrupt
+            super().record(**row)
+    with pytest.raises(KeyboardInterrupt):
+        train_encoder(net, pb, obs, ds, cfg, Interrupted(progress=False), checkpoint_dir=ck)
+    assert torch.load(ck / "encoder.pt", weights_only=False)["epoch"] == 2
+    log = TrainLog(progress=False)
+    resumed, s2 = train_encoder(net, pb, obs, ds, cfg, log, checkpoint_dir=ck)
+    assert any("resumed" in line and "at epoch 2" in line for line in log.lines)
+    assert [r["epoch"] for r in log.rows] == [2, 4, 6]
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert s1 == s2
+
+
 def test_encoder_trained_on_noisy_observations_reads_noisy_observations_better(setup, tmp_path, monkeypatch):
     """``lstm_train_noise`` trains the encoder on observations with the noise it reads online: on noisy test
     sequences it beats the encoder trained on clean ones; ``lstm_extra_traj`` adds simulated training sequences
