@@ -83,11 +83,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # restart (see docs/training.md)
         "shallow_water": dict(rec_width=128, rec_fourier=32, rec_fourier_scale=1.0, extra_traj=360, epochs=800,
                               warm_restart=400, lstm_hidden=512, lstm_epochs=2000, **ENCODER_CPU),
-        # a POD head (512 modes of the training snapshots, an MLP of the latent state and 64 trainable Fourier
-        # features of it predicting their coefficients), trained on the full grid in coefficient space, with 360
-        # training trajectories simulated beside the dataset's 120 (see docs/training.md; continued to 2200 epochs by
-        # a warm restart it reached 0.056 against 0.060, and LD-EnSF's analysis did not change: not shipped)
-        "kolmogorov": dict(rec_arch="pod", n_basis=512, rec_width=512, rec_depth=3, latent_dim=16, epochs=1000,
+        # a POD head (1024 modes of the training snapshots, an MLP 3 x 1024 of the latent state and 64 trainable
+        # Fourier features of it predicting their coefficients), trained on the full grid in coefficient space, with
+        # 360 training trajectories simulated beside the dataset's 120 (see docs/training.md: the 512-mode head with
+        # a 3 x 512 MLP under-fitted at 0.060, and longer training did not help it)
+        "kolmogorov": dict(rec_arch="pod", n_basis=1024, rec_width=1024, rec_depth=3, latent_dim=16, epochs=1000,
                            batch_traj=8, lr=1e-3, amp=False, rec_fourier=64, rec_fourier_scale=1.0,
                            extra_traj=360, lstm_epochs=4000, **ENCODER_CPU),
     },
