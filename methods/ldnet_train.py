@@ -109,7 +109,6 @@ class LDNetTrainConfig(HashedConfig):
                               f"(warm_restart={self.warm_restart}); give epochs (one run) with it")
 
 
-
 def restart_points(warm_restart: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """The epochs a warm-restart setting restarts at, in order (``0`` or ``()``: none)."""
     if isinstance(warm_restart, (tuple, list)):

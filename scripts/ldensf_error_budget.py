@@ -33,8 +33,7 @@ def main(argv=None) -> int:
     import methods
     import problems
     from bench.train import train_method
-    from methods.ldensf import LatentState
-    from methods.ldnet import normalize_params
+    from methods.ldnet_train import encoder_targets
     from problems.base import bind_observer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,15 +60,10 @@ def main(argv=None) -> int:
         for k in range(min(args.truths, x.shape[0])):
             truth = x[k].float()                                                    # (T+1, *state_shape)
             T = truth.shape[0] - 1
-            u = normalize_params(p[k:k + 1].double(), m._p_lo, m._p_hi).float()
-            s = net.rollout(u, T)[0]                                                # (T+1, d_s)
-            y = obs.sample(truth[1:], g).reshape(1, T, -1)
-            kappa, _ = enc(y)                                                       # (1, T, d_s + d_u)
-            roll, read = [], []
-            for t in range(args.spinup + 1, T + 1):
-                roll.append(_rel(m.estimate(LatentState(s[t:t + 1], u))[0], truth[t]))
-                read.append(_rel(m.estimate(LatentState(kappa[:, t - 1, :d_s], kappa[:, t - 1, d_s:]))[0], truth[t]))
-            rows.append((k, sum(roll) / len(roll), sum(read) / len(read)))
+            own = encoder_targets(net, pb, p[k:k + 1], T)[0]                        # (T, d_s + d_u), t = 1..T
+            read = enc(obs.sample(truth[1:], g).reshape(1, T, -1))[0][0]            # the same layout
+            errors = [_decoded_error(m, kappa, d_s, truth[1:])[args.spinup:].mean() for kappa in (own, read)]
+            rows.append((k, *map(float, errors)))
     print(f"{'truth':>5}  {'rollout':>8}  {'encoder':>8}   (rRMSE over cycles {args.spinup + 1}..{T})")
     for k, a, b in rows:
         print(f"{k:>5}  {a:8.3f}  {b:8.3f}")
@@ -78,8 +72,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _rel(est: torch.Tensor, truth: torch.Tensor) -> float:
-    return float((est - truth).norm() / truth.norm())
+def _decoded_error(m, kappa: torch.Tensor, d_s: int, truth: torch.Tensor) -> torch.Tensor:
+    """Relative error of each decoded latent ``kappa (T, d_s + d_u)`` against ``truth (T, *state_shape)``."""
+    from methods.ldensf import LatentState
+    err = m.estimate(LatentState(kappa[:, :d_s], kappa[:, d_s:])) - truth
+    return err.flatten(1).norm(dim=1) / truth.flatten(1).norm(dim=1)
 
 
 if __name__ == "__main__":
