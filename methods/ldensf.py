@@ -79,10 +79,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "*": {},
         # the class defaults (a FiLM residual MLP over trainable Fourier features of the coordinates) at width 128,
         # with 32 trainable Fourier features of the latent state beside it, trained on 480 trajectories (the
-        # dataset's 120 + 360 simulated with another data seed) 400 epochs, then continued to 800 by a warm
-        # restart (see docs/training.md)
-        "shallow_water": dict(rec_width=128, rec_fourier=32, rec_fourier_scale=1.0, extra_traj=360, epochs=800,
-                              warm_restart=400, lstm_hidden=512, lstm_epochs=2000, **ENCODER_CPU),
+        # dataset's 120 + 360 simulated with another data seed) 400 epochs, then continued to 800 and to 1600 by
+        # two warm restarts (see docs/training.md)
+        "shallow_water": dict(rec_width=128, rec_fourier=32, rec_fourier_scale=1.0, extra_traj=360, epochs=1600,
+                              warm_restart=(400, 800), lstm_hidden=512, lstm_epochs=2000, **ENCODER_CPU),
         # a POD head (1024 modes of the training snapshots, an MLP 3 x 1024 of the latent state and 64 trainable
         # Fourier features of it predicting their coefficients), trained on the full grid in coefficient space, with
         # 360 training trajectories simulated beside the dataset's 120 (see docs/training.md: the 512-mode head with
@@ -143,6 +143,8 @@ class LDEnSF(SamplerFields, Method):
         the encoder reads online).
     lstm_extra_traj : trajectories simulated beside the training split for the encoder (as ``extra_traj``; their
         latent targets are the LDNet's rollouts from their parameters).
+    lstm_batch : sequences per Adam step of the encoder (0 = full batch, one step per epoch); an epoch then takes
+        ``ceil(n / lstm_batch)`` steps over a fresh random order of the training sequences.
     train_seed : seed of every random draw of the training (initialisation, batches, points).
     train_fraction : the training budget: the LDNet is taken after this fraction of its ``epochs`` (a snapshot
         along the run's training curve, its learning-rate schedule unchanged; 1 = the whole run); the encoder is
@@ -198,6 +200,7 @@ class LDEnSF(SamplerFields, Method):
     lstm_lr: float = train_field(default=3e-3)
     lstm_train_noise: float = train_field(default=0.0)
     lstm_extra_traj: int = train_field(default=0)
+    lstm_batch: int = train_field(default=0)
     train_seed: int = train_field(default=0)
     n_shifts: int = train_field(default=0)
     rec_params: bool = train_field(default=False)
@@ -230,8 +233,8 @@ class LDEnSF(SamplerFields, Method):
                 raise ConfigError(f"LD-EnSF {k}={getattr(self, k)} must be > 0")
         if self.sigma_lat < 0:
             raise ConfigError(f"LD-EnSF sigma_lat={self.sigma_lat} must be >= 0 (0 = calibrate on validation)")
-        if self.n_shifts < 0 or self.extra_traj < 0 or self.lstm_extra_traj < 0:
-            raise ConfigError("LD-EnSF n_shifts, extra_traj and lstm_extra_traj must be >= 0")
+        if self.n_shifts < 0 or self.extra_traj < 0 or self.lstm_extra_traj < 0 or self.lstm_batch < 0:
+            raise ConfigError("LD-EnSF n_shifts, extra_traj, lstm_extra_traj and lstm_batch must be >= 0")
         # against epochs only when they are set here (a recipe's epochs are checked with its values, ldnet_config)
         epochs = self.epochs if self.epochs != type(self).epochs else None
         self.warm_restart = normalise_restarts(self.warm_restart, epochs, "LD-EnSF ")
@@ -277,6 +280,7 @@ class LDEnSF(SamplerFields, Method):
         v = self.training_values(problem_name)
         return EncoderTrainConfig(hidden=v["lstm_hidden"], epochs=v["lstm_epochs"], lr=v["lstm_lr"],
                                   train_noise=v["lstm_train_noise"], extra_traj=v["lstm_extra_traj"],
+                                  batch=v["lstm_batch"],
                                   seed=v["train_seed"])
 
     # ---- offline ---------------------------------------------------------------------------------------------

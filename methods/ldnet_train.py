@@ -431,9 +431,10 @@ class EncoderTrainConfig(HashedConfig):
     fraction of the per-channel observation std added to the training observations at every epoch, and once to
     the validation and test observations it is selected and scored on; 0 = clean observations; ``extra_traj``:
     training sequences from that many trajectories simulated beside the training split, as the LDNet's
-    ``extra_traj``, their targets rolled out by the LDNet from their parameters)."""
+    ``extra_traj``, their targets rolled out by the LDNet from their parameters; ``batch``: sequences per Adam
+    step, in a fresh random order every epoch; 0 = the full batch, one step per epoch)."""
 
-    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("extra_traj",)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("extra_traj", "batch")
 
     hidden: int = 128
     epochs: int = 1500
@@ -443,6 +444,7 @@ class EncoderTrainConfig(HashedConfig):
     eval_every: int = 50
     seed: int = 0
     extra_traj: int = 0
+    batch: int = 0
 
 
 def clean_observations(problem: Problem, observer: Observer, snaps: torch.Tensor) -> torch.Tensor:
@@ -505,7 +507,8 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
         for name in ("valid", "test"):
             Y, K = data[name]
             data[name] = (Y + cfg.train_noise * ystd_noise * torch.randn(Y.shape, generator=gv).to(device), K)
-    tlog.info(f"encoder: LSTM {m} -> {cfg.hidden} -> {Ktr.shape[-1]}, {Ytr.shape[0]} sequences of {Ytr.shape[1]}")
+    tlog.info(f"encoder: LSTM {m} -> {cfg.hidden} -> {Ktr.shape[-1]}, {Ytr.shape[0]} sequences of {Ytr.shape[1]}"
+              + (f", {cfg.batch} per step" if 0 < cfg.batch < Ytr.shape[0] else ""))
 
     def evaluate() -> dict[str, float]:
         out = {}
@@ -519,17 +522,27 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
                 out[f"{name}_rel_u"] = float((e[..., d_s:].sum() / K[..., d_s:].pow(2).sum()).sqrt())
         return out
 
+    n_seq = Ytr.shape[0]
+    size = cfg.batch if 0 < cfg.batch < n_seq else n_seq
+
     def batches(ep: int) -> Iterable[torch.Tensor]:
         Y = Ytr
         if cfg.train_noise > 0:
             Y = Y + cfg.train_noise * ystd_noise * torch.randn(Y.shape, generator=g).to(device)
-        pred, _ = enc(Y)
-        yield (pred - Ktr).pow(2).mean()
+        if size == n_seq:
+            pred, _ = enc(Y)
+            yield (pred - Ktr).pow(2).mean()
+            return
+        order = torch.randperm(n_seq, generator=g).to(device)
+        for i in range(0, n_seq, size):
+            idx = order[i:i + size]
+            pred, _ = enc(Y[idx])
+            yield (pred - Ktr[idx]).pow(2).mean()
 
     ckpt = Path(checkpoint_dir) / "encoder.pt" if checkpoint_dir is not None else None
     best = run_stage("encoder", {"encoder": enc}, list(enc.parameters()), batches, epochs=cfg.epochs,
-                     steps_per_epoch=1, lr=cfg.lr, schedule=cfg.schedule, evaluate=evaluate, select="valid_rel",
-                     eval_every=cfg.eval_every, tlog=tlog, checkpoint=ckpt, rng=g)
+                     steps_per_epoch=-(-n_seq // size), lr=cfg.lr, schedule=cfg.schedule, evaluate=evaluate,
+                     select="valid_rel", eval_every=cfg.eval_every, tlog=tlog, checkpoint=ckpt, rng=g)
     summary = {k: v for k, v in best.items()}
     tlog.info("encoder test: " + " ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("test")))
     return enc, summary
