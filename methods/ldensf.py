@@ -70,8 +70,8 @@ class LatentState:
 #: an LSTM trained for 20,000 epochs. Meant for a GPU: on a CPU one epoch of it takes minutes.
 #: the observation encoder of the ``cpu`` recipe on the PDE problems: trained on the default preset's 10 % noise
 #: and on 360 trajectories beside the training split (four times the sequences; see docs/training.md); per
-#: problem it is also wider and longer (tsunami, 512 hidden units, 2000 epochs) or longer (Kolmogorov, 4000
-#: epochs), as measured on that problem's analysis
+#: problem it is also wider and takes mini-batches (tsunami, 512 hidden units, 1000 epochs of 8 steps of 60
+#: sequences) or is longer (Kolmogorov, 4000 full-batch epochs), as measured on that problem's analysis
 ENCODER_CPU = dict(lstm_train_noise=0.1, lstm_extra_traj=360)
 
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -80,9 +80,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # the class defaults (a FiLM residual MLP over trainable Fourier features of the coordinates) at width 128,
         # with 32 trainable Fourier features of the latent state beside it, trained on 480 trajectories (the
         # dataset's 120 + 360 simulated with another data seed) 400 epochs, then continued to 800 and to 1600 by
-        # two warm restarts (see docs/training.md)
+        # two warm restarts; the encoder 512 units wide, 1000 epochs of 8 mini-batches (see docs/training.md)
         "shallow_water": dict(rec_width=128, rec_fourier=32, rec_fourier_scale=1.0, extra_traj=360, epochs=1600,
-                              warm_restart=(400, 800), lstm_hidden=512, lstm_epochs=2000, **ENCODER_CPU),
+                              warm_restart=(400, 800), lstm_hidden=512, lstm_epochs=1000, lstm_batch=60,
+                              **ENCODER_CPU),
         # a POD head (1024 modes of the training snapshots, an MLP 3 x 1024 of the latent state and 64 trainable
         # Fourier features of it predicting their coefficients), trained on the full grid in coefficient space, with
         # 360 training trajectories simulated beside the dataset's 120 (see docs/training.md: the 512-mode head with
