@@ -27,7 +27,7 @@ GOLDEN = {
     "EnSF": (0.5857653837670859, 0.6543139025189569, 0.005141436336895932),
     "EnFF": (0.17874653556018488, 0.16777630629555107, 0.0025226613595490015),
     "Latent-EnSF": (0.7220556255022932, 0.7328105075075059, 0.005530970878013725),
-    "LD-EnSF": (1.0502635870069559, 1.0607026105534263, 0.012924238650562378),
+    "LD-EnSF": (1.0699999483088474, 1.051745034212947, 0.012987422267655872),
 }
 #: relative tolerance per method: the filters are deterministic to rounding; the learned methods train their
 #: networks, whose weights move with the BLAS build and thread count at the 1e-8 level, amplified by the cycles
