@@ -416,8 +416,9 @@ class HashedConfig:
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def identity(self) -> dict:
-        """The dict hashed into the artifact key (later-added fields only when they differ from the default)."""
-        d = dataclasses.asdict(self)
+        """The dict hashed into the artifact key (later-added fields only when they differ from the default), in the
+        form an artifact's ``config.json`` stores it (tuples as lists), so a stored config compares equal to it."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         for k in self.LATER_FIELDS:
             if d[k] == getattr(type(self), k):
                 d.pop(k)

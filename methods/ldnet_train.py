@@ -507,8 +507,10 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
         for name in ("valid", "test"):
             Y, K = data[name]
             data[name] = (Y + cfg.train_noise * ystd_noise * torch.randn(Y.shape, generator=gv).to(device), K)
-    tlog.info(f"encoder: LSTM {m} -> {cfg.hidden} -> {Ktr.shape[-1]}, {Ytr.shape[0]} sequences of {Ytr.shape[1]}"
-              + (f", {cfg.batch} per step" if 0 < cfg.batch < Ytr.shape[0] else ""))
+    n_seq = Ytr.shape[0]
+    size = cfg.batch if 0 < cfg.batch < n_seq else n_seq  # sequences per step; the full batch: one step per epoch
+    tlog.info(f"encoder: LSTM {m} -> {cfg.hidden} -> {Ktr.shape[-1]}, {n_seq} sequences of {Ytr.shape[1]}"
+              + (f", {size} per step" if size < n_seq else ""))
 
     def evaluate() -> dict[str, float]:
         out = {}
@@ -521,9 +523,6 @@ def train_encoder(net, problem: Problem, observer: Observer, dataset: Dataset, c
             if K.shape[-1] > d_s:
                 out[f"{name}_rel_u"] = float((e[..., d_s:].sum() / K[..., d_s:].pow(2).sum()).sqrt())
         return out
-
-    n_seq = Ytr.shape[0]
-    size = cfg.batch if 0 < cfg.batch < n_seq else n_seq
 
     def batches(ep: int) -> Iterable[torch.Tensor]:
         Y = Ytr
