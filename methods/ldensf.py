@@ -38,8 +38,8 @@ from methods.artifact_cache import checkpoint_dir, load_or_train, observer_layou
 from methods.base import Method, Tunable
 from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
 from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, normalise_restarts,
-                                 observed_cycles, rescore_encoder, rescore_ldnet, restart_points, train_encoder,
-                                 train_ldnet)
+                                 observed_cycles, parent_artifact, rescore_encoder, rescore_ldnet, restart_points,
+                                 train_encoder, train_ldnet)
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
 from methods.train_loop import check_fraction, recipe_values, resolve_recipe, train_field, user_set
 from problems.base import Observer, Problem
@@ -135,6 +135,9 @@ class LDEnSF(SamplerFields, Method):
     warm_restart : Adam first runs this many epochs with its own schedule, which is then re-laid over ``epochs``
         and the run continues from there (a warm restart: how a finished run is extended; 0 = one run); a list of
         increasing epochs restarts at each in turn.
+    init_from : the hash of a finished LDNet artifact (shipped or cached) of the same architecture and dataset whose
+        weights start the LDNet's training: a fine-tune of ``epochs`` epochs with a fresh optimiser and its own
+        schedule, its training time counted on from the parent's ("" = a fresh initialisation).
     rec_epochs : stage-2 epochs retraining ``R`` with ``F`` frozen (0 = off).
     lbfgs_iters : L-BFGS iterations after Adam (0 = off).
     amp : bfloat16 autocast in the LDNet training steps (2-3x faster on CPUs with AMX / AVX512-BF16).
@@ -211,6 +214,7 @@ class LDEnSF(SamplerFields, Method):
     rec_fourier: int = train_field(default=0)
     rec_fourier_scale: float = train_field(default=1.0)
     warm_restart: int | tuple[int, ...] = train_field(default=0)
+    init_from: str = train_field(default="")
 
     scaling: float = 100.0
     sigma_lat: float = 1e-3
@@ -251,7 +255,9 @@ class LDEnSF(SamplerFields, Method):
     # ---- configuration ---------------------------------------------------------------------------------------
     def validate(self, problem: Problem, observer: Observer, n_ens: int) -> None:
         super().validate(problem, observer, n_ens)
-        self.ldnet_config(problem.name)  # the recipe's values for this problem, checked before anything runs
+        cfg = self.ldnet_config(problem.name)  # the recipe's values for this problem, checked before anything runs
+        if cfg.init_from:  # the network a fine-tune starts from exists and fits this problem's data
+            parent_artifact(cfg.init_from, problem, getattr(getattr(self, "ctx", None), "cache_dir", None))
 
     def skip(self, problem: Problem, observer: Observer) -> str | None:
         if problem.n_params == 0:
@@ -308,7 +314,7 @@ class LDEnSF(SamplerFields, Method):
 
         def train_ld(tlog):
             net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev, snapshot_run=snaps,
-                                       checkpoint_dir=ckpt)
+                                       checkpoint_dir=ckpt, cache_dir=ctx.cache_dir)
             return {"ldnet": net}, {"ldnet": net.config()}, summary
 
         art_ld = load_or_train("ldnet", self.name, pb.label, ld_data, ld_cfg.identity(),

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -17,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from assimbench.errors import ConfigError
-from methods.artifact_cache import Artifact, HashedConfig
+from methods.artifact_cache import SHIPPED_DIR, Artifact, HashedConfig, cache_folder, read_artifact
 from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, normalize_params,
                           param_normalizer, to_points)
 from methods.train_loop import (SnapshotRun, TrainLog, checkpoint_epoch, rel_l2, run_stage, snapshot_files,
@@ -55,7 +57,11 @@ class LDNetTrainConfig(HashedConfig):
     ``epochs`` and the run continues from that state (the learning rate jumps back up to where the longer schedule
     has it: a warm restart; 0 = one run of ``epochs``). A list of increasing epochs restarts at each: ``(400,
     800)`` with ``epochs=1600`` runs 400 epochs, continues to 800, then to 1600. It makes a finished run's longer
-    continuation a recipe of its own, trained by one call.
+    continuation a recipe of its own, trained by one call. ``init_from``: the hash of a finished LDNet artifact
+    (shipped in ``methods/artifacts`` or in the cache) of the same architecture, trained on the same dataset, whose
+    weights start this run (a fine-tune with a fresh optimiser and its own schedule: how a shipped network is
+    trained further on a machine that does not hold its training checkpoint); its training time is carried over,
+    so the curve and the summary count the time since the parent's first step ("" = a fresh initialisation).
     """
 
     latent_dim: int = 10
@@ -95,13 +101,17 @@ class LDNetTrainConfig(HashedConfig):
     rec_fourier: int = 0
     rec_fourier_scale: float = 1.0
     warm_restart: int | tuple[int, ...] = 0
+    init_from: str = ""
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
                                                "norm", "step_gamma", "recipe", "train_fraction", "rec_fourier",
-                                               "rec_fourier_scale", "warm_restart")
+                                               "rec_fourier_scale", "warm_restart", "init_from")
 
     def __post_init__(self):
+        if self.init_from and not re.fullmatch(r"[0-9a-f]{16}", str(self.init_from)):
+            raise ConfigError(f"init_from={self.init_from!r} must be the 16-hex-digit hash of an LDNet artifact "
+                              "(a folder name of methods/artifacts or of <cache>/models)")
         # one restart point is stored as a number (the hash of a one-restart recipe does not depend on the spelling)
         object.__setattr__(self, "warm_restart", normalise_restarts(self.warm_restart, self.epochs))
         if self.warm_restart and self.train_fraction < 1:
@@ -127,6 +137,23 @@ def normalise_restarts(warm_restart, epochs: int | None, what: str = "") -> int 
         bound = "be > 0" if epochs is None else f"lie between 0 and epochs={epochs} (exclusive)"
         raise ConfigError(f"{what}warm_restart={shown} must {bound}" + (", increasing" if len(points) > 1 else ""))
     return 0 if not points else points[0] if len(points) == 1 else points
+
+
+def parent_artifact(key: str, problem: Problem, cache_dir: Path | str | None = None) -> Artifact:
+    """The LDNet artifact ``key`` an ``init_from`` run starts from (shipped first, then the cache), checked to be an
+    LDNet of ``problem`` trained on the dataset ``problem`` builds; a clear :class:`ConfigError` otherwise."""
+    for folder, source in ((SHIPPED_DIR / key, "shipped"), (cache_folder(cache_dir) / "models" / key, "cache")):
+        if (folder / "config.json").exists():
+            art = read_artifact(folder, source)
+            break
+    else:
+        raise ConfigError(f"init_from={key}: no such LDNet artifact (looked in {SHIPPED_DIR} and "
+                          f"{cache_folder(cache_dir) / 'models'})")
+    if art.config.get("kind") != "ldnet" or art.config.get("data", {}).get("dataset") != problem.data_key():
+        raise ConfigError(f"init_from={key} is a {art.config.get('kind')} artifact of "
+                          f"{art.config.get('problem')!r} (dataset {art.config.get('data', {}).get('dataset')}), "
+                          f"not an LDNet of this {problem.name} dataset ({problem.data_key()})")
+    return art
 
 
 def extra_training_data(problem: Problem, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +188,8 @@ def pod_grid_shape(problem: Problem) -> list[int]:
 
 def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog: TrainLog,
                 device: torch.device | str = "cpu", checkpoint_dir: Path | str | None = None,
-                snapshot_run: SnapshotRun | None = None) -> tuple[LDNet, dict]:
+                snapshot_run: SnapshotRun | None = None,
+                cache_dir: Path | str | None = None) -> tuple[LDNet, dict]:
     """Train an LDNet on the training split, select by validation, report test errors.
 
     Returns the network (best validation weights) and a summary with ``test_rrmse_norm`` and
@@ -171,6 +199,7 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     simulated from the same prior with another data seed (the validation and test splits are unchanged).
     ``cfg.train_fraction < 1`` stops the run at that fraction of its epochs; ``snapshot_run`` keeps the run's state
     at every such stop and continues from the nearest earlier one (:class:`methods.train_loop.SnapshotRun`).
+    ``cfg.init_from`` starts from that artifact's weights (found in the shipped folder or ``cache_dir``'s models).
     """
     stop = stop_epoch(cfg.epochs, cfg.train_fraction)
     if stop < cfg.epochs and (cfg.rec_epochs > 0 or cfg.lbfgs_iters > 0):
@@ -231,6 +260,17 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     if cfg.point_sampling == "signal" and n_pts < P:  # (n_tr, T1, P) sampling weights, fixed for the run
         dev_ = (Ztr - Ztr.median(dim=2, keepdim=True).values).abs().sum(-1)
         signal_w = (dev_ / dev_.sum(-1, keepdim=True).clamp_min(1e-30)).float().cpu()
+    if cfg.init_from:
+        parent = parent_artifact(cfg.init_from, problem, cache_dir)
+        if parent.config["networks"]["ldnet"] != json.loads(json.dumps(net.config())):
+            diff = {k: v for k, v in net.config().items() if parent.config["networks"]["ldnet"].get(k) != v}
+            raise ConfigError(f"init_from={cfg.init_from}: its network differs from this configuration's in {diff}")
+        net.load_state_dict(parent.weights["ldnet"])
+        ps = parent.config.get("summary", {})
+        tlog.train_s += float(ps.get("train_opt_s") or 0.0)          # the parent's time counts: the curve and
+        tlog.train_cpu_s += float(ps.get("train_cpu_s") or 0.0)      # the summary start where it ended
+        tlog.info(f"LDNet starts from artifact {cfg.init_from} (test rRMSE {ps.get('test_rrmse_phys')}, "
+                  f"{tlog.train_cpu_s / 60:.1f} CPU-min of training carried over)")
     mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
     tlog.info(f"LDNet: {sum(p.numel() for p in net.parameters())} parameters; data {n_tr} x {T1} snapshots x "
               f"{P} points x {C} fields; {n_pts} points per snapshot, {cfg.batch_traj} trajectories per step")

@@ -785,3 +785,46 @@ def test_encoder_trained_on_noisy_observations_reads_noisy_observations_better(s
     assert LDEnSF(lstm_extra_traj=10, lstm_train_noise=0.1).encoder_config().identity()["train_noise"] == 0.1
     with pytest.raises(ConfigError, match="lstm_train_noise"):
         LDEnSF(lstm_train_noise=-0.1)
+
+
+def test_init_from_fine_tunes_a_finished_network(setup):
+    """``init_from`` starts the LDNet from a stored artifact's weights: at a vanishing learning rate the network
+    and its test error are the parent's, its training time counts on from the parent's, and a few epochs at a real
+    rate start near the parent's error instead of a fresh network's; a missing, foreign or differently shaped
+    parent is a clear configuration error before anything trains."""
+    pb, ds, cache = setup["problem"], setup["dataset"], setup["cache"]
+    parent = setup["method"].artifacts["ldnet"]
+    base = setup["method"].ldnet_config(pb.name)
+    frozen = dataclasses.replace(base, init_from=parent.key, epochs=2, lr=1e-30, eval_every=1)
+    log = TrainLog(progress=False)
+    net, s = train_ldnet(pb, ds, frozen, log, cache_dir=cache)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, parent.weights["ldnet"][k]), k
+    assert s["test_rrmse_norm"] == pytest.approx(parent.config["summary"]["test_rrmse_norm"], rel=1e-5)
+    carried = parent.config["summary"]["train_cpu_s"]
+    assert carried > 0 and log.rows[0]["train_cpu_s"] >= carried
+    assert any(f"starts from artifact {parent.key}" in line for line in log.lines)
+    assert frozen.identity()["init_from"] == parent.key and "init_from" not in base.identity()
+
+    tuned = dataclasses.replace(base, init_from=parent.key, epochs=3, eval_every=1, lr=base.lr / 20)
+    fresh = dataclasses.replace(base, epochs=3, eval_every=1)
+    lt, lf = TrainLog(progress=False), TrainLog(progress=False)
+    train_ldnet(pb, ds, tuned, lt, cache_dir=cache)
+    train_ldnet(pb, ds, fresh, lf)
+    parent_valid = parent.config["summary"]["valid_rrmse"]
+    assert lt.rows[0]["valid_rrmse"] < 2 * parent_valid < lf.rows[0]["valid_rrmse"]
+
+    with pytest.raises(ConfigError, match="no such LDNet artifact"):
+        train_ldnet(pb, ds, dataclasses.replace(base, init_from="0" * 16), TrainLog(progress=False),
+                    cache_dir=cache)
+    with pytest.raises(ConfigError, match="16-hex-digit"):
+        dataclasses.replace(base, init_from="latest")
+    with pytest.raises(ConfigError, match="differs from this configuration"):
+        train_ldnet(pb, ds, dataclasses.replace(base, init_from=parent.key, rec_width=base.rec_width + 4),
+                    TrainLog(progress=False), cache_dir=cache)
+    enc = setup["method"].artifacts["encoder"].key
+    with pytest.raises(ConfigError, match="is a encoder artifact|not an LDNet"):
+        train_ldnet(pb, ds, dataclasses.replace(base, init_from=enc), TrainLog(progress=False), cache_dir=cache)
+    m = LDEnSF(**TINY, init_from="f" * 16)
+    with pytest.raises(ConfigError, match="no such LDNet artifact"):
+        m.validate(pb, setup["observer"], 10)
