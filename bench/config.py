@@ -37,6 +37,7 @@ import itertools
 import math
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +202,11 @@ def _is_tuple_field(cls, key: str) -> bool:
         tp = typing.get_type_hints(cls).get(key)
     except Exception:
         return False
-    return typing.get_origin(tp) is tuple
+    if typing.get_origin(tp) is tuple:
+        return True
+    # ``int | tuple[int, ...]`` (e.g. warm_restart): a flat list is one tuple value, a list of lists a sweep
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and \
+        any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
 
 
 def _as_choices(cls, key: str, value: Any) -> list:

@@ -38,8 +38,8 @@ from methods.artifact_cache import checkpoint_dir, load_or_train, observer_layou
 from methods.base import Method, Tunable
 from methods.ldnet import LDNet, LSTMEncoder, denormalize_params, from_points, normalize_params, param_normalizer
 from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, encoder_targets, normalise_restarts,
-                                 observed_cycles, parent_artifact, rescore_encoder, rescore_ldnet, restart_points,
-                                 train_encoder, train_ldnet)
+                                 observed_cycles, parent_artifact, parent_config, rescore_encoder, rescore_ldnet,
+                                 restart_points, train_encoder, train_ldnet)
 from methods.score import SamplerFields, ensf_update, gaussian_identity_grad
 from methods.train_loop import check_fraction, recipe_values, resolve_recipe, train_field, user_set
 from problems.base import Observer, Problem
@@ -258,6 +258,8 @@ class LDEnSF(SamplerFields, Method):
         cfg = self.ldnet_config(problem.name)  # the recipe's values for this problem, checked before anything runs
         if cfg.init_from:  # the network a fine-tune starts from exists and fits this problem's data
             parent_artifact(cfg.init_from, problem, getattr(getattr(self, "ctx", None), "cache_dir", None))
+        if cfg.parent:
+            parent_config(cfg)  # its values make a valid configuration
 
     def skip(self, problem: Problem, observer: Observer) -> str | None:
         if problem.n_params == 0:
@@ -274,6 +276,11 @@ class LDEnSF(SamplerFields, Method):
         v = self.training_values(problem_name)
         if user_set(self, "epochs") and not user_set(self, "warm_restart"):
             v["warm_restart"] = 0  # a recipe's restart belongs to the recipe's schedule, not to epochs set here
+        if v.get("parent") and any(user_set(self, k) for k in ("epochs", "warm_restart", "init_from")):
+            # so does its fine-tune stage: epochs set here train one run from scratch at the parent's rate
+            if not user_set(self, "lr"):
+                v["lr"] = v["parent"].get("lr", type(self).lr)
+            v["parent"] = None
         names = {f.name for f in dataclasses.fields(LDNetTrainConfig)}
         kw = {k: val for k, val in v.items() if k in names}
         kw["seed"] = v["train_seed"]
@@ -307,18 +314,25 @@ class LDEnSF(SamplerFields, Method):
         ld_cfg = self.ldnet_config(pb.name)
 
         ld_data = {"dataset": pb.data_key()}
-        snaps = snapshot_run("ldnet", self.name, ld_data, ld_cfg, ctx.cache_dir)
-        # a whole run outside the snapshot runs checkpoints in the cache (an interrupted training resumes there)
-        ckpt = checkpoint_dir("ldnet", self.name, ld_data, ld_cfg.identity(), ctx.cache_dir) if snaps is None \
-            else None
 
-        def train_ld(tlog):
-            net, summary = train_ldnet(pb, ds, ld_cfg, tlog, device=train_dev, snapshot_run=snaps,
-                                       checkpoint_dir=ckpt, cache_dir=ctx.cache_dir)
-            return {"ldnet": net}, {"ldnet": net.config()}, summary
+        def ldnet_artifact(cfg: LDNetTrainConfig):
+            """The LDNet of ``cfg``: shipped, cached, or trained (after the network it continues, if any)."""
+            if cfg.parent:
+                ldnet_artifact(parent_config(cfg))
+            snaps = snapshot_run("ldnet", self.name, ld_data, cfg, ctx.cache_dir)
+            # a whole run outside the snapshot runs checkpoints in the cache (an interrupted training resumes there)
+            ckpt = checkpoint_dir("ldnet", self.name, ld_data, cfg.identity(), ctx.cache_dir) if snaps is None \
+                else None
 
-        art_ld = load_or_train("ldnet", self.name, pb.label, ld_data, ld_cfg.identity(),
-                               train_ld, ctx.cache_dir, ctx.progress, dataset=ds, rescore=rescore_ldnet(pb, ds))
+            def train_ld(tlog):
+                net, summary = train_ldnet(pb, ds, cfg, tlog, device=train_dev, snapshot_run=snaps,
+                                           checkpoint_dir=ckpt, cache_dir=ctx.cache_dir)
+                return {"ldnet": net}, {"ldnet": net.config()}, summary
+
+            return load_or_train("ldnet", self.name, pb.label, ld_data, cfg.identity(), train_ld, ctx.cache_dir,
+                                 ctx.progress, dataset=ds, rescore=rescore_ldnet(pb, ds))
+
+        art_ld = ldnet_artifact(ld_cfg)
         net = LDNet.from_config(art_ld.config["networks"]["ldnet"])
         net.load_state_dict(art_ld.weights["ldnet"])
         net.eval()

@@ -19,7 +19,8 @@ from typing import ClassVar
 import torch
 
 from assimbench.errors import ConfigError
-from methods.artifact_cache import SHIPPED_DIR, Artifact, HashedConfig, cache_folder, read_artifact
+from methods.artifact_cache import (SHIPPED_DIR, Artifact, HashedConfig, artifact_hash, cache_folder,
+                                   read_artifact)
 from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, normalize_params,
                           param_normalizer, to_points)
 from methods.train_loop import (SnapshotRun, TrainLog, checkpoint_epoch, rel_l2, run_stage, snapshot_files,
@@ -62,6 +63,10 @@ class LDNetTrainConfig(HashedConfig):
     weights start this run (a fine-tune with a fresh optimiser and its own schedule: how a shipped network is
     trained further on a machine that does not hold its training checkpoint); its training time is carried over,
     so the curve and the summary count the time since the parent's first step ("" = a fresh initialisation).
+    ``parent``: the same, with the parent given by its training values instead of its hash (overrides of this
+    configuration, e.g. ``{"epochs": 1600, "lr": 3e-3}``): the LDNet of those values on the same dataset, which the
+    method trains first where no artifact of it exists. It is how a recipe says "train this network, then fine-tune
+    it" on any dataset (see :func:`parent_config`).
     """
 
     latent_dim: int = 10
@@ -102,13 +107,25 @@ class LDNetTrainConfig(HashedConfig):
     rec_fourier_scale: float = 1.0
     warm_restart: int | tuple[int, ...] = 0
     init_from: str = ""
+    parent: dict | None = None
 
     #: fields added after artifacts were shipped: left out of the identity (hash) while at their defaults
     LATER_FIELDS: ClassVar[tuple[str, ...]] = ("film", "point_sampling", "n_shifts", "rec_params", "extra_traj",
                                                "norm", "step_gamma", "recipe", "train_fraction", "rec_fourier",
-                                               "rec_fourier_scale", "warm_restart", "init_from")
+                                               "rec_fourier_scale", "warm_restart", "init_from",
+                                               "parent")
 
     def __post_init__(self):
+        if self.parent is not None:
+            if self.init_from:
+                raise ConfigError("give the network a run starts from by init_from (a hash) or by parent (its "
+                                  "training values), not both")
+            names = {f.name for f in dataclasses.fields(self)} - {"parent", "init_from"}
+            if not isinstance(self.parent, dict) or set(self.parent) - names:
+                raise ConfigError(f"parent={self.parent!r}: give a mapping of LDNet training values; valid keys: "
+                                  f"{', '.join(sorted(names))}")
+            object.__setattr__(self, "parent", {k: list(v) if isinstance(v, tuple) else v
+                                                for k, v in sorted(self.parent.items())})
         if self.init_from and not re.fullmatch(r"[0-9a-f]{16}", str(self.init_from)):
             raise ConfigError(f"init_from={self.init_from!r} must be the 16-hex-digit hash of an LDNet artifact "
                               "(a folder name of methods/artifacts or of <cache>/models)")
@@ -139,7 +156,27 @@ def normalise_restarts(warm_restart, epochs: int | None, what: str = "") -> int 
     return 0 if not points else points[0] if len(points) == 1 else points
 
 
-def parent_artifact(key: str, problem: Problem, cache_dir: Path | str | None = None) -> Artifact:
+def parent_config(cfg: LDNetTrainConfig) -> LDNetTrainConfig | None:
+    """The training configuration of the network ``cfg.parent`` names: ``cfg`` with those values (a whole run, its
+    evaluation interval a twentieth of its first run, as in LD-EnSF's recipes); None without a parent."""
+    if not cfg.parent:
+        return None
+    kw = dict(cfg.parent)
+    first = restart_points(kw.get("warm_restart", 0)) or (kw.get("epochs", cfg.epochs),)
+    kw.setdefault("eval_every", max(1, first[0] // 20))
+    kw.setdefault("warm_restart", 0)
+    return dataclasses.replace(cfg, parent=None, init_from="", train_fraction=1.0, **kw)
+
+
+def parent_key(cfg: LDNetTrainConfig, problem: Problem) -> str | None:
+    """The artifact hash of the network a run of ``cfg`` on ``problem``'s dataset starts from (None: a fresh one)."""
+    if cfg.init_from:
+        return cfg.init_from
+    pc = parent_config(cfg)
+    return None if pc is None else artifact_hash("ldnet", "LD-EnSF", {"dataset": problem.data_key()}, pc.identity())
+
+
+def parent_artifact(key: str, problem: Problem, cache_dir: Path | str | None = None, hint: str = "") -> Artifact:
     """The LDNet artifact ``key`` an ``init_from`` run starts from (shipped first, then the cache), checked to be an
     LDNet of ``problem`` trained on the dataset ``problem`` builds; a clear :class:`ConfigError` otherwise."""
     for folder, source in ((SHIPPED_DIR / key, "shipped"), (cache_folder(cache_dir) / "models" / key, "cache")):
@@ -148,7 +185,7 @@ def parent_artifact(key: str, problem: Problem, cache_dir: Path | str | None = N
             break
     else:
         raise ConfigError(f"init_from={key}: no such LDNet artifact (looked in {SHIPPED_DIR} and "
-                          f"{cache_folder(cache_dir) / 'models'})")
+                          f"{cache_folder(cache_dir) / 'models'}){hint}")
     if art.config.get("kind") != "ldnet" or art.config.get("data", {}).get("dataset") != problem.data_key():
         raise ConfigError(f"init_from={key} is a {art.config.get('kind')} artifact of "
                           f"{art.config.get('problem')!r} (dataset {art.config.get('data', {}).get('dataset')}), "
@@ -260,16 +297,18 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     if cfg.point_sampling == "signal" and n_pts < P:  # (n_tr, T1, P) sampling weights, fixed for the run
         dev_ = (Ztr - Ztr.median(dim=2, keepdim=True).values).abs().sum(-1)
         signal_w = (dev_ / dev_.sum(-1, keepdim=True).clamp_min(1e-30)).float().cpu()
-    if cfg.init_from:
-        parent = parent_artifact(cfg.init_from, problem, cache_dir)
+    key = parent_key(cfg, problem)
+    if key is not None:
+        parent = parent_artifact(key, problem, cache_dir, "" if cfg.init_from else
+                                 f" for parent={cfg.parent}: train it first (LD-EnSF's fit and `bench train` do)")
         if parent.config["networks"]["ldnet"] != json.loads(json.dumps(net.config())):
             diff = {k: v for k, v in net.config().items() if parent.config["networks"]["ldnet"].get(k) != v}
-            raise ConfigError(f"init_from={cfg.init_from}: its network differs from this configuration's in {diff}")
+            raise ConfigError(f"init_from={key}: its network differs from this configuration's in {diff}")
         net.load_state_dict(parent.weights["ldnet"])
         ps = parent.config.get("summary", {})
         tlog.train_s += float(ps.get("train_opt_s") or 0.0)          # the parent's time counts: the curve and
         tlog.train_cpu_s += float(ps.get("train_cpu_s") or 0.0)      # the summary start where it ended
-        tlog.info(f"LDNet starts from artifact {cfg.init_from} (test rRMSE {ps.get('test_rrmse_phys')}, "
+        tlog.info(f"LDNet starts from artifact {key} (test rRMSE {ps.get('test_rrmse_phys')}, "
                   f"{tlog.train_cpu_s / 60:.1f} CPU-min of training carried over)")
     mean, std = dataset.field_mean.to(torch.float32), dataset.field_std.to(torch.float32)
     tlog.info(f"LDNet: {sum(p.numel() for p in net.parameters())} parameters; data {n_tr} x {T1} snapshots x "

@@ -36,6 +36,16 @@ def test_a_method_given_as_a_list_of_settings():
     assert sorted(c.mdict.get("inflation") for c in g.cells) == [1.0, 1.1]
 
 
+def test_a_list_for_a_number_or_tuple_field_is_one_value_and_a_list_of_lists_a_sweep():
+    """``warm_restart: [400, 800]`` (an ``int | tuple`` field) restarts at both points in one cell, not two cells;
+    a list of lists sweeps over its members."""
+    sw = {"shallow_water": {"n": 16, "n_traj": 6}}
+    one = expand({"problems": sw, "methods": {"LD-EnSF": {"epochs": 1600, "warm_restart": [400, 800]}}})
+    assert [c.mdict["warm_restart"] for c in one.cells] == [(400, 800)]
+    two = expand({"problems": sw, "methods": {"LD-EnSF": {"epochs": 1600, "warm_restart": [[400, 800], [400]]}}})
+    assert sorted(c.mdict["warm_restart"] for c in two.cells) == [(400,), (400, 800)]
+
+
 def test_a_problem_observer_overrides_the_top_level_one():
     g = expand({"problems": {"lorenz96": {"dim": 40, "observer": {"coverage": 0.25}}, "linear_gauss": {}},
                 "observers": {"coverage": 1.0, "noise": 0.5},

@@ -27,7 +27,7 @@ from methods.artifact_cache import checkpoint_dir
 from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, PODDecoder, normalize_params,
                           param_normalizer, to_points)
 from methods.ldnet_train import (EncoderTrainConfig, LDNetTrainConfig, clean_observations, encoder_targets,
-                                 observed_cycles, train_encoder, train_ldnet)
+                                 observed_cycles, parent_key, train_encoder, train_ldnet)
 from methods.train_loop import TrainLog, rel_l2
 from problems.base import Problem, bind_observer
 
@@ -828,3 +828,34 @@ def test_init_from_fine_tunes_a_finished_network(setup):
     m = LDEnSF(**TINY, init_from="f" * 16)
     with pytest.raises(ConfigError, match="no such LDNet artifact"):
         m.validate(pb, setup["observer"], 10)
+
+
+def test_recipe_parent_trains_then_fine_tunes_on_any_dataset(setup):
+    """A recipe whose LDNet names a ``parent`` by training values fine-tunes the LDNet of those values on the
+    dataset at hand (the one the fixture trained here: found, not trained again), records the parent in its
+    identity and counts its time; epochs set by the user train one run from scratch at the parent's rate."""
+    from methods import ldensf
+    pb, ds, obs, cache = setup["problem"], setup["dataset"], setup["observer"], setup["cache"]
+    parent = setup["method"].artifacts["ldnet"]
+    own = {k: v for k, v in TINY.items() if k not in ("epochs", "lr")}
+    recipe = {"*": dict(epochs=4, lr=5e-4, parent=dict(epochs=TINY["epochs"], lr=TINY["lr"]))}
+    with mock.patch.dict(ldensf.RECIPES, {"cpu": recipe}):
+        m = LDEnSF(**own)
+        cfg = m.ldnet_config(pb.name)
+        assert cfg.parent == {"epochs": 100, "lr": 5e-3} and cfg.epochs == 4 and cfg.lr == 5e-4
+        assert parent_key(cfg, pb) == parent.key  # the fixture's network, by its training values
+        train_method(m, pb, obs, ds, cache_dir=cache, progress=False)
+        child = m.artifacts["ldnet"]
+        assert child.source == "trained" and child.config["train"]["parent"] == {"epochs": 100, "lr": 5e-3}
+        assert child.curve[0]["train_cpu_s"] >= parent.config["summary"]["train_cpu_s"]
+        assert m.artifacts["encoder"].config["data"]["ldnet"] == child.key
+        # epochs set here: one run from scratch, at the parent's learning rate
+        fresh = LDEnSF(**own, epochs=7).ldnet_config(pb.name)
+        assert fresh.parent is None and fresh.lr == 5e-3 and fresh.epochs == 7
+    with pytest.raises(ConfigError, match="valid keys"):
+        dataclasses.replace(cfg, parent={"epoch": 3})
+    with pytest.raises(ConfigError, match="not both"):
+        dataclasses.replace(cfg, init_from=parent.key)
+    with pytest.raises(ConfigError, match="train it first"):
+        train_ldnet(pb, ds, dataclasses.replace(cfg, parent={"epochs": 99}), TrainLog(progress=False),
+                    cache_dir=cache)
