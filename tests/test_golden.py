@@ -31,8 +31,8 @@ GOLDEN = {
 }
 #: relative tolerance per method: the filters are deterministic to rounding; the learned methods train their
 #: networks, whose weights move with the BLAS build, the CPU's instruction set and the thread count at the 1e-8
-#: level, amplified by training and the cycles (Latent-EnSF's scores differ by 0.3 % between an Intel machine with
-#: AMX and an AMD one with AVX-512, both on torch 2.13.0; a change of behaviour moves them by far more)
+#: level, amplified by training and the cycles (Latent-EnSF's scores differ by 0.3 % between the machine the table
+#: was recorded on and an AMD EPYC with AVX-512, both on torch 2.13.0; a change of behaviour moves them by far more)
 RTOL = {"FreeRun": 1e-6, "EnKF": 1e-5, "EnSF": 1e-5, "EnFF": 1e-5, "Latent-EnSF": 1e-2, "LD-EnSF": 1e-3}
 
 
