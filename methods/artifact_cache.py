@@ -347,6 +347,11 @@ def _warn_stale(kind: str, method: str, problem_label: str, key: str, data: dict
                         "; ".join(diff[:8]) or "format changed")
 
 
+def artifact_folders(key: str, cache_dir: Path | str | None) -> tuple[Path, Path]:
+    """Where the artifact ``key`` lies, in the order it is looked up: ``(shipped, cached)`` folders."""
+    return SHIPPED_DIR / key, cache_folder(cache_dir) / "models" / key
+
+
 def load_or_train(kind: str, method: str, problem_label: str, data: dict, train: dict,
                   trainer: Callable[[TrainLog], tuple[dict[str, nn.Module], dict, dict]],
                   cache_dir: Path | str | None, progress: bool = True, *, dataset: Dataset | None = None,
@@ -362,11 +367,10 @@ def load_or_train(kind: str, method: str, problem_label: str, data: dict, train:
     recorded checksum differs is re-scored with ``rescore(artifact) -> test errors`` (see :func:`check_data`).
     """
     key = artifact_hash(kind, method, data, train)
-    root = cache_folder(cache_dir) / "models"
-    shipped = SHIPPED_DIR / key
+    shipped, cached = artifact_folders(key, cache_dir)
+    root = cached.parent
     if (shipped / "config.json").exists():
         return check_data(read_artifact(shipped, "shipped"), dataset, rescore, root)
-    cached = root / key
     if (cached / "config.json").exists():
         try:
             art = read_artifact(cached, "cache")

@@ -318,14 +318,14 @@ class LDEnSF(SamplerFields, Method):
 
         def ldnet_artifact(cfg: LDNetTrainConfig):
             """The LDNet of ``cfg``: shipped, cached, or trained (after the network it continues, if any)."""
-            if cfg.parent:
-                ldnet_artifact(parent_config(cfg))
             snaps = snapshot_run("ldnet", self.name, ld_data, cfg, ctx.cache_dir)
             # a whole run outside the snapshot runs checkpoints in the cache (an interrupted training resumes there)
             ckpt = checkpoint_dir("ldnet", self.name, ld_data, cfg.identity(), ctx.cache_dir) if snaps is None \
                 else None
 
             def train_ld(tlog):
+                if cfg.parent:  # only a network that is trained here needs its parent (loaded or trained first)
+                    ldnet_artifact(parent_config(cfg))
                 net, summary = train_ldnet(pb, ds, cfg, tlog, device=train_dev, snapshot_run=snaps,
                                            checkpoint_dir=ckpt, cache_dir=ctx.cache_dir)
                 return {"ldnet": net}, {"ldnet": net.config()}, summary

@@ -19,8 +19,7 @@ from typing import ClassVar
 import torch
 
 from assimbench.errors import ConfigError
-from methods.artifact_cache import (SHIPPED_DIR, Artifact, HashedConfig, artifact_hash, cache_folder,
-                                   read_artifact)
+from methods.artifact_cache import Artifact, HashedConfig, artifact_folders, artifact_hash, read_artifact
 from methods.ldnet import (LDNet, LDNetConfig, LSTMEncoder, LSTMEncoderConfig, normalize_params,
                           param_normalizer, to_points)
 from methods.train_loop import (SnapshotRun, TrainLog, checkpoint_epoch, rel_l2, run_stage, snapshot_files,
@@ -179,13 +178,14 @@ def parent_key(cfg: LDNetTrainConfig, problem: Problem) -> str | None:
 def parent_artifact(key: str, problem: Problem, cache_dir: Path | str | None = None, hint: str = "") -> Artifact:
     """The LDNet artifact ``key`` an ``init_from`` run starts from (shipped first, then the cache), checked to be an
     LDNet of ``problem`` trained on the dataset ``problem`` builds; a clear :class:`ConfigError` otherwise."""
-    for folder, source in ((SHIPPED_DIR / key, "shipped"), (cache_folder(cache_dir) / "models" / key, "cache")):
+    folders = artifact_folders(key, cache_dir)
+    for folder, source in zip(folders, ("shipped", "cache")):
         if (folder / "config.json").exists():
             art = read_artifact(folder, source)
             break
     else:
-        raise ConfigError(f"init_from={key}: no such LDNet artifact (looked in {SHIPPED_DIR} and "
-                          f"{cache_folder(cache_dir) / 'models'}){hint}")
+        raise ConfigError(f"init_from={key}: no such LDNet artifact (looked in {folders[0].parent} and "
+                          f"{folders[1].parent}){hint}")
     if art.config.get("kind") != "ldnet" or art.config.get("data", {}).get("dataset") != problem.data_key():
         raise ConfigError(f"init_from={key} is a {art.config.get('kind')} artifact of "
                           f"{art.config.get('problem')!r} (dataset {art.config.get('data', {}).get('dataset')}), "
@@ -301,8 +301,9 @@ def train_ldnet(problem: Problem, dataset: Dataset, cfg: LDNetTrainConfig, tlog:
     if key is not None:
         parent = parent_artifact(key, problem, cache_dir, "" if cfg.init_from else
                                  f" for parent={cfg.parent}: train it first (LD-EnSF's fit and `bench train` do)")
-        if parent.config["networks"]["ldnet"] != json.loads(json.dumps(net.config())):
-            diff = {k: v for k, v in net.config().items() if parent.config["networks"]["ldnet"].get(k) != v}
+        mine = json.loads(json.dumps(net.config()))  # in the stored form (tuples as lists)
+        if parent.config["networks"]["ldnet"] != mine:
+            diff = {k: v for k, v in mine.items() if parent.config["networks"]["ldnet"].get(k) != v}
             raise ConfigError(f"init_from={key}: its network differs from this configuration's in {diff}")
         net.load_state_dict(parent.weights["ldnet"])
         ps = parent.config.get("summary", {})
